@@ -1,0 +1,28 @@
+// Package txlog is the durable storage of a coordinator node. It keeps, in a
+// single Pebble database:
+//
+//   - the Raft log, hard state and latest snapshot, exposed through the
+//     raft.Storage interface (see Store.Save, Store.CreateSnapshot and
+//     Store.Compact);
+//   - the tables of the replicated state machine (the "state keyspace"),
+//     including the transaction-record table, written through StateBatch and
+//     Store.CommitState together with the applied index they correspond to.
+//
+// Key layout:
+//
+//	m/identity          cluster id and node id the directory belongs to
+//	r/hs                marshalled raftpb.HardState
+//	r/snap              marshalled raftpb.Snapshot (metadata and data)
+//	r/e/<index>         marshalled raftpb.Entry, index as 8-byte big endian
+//	s/applied           applied index, 8-byte big endian
+//	s/<key>             state machine data, e.g. s/txn/<id> for records
+//
+// Durability rules: Pebble is the source of truth and every mutation of the
+// Raft log that Raft relies on (Save, CreateSnapshot) is a single synced
+// batch. The state keyspace is written without syncing, because it can always
+// be re-derived by replaying the durable log above the stored applied index.
+// An in-memory raft.MemoryStorage mirrors the durable log so that Raft's reads
+// never touch the disk.
+//
+// The package knows nothing of the network or of the wire protocol.
+package txlog

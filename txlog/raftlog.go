@@ -1,0 +1,330 @@
+package txlog
+
+import (
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// The raft.Storage methods are served by the in-memory mirror, which always
+// reflects what is durable in Pebble.
+
+// InitialState implements raft.Storage. Like raft.MemoryStorage's, it must
+// not be called concurrently with itself.
+func (s *Store) InitialState() (*raftpb.HardState, *raftpb.ConfState, error) {
+	return s.mem.InitialState()
+}
+
+// Entries implements raft.Storage.
+func (s *Store) Entries(lo, hi, maxSize uint64) ([]*raftpb.Entry, error) {
+	return s.mem.Entries(lo, hi, maxSize)
+}
+
+// Term implements raft.Storage.
+func (s *Store) Term(i uint64) (uint64, error) {
+	return s.mem.Term(i)
+}
+
+// LastIndex implements raft.Storage.
+func (s *Store) LastIndex() (uint64, error) {
+	return s.mem.LastIndex()
+}
+
+// FirstIndex implements raft.Storage.
+func (s *Store) FirstIndex() (uint64, error) {
+	return s.mem.FirstIndex()
+}
+
+// Snapshot implements raft.Storage.
+func (s *Store) Snapshot() (*raftpb.Snapshot, error) {
+	return s.mem.Snapshot()
+}
+
+// Save persists what a Raft Ready asks to persist, in one synced batch, and
+// then updates the mirror. It is the only fsync per call, and there is none
+// when there is nothing to write.
+//
+//   - A non-empty snapshot is a snapshot received from the leader: it
+//     replaces the whole log and the whole state keyspace (decoded from its
+//     data) and sets the applied index to the snapshot index. Doing all of
+//     this in the same batch means a crash never leaves the log and the state
+//     disagreeing.
+//   - Entries starting at index i replace any stored entries from i on.
+//   - A non-empty hard state replaces the stored one.
+func (s *Store) Save(hs *raftpb.HardState, ents []*raftpb.Entry, snap *raftpb.Snapshot) error {
+	if raft.IsEmptySnap(snap) && raft.IsEmptyHardState(hs) && len(ents) == 0 {
+		return nil
+	}
+	if err := checkContiguous(ents); err != nil {
+		return fmt.Errorf("save: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.db.NewBatch()
+	defer b.Close()
+	ents, err := s.stageSave(b, hs, ents, snap)
+	if err != nil {
+		return fmt.Errorf("save: %w", err)
+	}
+	if err := s.commitSync(b); err != nil {
+		return fmt.Errorf("save: %w", err)
+	}
+	return s.updateMirror(hs, ents, snap)
+}
+
+// stageSave adds a Save's writes to b and returns the entries to append to
+// the mirror.
+func (s *Store) stageSave(b *pebble.Batch, hs *raftpb.HardState, ents []*raftpb.Entry, snap *raftpb.Snapshot) ([]*raftpb.Entry, error) {
+	// The log bounds the new entries are checked against: a snapshot
+	// empties the log.
+	first, _ := s.mem.FirstIndex()
+	last, _ := s.mem.LastIndex()
+	if !raft.IsEmptySnap(snap) {
+		if err := s.stageSnapshotInstall(b, snap); err != nil {
+			return nil, err
+		}
+		last = snap.GetMetadata().GetIndex()
+		first = last + 1
+	}
+	ents, err := stageEntries(b, ents, first, last)
+	if err != nil {
+		return nil, err
+	}
+	if !raft.IsEmptyHardState(hs) {
+		if err := setProto(b, hardStateKey, hs); err != nil {
+			return nil, err
+		}
+	}
+	return ents, nil
+}
+
+// stageSnapshotInstall adds to b the writes that install a received
+// snapshot: an empty log, the snapshot itself, the snapshot's state and the
+// applied index.
+func (s *Store) stageSnapshotInstall(b *pebble.Batch, snap *raftpb.Snapshot) error {
+	idx := snap.GetMetadata().GetIndex()
+	if cur := s.snapMeta.GetIndex(); idx <= cur {
+		return fmt.Errorf("install snapshot %d over snapshot %d: %w", idx, cur, raft.ErrSnapOutOfDate)
+	}
+	kvs, err := DecodeState(snap.GetData())
+	if err != nil {
+		return fmt.Errorf("install snapshot %d: %w", idx, err)
+	}
+	_ = b.DeleteRange(entryPrefix, entryEnd, nil) // a non-indexed batch never fails to add
+	if err := setProto(b, snapshotKey, snap); err != nil {
+		return err
+	}
+	_ = b.DeleteRange(statePrefix, stateEnd, nil)
+	for _, kv := range kvs {
+		_ = b.Set(stateKey(kv.Key), kv.Value, nil)
+	}
+	_ = b.Set(appliedKey, encodeUint64(idx), nil)
+	return nil
+}
+
+// stageEntries adds ents to b, given the current log bounds, and returns
+// the entries actually written. Entries below first are already covered by
+// the snapshot and are dropped, as MemoryStorage.Append drops them. Stored
+// entries after the last new one are deleted: a leader overwrote them.
+func stageEntries(b *pebble.Batch, ents []*raftpb.Entry, first, last uint64) ([]*raftpb.Entry, error) {
+	if len(ents) == 0 {
+		return nil, nil
+	}
+	if lo := ents[0].GetIndex(); lo > last+1 {
+		return nil, fmt.Errorf("append at index %d leaves a gap after last index %d", lo, last)
+	}
+	for len(ents) > 0 && ents[0].GetIndex() < first {
+		ents = ents[1:]
+	}
+	if len(ents) == 0 {
+		return nil, nil
+	}
+	newLast := ents[len(ents)-1].GetIndex()
+	if newLast < last {
+		_ = b.DeleteRange(entryKey(newLast+1), entryKey(last+1), nil)
+	}
+	for _, e := range ents {
+		if err := setProto(b, entryKey(e.GetIndex()), e); err != nil {
+			return nil, err
+		}
+	}
+	return ents, nil
+}
+
+// updateMirror applies a committed Save to the mirror. The checks made
+// before committing mean it cannot fail; if it does, the mirror no longer
+// matches Pebble and the store must not be used further.
+func (s *Store) updateMirror(hs *raftpb.HardState, ents []*raftpb.Entry, snap *raftpb.Snapshot) error {
+	if !raft.IsEmptySnap(snap) {
+		if err := s.mem.ApplySnapshot(snap); err != nil {
+			return fmt.Errorf("save: mirror diverged from disk: %w", err)
+		}
+		s.snapMeta = proto.CloneOf(snap.GetMetadata())
+		s.applied.Store(snap.GetMetadata().GetIndex())
+	}
+	if err := s.mem.Append(ents); err != nil {
+		return fmt.Errorf("save: mirror diverged from disk: %w", err)
+	}
+	if !raft.IsEmptyHardState(hs) {
+		_ = s.mem.SetHardState(proto.CloneOf(hs))
+	}
+	return nil
+}
+
+// CreateSnapshot records a snapshot of the state at index i, which must be
+// the applied index (the state keyspace only holds the state at the applied
+// index). cs is the configuration at i; nil keeps the current one. The
+// snapshot is persisted (synced) before the mirror serves it, so that a
+// later Compact never discards entries that no durable snapshot covers.
+//
+// An error wrapping raft.ErrSnapOutOfDate is returned if i is not above the
+// current snapshot index.
+func (s *Store) CreateSnapshot(i uint64, cs *raftpb.ConfState) (*raftpb.Snapshot, error) {
+	view, err := s.stateView(i)
+	if err != nil {
+		return nil, err
+	}
+	// Encoding happens outside mu, from a Pebble snapshot taken at index i,
+	// so that Save is not blocked meanwhile.
+	data, err := encodeStateFrom(view)
+	_ = view.Close() // a read-only view; closing it cannot lose anything
+	if err != nil {
+		return nil, fmt.Errorf("create snapshot %d: %w", i, err)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap, err := s.buildSnapshot(i, cs, data)
+	if err != nil {
+		return nil, err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := setProto(b, snapshotKey, snap); err != nil {
+		return nil, fmt.Errorf("create snapshot %d: %w", i, err)
+	}
+	if err := s.commitSync(b); err != nil {
+		return nil, fmt.Errorf("create snapshot %d: %w", i, err)
+	}
+	if _, err := s.mem.CreateSnapshot(i, snap.GetMetadata().GetConfState(), data); err != nil {
+		return nil, fmt.Errorf("create snapshot %d: mirror diverged from disk: %w", i, err)
+	}
+	s.snapMeta = proto.CloneOf(snap.GetMetadata())
+	return snap, nil
+}
+
+// stateView checks that a snapshot at i can be taken and returns a
+// consistent view of the state keyspace at i.
+func (s *Store) stateView(i uint64) (*pebble.Snapshot, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkSnapshotIndex(i); err != nil {
+		return nil, err
+	}
+	if applied := s.applied.Load(); i != applied {
+		return nil, fmt.Errorf("create snapshot %d: state is at applied index %d", i, applied)
+	}
+	return s.db.NewSnapshot(), nil
+}
+
+// checkSnapshotIndex checks that i is above the current snapshot and within
+// the log. The mirror would panic on the latter.
+func (s *Store) checkSnapshotIndex(i uint64) error {
+	if cur := s.snapMeta.GetIndex(); i <= cur {
+		return fmt.Errorf("create snapshot %d: current snapshot is at %d: %w", i, cur, raft.ErrSnapOutOfDate)
+	}
+	if last, _ := s.mem.LastIndex(); i > last {
+		return fmt.Errorf("create snapshot %d: beyond last index %d", i, last)
+	}
+	return nil
+}
+
+// buildSnapshot assembles the snapshot at i, rechecking the index: a
+// received snapshot may have been installed while the data was encoded.
+func (s *Store) buildSnapshot(i uint64, cs *raftpb.ConfState, data []byte) (*raftpb.Snapshot, error) {
+	if err := s.checkSnapshotIndex(i); err != nil {
+		return nil, err
+	}
+	term, err := s.mem.Term(i)
+	if err != nil {
+		return nil, fmt.Errorf("create snapshot %d: %w", i, err)
+	}
+	if cs == nil {
+		cs = s.snapMeta.GetConfState()
+	}
+	return &raftpb.Snapshot{
+		Metadata: &raftpb.SnapshotMetadata{
+			Index:     new(i),
+			Term:      new(term),
+			ConfState: proto.CloneOf(raftpb.EnsureConfState(cs)),
+		},
+		Data: data,
+	}, nil
+}
+
+// Compact discards the log entries before compactIndex; the entry at
+// compactIndex is kept for its term, as in raft.MemoryStorage. compactIndex
+// must not exceed the snapshot index, so that every discarded entry is
+// covered by the durable snapshot. An error wrapping raft.ErrCompacted is
+// returned if compactIndex is already compacted.
+//
+// The deletion is not synced. Losing it in a crash is harmless: the
+// snapshot that covers the entries is already durable, so the entries are
+// merely served again after the restart until the next Compact. Pebble's
+// write-ahead log is also a prefix, so any later synced write makes the
+// deletion durable anyway.
+func (s *Store) Compact(compactIndex uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if snapIdx := s.snapMeta.GetIndex(); compactIndex > snapIdx {
+		return fmt.Errorf("compact to %d: beyond snapshot index %d", compactIndex, snapIdx)
+	}
+	if err := s.mem.Compact(compactIndex); err != nil {
+		return fmt.Errorf("compact to %d: %w", compactIndex, err)
+	}
+	if err := s.db.DeleteRange(entryPrefix, entryKey(compactIndex), pebble.NoSync); err != nil {
+		return fmt.Errorf("compact to %d: %w", compactIndex, err)
+	}
+	return nil
+}
+
+// commitSync commits b durably and counts the fsync.
+func (s *Store) commitSync(b *pebble.Batch) error {
+	if err := b.Commit(pebble.Sync); err != nil {
+		return err
+	}
+	s.syncs.Add(1)
+	return nil
+}
+
+func checkContiguous(ents []*raftpb.Entry) error {
+	for i := 1; i < len(ents); i++ {
+		if ents[i].GetIndex() != ents[i-1].GetIndex()+1 {
+			return fmt.Errorf("entries not contiguous: index %d follows %d", ents[i].GetIndex(), ents[i-1].GetIndex())
+		}
+	}
+	return nil
+}
+
+func setProto(b *pebble.Batch, key []byte, m proto.Message) error {
+	val, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("marshal %s: %w", key, err)
+	}
+	_ = b.Set(key, val, nil)
+	return nil
+}
+
+func getProto(s *Store, key []byte, m proto.Message) (bool, error) {
+	val, found, err := s.get(key)
+	if err != nil || !found {
+		return false, err
+	}
+	if err := proto.Unmarshal(val, m); err != nil {
+		return false, fmt.Errorf("unmarshal %s: %w", key, err)
+	}
+	return true, nil
+}

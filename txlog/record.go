@@ -1,0 +1,126 @@
+package txlog
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Outcome is the decision recorded for a transaction.
+type Outcome uint8
+
+// Outcomes. The numeric values are part of the record encoding.
+const (
+	OutcomeUnknown   Outcome = 0
+	OutcomeCommitted Outcome = 1
+	OutcomeAborted   Outcome = 2
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeUnknown:
+		return "unknown"
+	case OutcomeCommitted:
+		return "committed"
+	case OutcomeAborted:
+		return "aborted"
+	default:
+		return fmt.Sprintf("Outcome(%d)", uint8(o))
+	}
+}
+
+// Record is an entry of the transaction-record table.
+type Record struct {
+	ID           string
+	Outcome      Outcome
+	Participants []string
+	// Acked lists the participants that acknowledged phase 2; it is a
+	// subset of Participants.
+	Acked []string
+	// DecidedAt is in unix nanoseconds, taken from the proposing leader's
+	// clock and carried in the command, so every replica stores the same
+	// value.
+	DecidedAt  int64
+	Finished   bool
+	FinishedAt int64
+}
+
+// recordV1 is the version byte of the current record encoding. A new field
+// gets a new version; UnmarshalRecord keeps decoding the older ones.
+const recordV1 = 1
+
+// Marshal encodes r: the version byte, then the fields in declaration order,
+// strings and lists length-prefixed with uvarints, times as zig-zag varints.
+func (r *Record) Marshal() []byte {
+	b := []byte{recordV1}
+	b = appendString(b, r.ID)
+	b = append(b, byte(r.Outcome))
+	b = appendStrings(b, r.Participants)
+	b = appendStrings(b, r.Acked)
+	b = binary.AppendVarint(b, r.DecidedAt)
+	b = append(b, boolByte(r.Finished))
+	return binary.AppendVarint(b, r.FinishedAt)
+}
+
+// UnmarshalRecord decodes a record written by Record.Marshal. It rejects
+// truncated, garbled or non-canonical input with an error.
+func UnmarshalRecord(b []byte) (*Record, error) {
+	d := &decoder{what: "record", buf: b}
+	if v := d.byte("version"); d.err == nil && v != recordV1 {
+		return nil, fmt.Errorf("decode record: unsupported version %d", v)
+	}
+	r := &Record{ID: string(d.bytes("id"))}
+	r.Outcome = Outcome(d.byte("outcome"))
+	if r.Outcome > OutcomeAborted {
+		d.fail("outcome", fmt.Sprintf("invalid value %d", r.Outcome))
+	}
+	r.Participants = d.strings("participants")
+	r.Acked = d.strings("acked")
+	r.DecidedAt = d.varint("decided at")
+	r.Finished = d.bool("finished")
+	r.FinishedAt = d.varint("finished at")
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func appendStrings(b []byte, ss []string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ss)))
+	for _, s := range ss {
+		b = appendString(b, s)
+	}
+	return b
+}
+
+// strings reads a list written by appendStrings; an empty list decodes as
+// nil.
+func (d *decoder) strings(field string) []string {
+	n := d.count(field)
+	if n == 0 {
+		return nil
+	}
+	ss := make([]string, 0, n)
+	for range n {
+		ss = append(ss, string(d.bytes(field)))
+	}
+	return ss
+}
+
+func (d *decoder) bool(field string) bool {
+	switch b := d.byte(field); b {
+	case 0:
+		return false
+	case 1:
+		return true
+	default:
+		d.fail(field, fmt.Sprintf("invalid boolean %d", b))
+		return false
+	}
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
+}

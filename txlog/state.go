@@ -1,0 +1,172 @@
+package txlog
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Applied returns the index of the last log entry whose effects are in the
+// state keyspace.
+func (s *Store) Applied() uint64 {
+	return s.applied.Load()
+}
+
+// StateBatch collects state machine writes for CommitState. Keys are
+// relative to the state keyspace. Writes become visible only once
+// committed. A StateBatch is not safe for concurrent use.
+type StateBatch struct {
+	store *Store
+	batch *pebble.Batch
+}
+
+// NewStateBatch returns an empty batch for CommitState.
+func (s *Store) NewStateBatch() *StateBatch {
+	return &StateBatch{store: s, batch: s.db.NewBatch()}
+}
+
+// Set writes key. It panics on the reserved key "applied", which only
+// CommitState writes.
+func (b *StateBatch) Set(key, value []byte) {
+	checkWritable(key)
+	_ = b.open().Set(stateKey(key), value, nil) // a non-indexed batch never fails to add
+}
+
+// Delete removes key. It panics on the reserved key "applied".
+func (b *StateBatch) Delete(key []byte) {
+	checkWritable(key)
+	_ = b.open().Delete(stateKey(key), nil)
+}
+
+// PutRecord writes r under "txn/"+r.ID.
+func (b *StateBatch) PutRecord(r *Record) {
+	b.Set(recordKey(r.ID), r.Marshal())
+}
+
+// DeleteRecord removes the record with the given id.
+func (b *StateBatch) DeleteRecord(id string) {
+	b.Delete(recordKey(id))
+}
+
+// Discard releases a batch that will not be committed. It is a no-op on a
+// batch already committed or discarded.
+func (b *StateBatch) Discard() {
+	// Pebble recycles closed batches, so closing one twice would corrupt
+	// another user's batch.
+	if b.batch != nil {
+		_ = b.batch.Close()
+		b.batch = nil
+	}
+}
+
+func (b *StateBatch) open() *pebble.Batch {
+	if b.batch == nil {
+		panic("txlog: use of a committed or discarded StateBatch")
+	}
+	return b.batch
+}
+
+func checkWritable(key []byte) {
+	if string(key) == reservedStateKey {
+		panic("txlog: state key \"applied\" is reserved")
+	}
+}
+
+// CommitState atomically writes b and sets the applied index to applied,
+// which must be above Applied(): entries are never applied twice. b must not
+// be used afterwards, whether or not CommitState succeeds.
+//
+// The commit is not synced. That is safe because the entries up to applied
+// are already durable in the Raft log, so after a crash that loses this
+// write the state machine replays them from the stored (older) applied
+// index; and because the write is atomic, the state and the applied index
+// never disagree. Pebble's write-ahead log is a prefix, so the next synced
+// Save makes this write durable too.
+func (s *Store) CommitState(b *StateBatch, applied uint64) error {
+	defer b.Discard()
+	if b.store != s || b.batch == nil {
+		return errors.New("commit state: batch is used up or belongs to another store")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.applied.Load(); applied <= cur {
+		return fmt.Errorf("commit state: applied index %d not above current %d", applied, cur)
+	}
+	_ = b.batch.Set(appliedKey, encodeUint64(applied), nil)
+	if err := b.batch.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("commit state at %d: %w", applied, err)
+	}
+	s.applied.Store(applied)
+	return nil
+}
+
+// GetState reads a committed state key.
+func (s *Store) GetState(key []byte) ([]byte, bool, error) {
+	val, found, err := s.get(stateKey(key))
+	if err != nil {
+		return nil, false, fmt.Errorf("get state %q: %w", key, err)
+	}
+	return val, found, nil
+}
+
+// GetRecord reads a committed transaction record.
+func (s *Store) GetRecord(id string) (*Record, bool, error) {
+	val, found, err := s.GetState(recordKey(id))
+	if err != nil || !found {
+		return nil, false, err
+	}
+	r, err := UnmarshalRecord(val)
+	if err != nil {
+		return nil, false, fmt.Errorf("get record %q: %w", id, err)
+	}
+	return r, true, nil
+}
+
+// ScanRecords calls fn for every committed record in key (id) order until fn
+// returns false.
+func (s *Store) ScanRecords(fn func(*Record) bool) error {
+	lower := stateKey(recordPrefix)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+	if err != nil {
+		return fmt.Errorf("scan records: %w", err)
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		r, err := UnmarshalRecord(it.Value())
+		if err != nil {
+			return fmt.Errorf("scan records: key %q: %w", it.Key(), err)
+		}
+		if !fn(r) {
+			break
+		}
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("scan records: %w", err)
+	}
+	return nil
+}
+
+// encodeStateFrom encodes the state keyspace seen by r, excluding the
+// applied index, in the snapshot data format.
+func encodeStateFrom(r pebble.Reader) ([]byte, error) {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: statePrefix, UpperBound: stateEnd})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var e stateEncoder
+	for it.First(); it.Valid(); it.Next() {
+		if bytes.Equal(it.Key(), appliedKey) {
+			continue
+		}
+		if err := e.add(it.Key()[len(statePrefix):], it.Value()); err != nil {
+			return nil, err
+		}
+	}
+	if err := it.Error(); err != nil {
+		return nil, err
+	}
+	return e.finish(), nil
+}

@@ -1,0 +1,226 @@
+package txlog
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/rs/zerolog"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+var (
+	// ErrLocked reports that the data directory is in use by another
+	// process or by another open Store in this process.
+	ErrLocked = errors.New("txlog: data directory is locked by another store")
+	// ErrIdentityMismatch reports that the data directory belongs to a
+	// different cluster or node.
+	ErrIdentityMismatch = errors.New("txlog: data directory belongs to another cluster or node")
+	// errClosed is returned by Close on a closed Store.
+	errClosed = errors.New("txlog: store is closed")
+)
+
+// defaultCacheSize is the Pebble block cache size when Options.CacheSize is
+// zero.
+const defaultCacheSize = 32 << 20
+
+// Identity names the cluster and node a data directory belongs to.
+type Identity struct {
+	ClusterID, NodeID uint64
+}
+
+// Options configures Open.
+type Options struct {
+	// FS is the filesystem; nil means vfs.Default. Tests pass vfs.NewMem()
+	// or vfs.NewCrashableMem().
+	FS vfs.FS
+	// Logger receives Pebble's log output and the store's own; the zero
+	// value discards it.
+	Logger zerolog.Logger
+	// CacheSize is the Pebble block cache size in bytes; 0 means 32 MiB.
+	CacheSize int64
+}
+
+// Store is the durable storage of one node. It implements raft.Storage. Its
+// methods are safe for concurrent use (except InitialState, which Raft calls
+// once at start, and Close); mutations are serialised.
+type Store struct {
+	db   *pebble.DB
+	lock *pebble.Lock
+	log  zerolog.Logger
+
+	// mu serialises mutations so that Pebble and mem change in the same
+	// order and snapshot installation cannot interleave with state commits.
+	mu sync.Mutex
+	// mem mirrors the durable Raft log and serves raft.Storage reads. It is
+	// only changed after the corresponding Pebble write succeeded. It is a
+	// named field rather than embedded so that its non-durable mutators
+	// (Append, SetHardState, ...) are not part of Store's API.
+	mem *raft.MemoryStorage
+	// snapMeta is the metadata of mem's snapshot, kept to avoid copying
+	// the snapshot data just to read its index. Guarded by mu.
+	snapMeta *raftpb.SnapshotMetadata
+	// applied caches s/applied.
+	applied atomic.Uint64
+	syncs   atomic.Uint64
+	closed  atomic.Bool
+}
+
+var _ raft.Storage = (*Store)(nil)
+
+// Open opens or creates the store in dir. A new directory is stamped with
+// id; an existing one must carry the same id, otherwise the error wraps
+// ErrIdentityMismatch. If the directory is in use, the error wraps ErrLocked.
+func Open(dir string, id Identity, opts Options) (*Store, error) {
+	fsys := opts.FS
+	if fsys == nil {
+		fsys = vfs.Default
+	}
+	lock, err := lockDir(dir, fsys)
+	if err != nil {
+		return nil, err
+	}
+	db, err := openPebble(dir, fsys, lock, opts)
+	if err != nil {
+		_ = lock.Close()
+		return nil, fmt.Errorf("open pebble in %s: %w", dir, err)
+	}
+	s := &Store{db: db, lock: lock, log: opts.Logger}
+	if err := s.load(dir, id); err != nil {
+		// The load error is the one worth reporting.
+		_ = db.Close()
+		_ = lock.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// lockDir takes Pebble's directory lock before Pebble opens, so that a lock
+// conflict can be told apart from other open failures.
+func lockDir(dir string, fsys vfs.FS) (*pebble.Lock, error) {
+	if err := fsys.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	lock, err := pebble.LockDirectory(dir, fsys)
+	if err == nil {
+		return lock, nil
+	}
+	// Failing to create the lock file is a *fs.PathError (permissions, a
+	// read-only disk, ...); failing to take the lock on the created file
+	// is not.
+	if _, ok := errors.AsType[*fs.PathError](err); ok {
+		return nil, fmt.Errorf("lock data directory %s: %w", dir, err)
+	}
+	return nil, fmt.Errorf("%w: %s: %w", ErrLocked, dir, err)
+}
+
+func openPebble(dir string, fsys vfs.FS, lock *pebble.Lock, opts Options) (*pebble.DB, error) {
+	size := opts.CacheSize
+	if size <= 0 {
+		size = defaultCacheSize
+	}
+	cache := pebble.NewCache(size)
+	defer cache.Unref() // the DB holds its own reference
+	return pebble.Open(dir, &pebble.Options{
+		FS:                 fsys,
+		Lock:               lock,
+		Cache:              cache,
+		Logger:             pebbleLogger{log: opts.Logger},
+		FormatMajorVersion: pebble.FormatNewest,
+	})
+}
+
+// load checks or writes the identity, then rebuilds the in-memory state
+// from Pebble.
+func (s *Store) load(dir string, id Identity) error {
+	if err := s.checkIdentity(dir, id); err != nil {
+		return err
+	}
+	applied, err := s.loadApplied()
+	if err != nil {
+		return err
+	}
+	s.applied.Store(applied)
+	if s.mem, err = s.loadMirror(); err != nil {
+		return fmt.Errorf("load raft log from %s: %w", dir, err)
+	}
+	snap, _ := s.mem.Snapshot()
+	s.snapMeta = snap.GetMetadata()
+	first, _ := s.mem.FirstIndex()
+	last, _ := s.mem.LastIndex()
+	s.log.Info().Str("dir", dir).Uint64("applied", applied).
+		Uint64("first_index", first).Uint64("last_index", last).Msg("opened store")
+	return nil
+}
+
+// checkIdentity stamps a new directory with id (synced, so that a crash
+// cannot leave log data without an owner) or verifies the stored one.
+func (s *Store) checkIdentity(dir string, id Identity) error {
+	val, found, err := s.get(identityKey)
+	if err != nil {
+		return fmt.Errorf("read identity: %w", err)
+	}
+	if !found {
+		enc := binary.BigEndian.AppendUint64(encodeUint64(id.ClusterID), id.NodeID)
+		if err := s.db.Set(identityKey, enc, pebble.Sync); err != nil {
+			return fmt.Errorf("write identity: %w", err)
+		}
+		s.syncs.Add(1)
+		return nil
+	}
+	if len(val) != 16 {
+		return fmt.Errorf("read identity: corrupt value of %d bytes", len(val))
+	}
+	got := Identity{ClusterID: binary.BigEndian.Uint64(val), NodeID: binary.BigEndian.Uint64(val[8:])}
+	if got != id {
+		return fmt.Errorf("%w: %s holds cluster %d node %d, expected cluster %d node %d",
+			ErrIdentityMismatch, dir, got.ClusterID, got.NodeID, id.ClusterID, id.NodeID)
+	}
+	return nil
+}
+
+func (s *Store) loadApplied() (uint64, error) {
+	val, found, err := s.get(appliedKey)
+	if err != nil || !found {
+		return 0, err
+	}
+	if len(val) != 8 {
+		return 0, fmt.Errorf("read applied index: corrupt value of %d bytes", len(val))
+	}
+	return binary.BigEndian.Uint64(val), nil
+}
+
+// get reads a key, returning a copy of its value.
+func (s *Store) get(key []byte) ([]byte, bool, error) {
+	val, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	defer closer.Close()
+	return append([]byte(nil), val...), true, nil
+}
+
+// Close closes the database and releases the directory lock.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return errClosed
+	}
+	err := s.db.Close()
+	return errors.Join(err, s.lock.Close())
+}
+
+// SyncCount returns how many synced batches this Store has committed,
+// including the identity stamp of a new directory. Tests use it to count
+// fsyncs per Raft Ready.
+func (s *Store) SyncCount() uint64 {
+	return s.syncs.Load()
+}
