@@ -1,0 +1,196 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Config configures a Node. Zero values take the documented defaults.
+type Config struct {
+	// ID is this node's raft id; it must be a key of Peers.
+	ID uint64
+	// Peers maps every initial member's raft id to its host:port.
+	Peers map[uint64]string
+	// ClusterID identifies the cluster; see ClusterID.
+	ClusterID uint64
+
+	// TickInterval is the raft logical clock period (default 100ms).
+	TickInterval time.Duration
+	// ElectionTicks is raft's election timeout in ticks (default 10);
+	// followers wait a random time in [ElectionTicks, 2*ElectionTicks).
+	ElectionTicks int
+	// HeartbeatTicks is the leader's heartbeat period in ticks (default 1).
+	HeartbeatTicks int
+
+	// SnapshotEvery takes a snapshot once this many entries have been
+	// applied since the last one (default 10000).
+	SnapshotEvery uint64
+	// CatchUpEntries is how many entries the log keeps below a snapshot so
+	// a slightly lagging follower catches up without a snapshot (default 5000).
+	CatchUpEntries uint64
+	// MaxBatch caps the proposals packed into one raft entry (default 512).
+	MaxBatch int
+
+	// Clock is the time source (default WallClock).
+	Clock Clock
+	// Nonce distinguishes this incarnation's proposal ids from an earlier
+	// one's (default: random).
+	Nonce uint32
+	// Dial opens peer connections (default: a net.Dialer).
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Logger is the node's logger; it gets a "component" field per part.
+	Logger zerolog.Logger
+}
+
+func (c *Config) withDefaults() (Config, error) {
+	cfg := *c
+	if err := ValidatePeers(cfg.ID, cfg.Peers); err != nil {
+		return cfg, err
+	}
+	if cfg.TickInterval <= 0 {
+		cfg.TickInterval = 100 * time.Millisecond
+	}
+	if cfg.ElectionTicks <= 0 {
+		cfg.ElectionTicks = 10
+	}
+	if cfg.HeartbeatTicks <= 0 {
+		cfg.HeartbeatTicks = 1
+	}
+	if cfg.HeartbeatTicks >= cfg.ElectionTicks {
+		return cfg, fmt.Errorf("heartbeat ticks (%d) must be below election ticks (%d)", cfg.HeartbeatTicks, cfg.ElectionTicks)
+	}
+	if cfg.SnapshotEvery == 0 {
+		cfg.SnapshotEvery = 10000
+	}
+	if cfg.CatchUpEntries == 0 {
+		cfg.CatchUpEntries = 5000
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 512
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = WallClock{}
+	}
+	if cfg.Nonce == 0 {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return cfg, fmt.Errorf("draw proposal nonce: %w", err)
+		}
+		cfg.Nonce = binary.BigEndian.Uint32(b[:]) | 1
+	}
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+	return cfg, nil
+}
+
+// ValidatePeers checks that a peers map is usable and contains id.
+func ValidatePeers(id uint64, peers map[uint64]string) error {
+	if len(peers) == 0 {
+		return errors.New("no peers configured")
+	}
+	seen := make(map[string]uint64, len(peers))
+	for pid, addr := range peers {
+		if pid == 0 {
+			return errors.New("peer id 0 is reserved")
+		}
+		if err := validateAddr(addr); err != nil {
+			return fmt.Errorf("peer %d: %w", pid, err)
+		}
+		if other, dup := seen[addr]; dup {
+			return fmt.Errorf("peers %d and %d share address %s", min(pid, other), max(pid, other), addr)
+		}
+		seen[addr] = pid
+	}
+	if _, ok := peers[id]; !ok {
+		return fmt.Errorf("node id %d is not among the peers", id)
+	}
+	return nil
+}
+
+func validateAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", addr, err)
+	}
+	if host == "" {
+		return fmt.Errorf("address %q has no host", addr)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return fmt.Errorf("address %q has no valid port", addr)
+	}
+	return nil
+}
+
+// ParsePeers parses "1=host:port,2=host:port,...". Duplicate ids, bad ids and
+// unparsable addresses are errors.
+func ParsePeers(s string) (map[uint64]string, error) {
+	peers := make(map[uint64]string)
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		idStr, addr, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("peer %q: want id=host:port", part)
+		}
+		id, err := strconv.ParseUint(idStr, 10, 64)
+		if err != nil || id == 0 {
+			return nil, fmt.Errorf("peer %q: id must be a positive integer", part)
+		}
+		if _, dup := peers[id]; dup {
+			return nil, fmt.Errorf("peer id %d appears twice", id)
+		}
+		if err := validateAddr(addr); err != nil {
+			return nil, fmt.Errorf("peer %d: %w", id, err)
+		}
+		peers[id] = addr
+	}
+	if len(peers) == 0 {
+		return nil, errors.New("no peers given")
+	}
+	return peers, nil
+}
+
+// ClusterID derives a cluster's identity from its name and initial members,
+// so a data dir or a peer from another cluster is recognised as foreign.
+func ClusterID(name string, peers map[uint64]string) uint64 {
+	ids := make([]uint64, 0, len(peers))
+	for id := range peers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	for _, id := range ids {
+		fmt.Fprintf(h, "\x00%d=%s", id, canonicalAddr(peers[id]))
+	}
+	if v := h.Sum64(); v != 0 {
+		return v
+	}
+	return 1
+}
+
+func canonicalAddr(addr string) string {
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		return ap.String()
+	}
+	return addr
+}

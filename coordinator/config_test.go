@@ -1,0 +1,67 @@
+package coordinator_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/decree-tx/decree/coordinator"
+)
+
+func TestParsePeers(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    int
+		wantErr string
+	}{
+		{in: "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003", want: 3},
+		{in: " 1=localhost:1 , 2=[::1]:2 ", want: 2},
+		{in: "", wantErr: "no peers"},
+		{in: "1=127.0.0.1:7001,1=127.0.0.1:7002", wantErr: "appears twice"},
+		{in: "0=127.0.0.1:7001", wantErr: "positive integer"},
+		{in: "x=127.0.0.1:7001", wantErr: "positive integer"},
+		{in: "1:127.0.0.1:7001", wantErr: "want id=host:port"},
+		{in: "1=127.0.0.1", wantErr: "missing port"},
+		{in: "1=127.0.0.1:notaport", wantErr: "no valid port"},
+		{in: "1=:7001", wantErr: "no host"},
+	} {
+		peers, err := coordinator.ParsePeers(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("ParsePeers(%q) error = %v, want it to mention %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || len(peers) != tc.want {
+			t.Errorf("ParsePeers(%q) = %v, %v; want %d peers", tc.in, peers, err, tc.want)
+		}
+	}
+}
+
+func TestValidatePeers(t *testing.T) {
+	peers := map[uint64]string{1: "127.0.0.1:1", 2: "127.0.0.1:2"}
+	if err := coordinator.ValidatePeers(1, peers); err != nil {
+		t.Fatal(err)
+	}
+	if err := coordinator.ValidatePeers(3, peers); err == nil || !strings.Contains(err.Error(), "not among the peers") {
+		t.Fatalf("missing id: %v", err)
+	}
+	dup := map[uint64]string{1: "127.0.0.1:1", 2: "127.0.0.1:1"}
+	if err := coordinator.ValidatePeers(1, dup); err == nil || !strings.Contains(err.Error(), "share address") {
+		t.Fatalf("shared address: %v", err)
+	}
+}
+
+func TestClusterIDDependsOnNameAndMembers(t *testing.T) {
+	a := map[uint64]string{1: "127.0.0.1:1", 2: "127.0.0.1:2"}
+	b := map[uint64]string{2: "127.0.0.1:2", 1: "127.0.0.1:1"}
+	c := map[uint64]string{1: "127.0.0.1:1", 2: "127.0.0.1:3"}
+	if coordinator.ClusterID("x", a) != coordinator.ClusterID("x", b) {
+		t.Fatal("cluster id depends on map order")
+	}
+	if coordinator.ClusterID("x", a) == coordinator.ClusterID("y", a) {
+		t.Fatal("cluster id ignores the name")
+	}
+	if coordinator.ClusterID("x", a) == coordinator.ClusterID("x", c) {
+		t.Fatal("cluster id ignores the members")
+	}
+}

@@ -1,0 +1,146 @@
+package coordinator
+
+import (
+	"fmt"
+	"slices"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+	"github.com/decree-tx/decree/txlog"
+)
+
+// Result is what applying one command produced, as every replica computed it.
+type Result struct {
+	// Outcome is the transaction's applied outcome after the command: for a
+	// Decide, the first decision recorded for the id, which may differ from
+	// the one proposed.
+	Outcome decreev1.Outcome
+	// Index is the raft index of the entry that carried the command.
+	Index uint64
+	// Err is set when the command was malformed; the state did not change.
+	Err error
+}
+
+// recordReader is the read side of the state machine's storage.
+type recordReader interface {
+	GetRecord(id string) (*txlog.Record, bool, error)
+}
+
+// applier applies the commands of one batch of committed entries. Writes go
+// into one txlog.StateBatch; dirty holds the records written so far so later
+// commands in the same batch see them (the batch is not readable until it
+// commits). Apply must be deterministic: it reads only the command and the
+// replicated state, never the clock or the node's role.
+type applier struct {
+	store recordReader
+	batch *txlog.StateBatch
+	dirty map[string]*txlog.Record
+}
+
+func newApplier(store recordReader, batch *txlog.StateBatch) *applier {
+	return &applier{store: store, batch: batch, dirty: make(map[string]*txlog.Record)}
+}
+
+func (a *applier) record(id string) (*txlog.Record, error) {
+	if r, ok := a.dirty[id]; ok {
+		return r, nil
+	}
+	r, ok, err := a.store.GetRecord(id)
+	if err != nil {
+		return nil, fmt.Errorf("read record %q: %w", id, err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	return r, nil
+}
+
+func (a *applier) put(r *txlog.Record) {
+	a.dirty[r.ID] = r
+	a.batch.PutRecord(r)
+}
+
+// apply applies one command. A storage error is returned as error (the node
+// cannot continue); a malformed command yields Result.Err and no change.
+func (a *applier) apply(cmd *decreev1.Command, index uint64) (Result, error) {
+	switch k := cmd.GetKind().(type) {
+	case *decreev1.Command_Decide:
+		return a.decide(k.Decide, index)
+	case *decreev1.Command_Finished:
+		return a.finished(k.Finished, index)
+	default:
+		return Result{Index: index, Err: fmt.Errorf("unknown command %T", k)}, nil
+	}
+}
+
+// decide records the first decision for an id; later ones are no-ops and
+// report the recorded outcome (first decision wins).
+func (a *applier) decide(d *decreev1.Decide, index uint64) (Result, error) {
+	res := Result{Index: index}
+	if d.GetTxnId() == "" {
+		res.Err = fmt.Errorf("decide: empty transaction id")
+		return res, nil
+	}
+	out, err := outcomeToRecord(d.GetOutcome())
+	if err != nil {
+		res.Err = fmt.Errorf("decide %q: %w", d.GetTxnId(), err)
+		return res, nil
+	}
+	r, err := a.record(d.GetTxnId())
+	if err != nil {
+		return res, err
+	}
+	if r != nil && r.Outcome != txlog.OutcomeUnknown {
+		res.Outcome = outcomeFromRecord(r.Outcome)
+		return res, nil
+	}
+	a.put(&txlog.Record{
+		ID:           d.GetTxnId(),
+		Outcome:      out,
+		Participants: slices.Clone(d.GetParticipants()),
+		DecidedAt:    d.GetDecidedAt(),
+	})
+	res.Outcome = d.GetOutcome()
+	return res, nil
+}
+
+// finished marks decided transactions finished; unknown or undecided ids are
+// skipped, so a repeated or reordered Finished changes nothing.
+func (a *applier) finished(f *decreev1.Finished, index uint64) (Result, error) {
+	for _, id := range f.GetTxnIds() {
+		r, err := a.record(id)
+		if err != nil {
+			return Result{Index: index}, err
+		}
+		if r == nil || r.Outcome == txlog.OutcomeUnknown || r.Finished {
+			continue
+		}
+		done := *r
+		done.Finished = true
+		done.FinishedAt = f.GetFinishedAt()
+		done.Acked = slices.Clone(r.Participants)
+		a.put(&done)
+	}
+	return Result{Index: index}, nil
+}
+
+func outcomeToRecord(o decreev1.Outcome) (txlog.Outcome, error) {
+	switch o {
+	case decreev1.Outcome_OUTCOME_COMMITTED:
+		return txlog.OutcomeCommitted, nil
+	case decreev1.Outcome_OUTCOME_ABORTED:
+		return txlog.OutcomeAborted, nil
+	default:
+		return txlog.OutcomeUnknown, fmt.Errorf("outcome %v is not a decision", o)
+	}
+}
+
+func outcomeFromRecord(o txlog.Outcome) decreev1.Outcome {
+	switch o {
+	case txlog.OutcomeCommitted:
+		return decreev1.Outcome_OUTCOME_COMMITTED
+	case txlog.OutcomeAborted:
+		return decreev1.Outcome_OUTCOME_ABORTED
+	default:
+		return decreev1.Outcome_OUTCOME_UNSPECIFIED
+	}
+}
