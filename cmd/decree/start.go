@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/decree-tx/decree/coordinator"
+	"github.com/decree-tx/decree/txlog"
+)
+
+type startFlags struct {
+	id            uint64
+	listen        string
+	peers         string
+	dataDir       string
+	clusterName   string
+	tick          time.Duration
+	electionTicks int
+	snapshotEvery uint64
+	logLevel      string
+	logFormat     string
+}
+
+func runStart(args []string, _, stderr io.Writer) error {
+	var f startFlags
+	fs := flag.NewFlagSet("start", flag.ContinueOnError)
+	fs.Uint64Var(&f.id, "id", 0, "this node's raft id (a key of --peers)")
+	fs.StringVar(&f.listen, "listen", "", "host:port to serve on (default: this node's address in --peers)")
+	fs.StringVar(&f.peers, "peers", "", "every member as id=host:port, comma-separated")
+	fs.StringVar(&f.dataDir, "data-dir", "", "directory for this node's durable state")
+	fs.StringVar(&f.clusterName, "cluster-name", "decree", "cluster name; with --peers it forms the cluster id")
+	fs.DurationVar(&f.tick, "tick", 100*time.Millisecond, "raft tick interval")
+	fs.IntVar(&f.electionTicks, "election-ticks", 10, "raft election timeout in ticks")
+	fs.Uint64Var(&f.snapshotEvery, "snapshot-every", 10000, "snapshot after this many applied entries")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	cfg, err := f.nodeConfig()
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, f.logLevel, f.logFormat)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = logger
+	return serve(cfg, f, logger)
+}
+
+func (f *startFlags) nodeConfig() (coordinator.Config, error) {
+	if f.id == 0 {
+		return coordinator.Config{}, usagef("--id is required and must be positive")
+	}
+	if f.dataDir == "" {
+		return coordinator.Config{}, usagef("--data-dir is required")
+	}
+	if f.peers == "" {
+		return coordinator.Config{}, usagef("--peers is required")
+	}
+	peers, err := coordinator.ParsePeers(f.peers)
+	if err != nil {
+		return coordinator.Config{}, usagef("--peers: %v", err)
+	}
+	if err := coordinator.ValidatePeers(f.id, peers); err != nil {
+		return coordinator.Config{}, usagef("--peers: %v", err)
+	}
+	if f.listen == "" {
+		f.listen = peers[f.id]
+	}
+	if _, _, err := net.SplitHostPort(f.listen); err != nil {
+		return coordinator.Config{}, usagef("--listen: %v", err)
+	}
+	if f.tick <= 0 || f.electionTicks < 2 {
+		return coordinator.Config{}, usagef("--tick must be positive and --election-ticks at least 2")
+	}
+	return coordinator.Config{
+		ID:            f.id,
+		Peers:         peers,
+		ClusterID:     coordinator.ClusterID(f.clusterName, peers),
+		TickInterval:  f.tick,
+		ElectionTicks: f.electionTicks,
+		SnapshotEvery: f.snapshotEvery,
+	}, nil
+}
+
+// serve opens the store and the port, runs the node until SIGTERM/SIGINT or
+// a fatal node error, then shuts down in reverse order.
+func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
+	log := logger.With().Str("component", "main").Uint64("node", cfg.ID).Logger()
+	if err := os.MkdirAll(f.dataDir, 0o755); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	store, err := txlog.Open(f.dataDir, txlog.Identity{ClusterID: cfg.ClusterID, NodeID: cfg.ID},
+		txlog.Options{Logger: logger.With().Str("component", "txlog").Logger()})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	lis, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", f.listen, err)
+	}
+	node, err := coordinator.NewNode(cfg, store, nil)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	srv := grpc.NewServer(coordinator.ServerOptions()...)
+	node.Register(srv)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+	go func() {
+		if err := srv.Serve(lis); err != nil {
+			log.Error().Err(err).Msg("grpc server stopped")
+		}
+	}()
+	log.Info().Str("listen", lis.Addr().String()).Str("data_dir", f.dataDir).
+		Str("cluster_id", fmt.Sprintf("%x", cfg.ClusterID)).Msg("coordinator node serving")
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	select {
+	case <-ctx.Done():
+		log.Info().Msg("shutting down")
+	case <-node.Done():
+	}
+	hs.Shutdown()
+	stopServer(srv, 5*time.Second)
+	if err := node.Stop(); err != nil {
+		return fmt.Errorf("node failed: %w", err)
+	}
+	log.Info().Msg("stopped cleanly")
+	return nil
+}
+
+// stopServer drains in-flight calls, but never waits longer than d: peer
+// streams are long-lived and would hold GracefulStop forever.
+func stopServer(srv *grpc.Server, d time.Duration) {
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		srv.Stop()
+	}
+}

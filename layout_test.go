@@ -1,0 +1,101 @@
+// Package decree_test holds repository-wide checks.
+package decree_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// allowed maps each top-level room of DESIGN.md's layout to the rooms of
+// this module it may import. Third-party imports are not checked here.
+var allowed = map[string][]string{
+	"proto":              {},
+	"txlog":              {},
+	"coordinator":        {"txlog", "proto"},
+	"coordinator/client": {"proto"},
+	"participant":        {"txlog", "proto"},
+	"cmd":                {"*"},
+	"examples/bank":      {"coordinator/client", "participant", "proto"},
+	"test/chaos":         {"coordinator/client", "participant", "proto", "examples/bank"},
+}
+
+const module = "github.com/decree-tx/decree"
+
+// TestLayoutImports fails when a package imports a room of this module that
+// DESIGN.md's layout forbids (for example participant importing coordinator
+// internals, or txlog importing gRPC code from proto).
+func TestLayoutImports(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}} {{join .TestImports " "}}`, "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	checked := 0
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		pkg := strings.TrimPrefix(fields[0], module+"/")
+		if pkg == module {
+			continue
+		}
+		room := roomOf(pkg)
+		if room == "" {
+			t.Errorf("package %s is in no room of the layout", pkg)
+			continue
+		}
+		for _, imp := range fields[1:] {
+			if !strings.HasPrefix(imp, module+"/") {
+				continue
+			}
+			target := roomOf(strings.TrimPrefix(imp, module+"/"))
+			if target == room || mayImport(room, target) {
+				continue
+			}
+			t.Errorf("%s imports %s: room %q may not import room %q", pkg, imp, room, target)
+		}
+		checked++
+	}
+	if checked == 0 {
+		t.Fatal("no packages checked")
+	}
+}
+
+// roomOf returns the longest layout room containing pkg.
+func roomOf(pkg string) string {
+	best := ""
+	for room := range allowed {
+		if (pkg == room || strings.HasPrefix(pkg, room+"/")) && len(room) > len(best) {
+			best = room
+		}
+	}
+	return best
+}
+
+func mayImport(from, to string) bool {
+	for _, a := range allowed[from] {
+		if a == "*" || a == to {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRoomOf(t *testing.T) {
+	for pkg, want := range map[string]string{
+		"coordinator":            "coordinator",
+		"coordinator/client":     "coordinator/client",
+		"coordinator/client/x":   "coordinator/client",
+		"proto/decree/v1":        "proto",
+		"examples/bank/cmd/bank": "examples/bank",
+		"util":                   "",
+	} {
+		if got := roomOf(pkg); got != want {
+			t.Errorf("roomOf(%q) = %q, want %q", pkg, got, want)
+		}
+	}
+	if mayImport("participant", "coordinator") {
+		t.Error("participant must not import coordinator")
+	}
+	if !mayImport("cmd", "coordinator") {
+		t.Error("cmd may import coordinator")
+	}
+}
