@@ -18,7 +18,7 @@ import (
 // testCluster is an in-process coordinator cluster: real nodes, real Pebble
 // stores in temp dirs, real gRPC on loopback.
 type testCluster struct {
-	t       *testing.T
+	t       testing.TB
 	peers   map[uint64]string
 	cid     uint64
 	dirs    map[uint64]string
@@ -32,7 +32,7 @@ type member struct {
 	srv   *grpc.Server
 }
 
-func newTestCluster(t *testing.T, size int, tune func(*coordinator.Config)) *testCluster {
+func newTestCluster(t testing.TB, size int, tune func(*coordinator.Config)) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, peers: map[uint64]string{}, dirs: map[uint64]string{}, tune: tune, members: map[uint64]*member{}}
 	listeners := map[uint64]net.Listener{}
@@ -173,7 +173,7 @@ func finished(ids ...string) *decreev1.Command {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {

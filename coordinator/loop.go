@@ -213,7 +213,7 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	}
 	// One synced batch: hard state, new entries and a received snapshot
 	// (which replaces the state machine in the same batch).
-	if err := n.store.Save(rd.HardState, rd.Entries, rd.Snapshot); err != nil {
+	if err := n.store.SaveReady(rd.HardState, rd.Entries, rd.Snapshot, rd.MustSync); err != nil {
 		return fmt.Errorf("persist ready: %w", err)
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {

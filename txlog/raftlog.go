@@ -55,6 +55,15 @@ func (s *Store) Snapshot() (*raftpb.Snapshot, error) {
 //   - Entries starting at index i replace any stored entries from i on.
 //   - A non-empty hard state replaces the stored one.
 func (s *Store) Save(hs *raftpb.HardState, ents []*raftpb.Entry, snap *raftpb.Snapshot) error {
+	return s.SaveReady(hs, ents, snap, true)
+}
+
+// SaveReady is Save for a raft Ready: when raft says the Ready need not be
+// synced (mustSync false: only the commit index moved) and there is no
+// snapshot, the batch is written without an fsync. That is safe because a
+// commit index can always be relearned from the leader, and Pebble's WAL is
+// ordered: if this write survives a crash, every earlier synced write did.
+func (s *Store) SaveReady(hs *raftpb.HardState, ents []*raftpb.Entry, snap *raftpb.Snapshot, mustSync bool) error {
 	if raft.IsEmptySnap(snap) && raft.IsEmptyHardState(hs) && len(ents) == 0 {
 		return nil
 	}
@@ -69,7 +78,12 @@ func (s *Store) Save(hs *raftpb.HardState, ents []*raftpb.Entry, snap *raftpb.Sn
 	if err != nil {
 		return fmt.Errorf("save: %w", err)
 	}
-	if err := s.commitSync(b); err != nil {
+	if mustSync || len(ents) > 0 || !raft.IsEmptySnap(snap) {
+		err = s.commitSync(b)
+	} else {
+		err = b.Commit(pebble.NoSync)
+	}
+	if err != nil {
 		return fmt.Errorf("save: %w", err)
 	}
 	return s.updateMirror(hs, ents, snap)
