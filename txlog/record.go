@@ -42,6 +42,9 @@ type Record struct {
 	DecidedAt  int64
 	Finished   bool
 	FinishedAt int64
+	// Reason says why an aborted transaction aborted (which participant
+	// voted no or failed, and what it said); empty for commits.
+	Reason string
 }
 
 // recordV1 is the version byte of the current record encoding. A new field
@@ -58,7 +61,8 @@ func (r *Record) Marshal() []byte {
 	b = appendStrings(b, r.Acked)
 	b = binary.AppendVarint(b, r.DecidedAt)
 	b = append(b, boolByte(r.Finished))
-	return binary.AppendVarint(b, r.FinishedAt)
+	b = binary.AppendVarint(b, r.FinishedAt)
+	return appendString(b, r.Reason)
 }
 
 // UnmarshalRecord decodes a record written by Record.Marshal. It rejects
@@ -78,6 +82,7 @@ func UnmarshalRecord(b []byte) (*Record, error) {
 	r.DecidedAt = d.varint("decided at")
 	r.Finished = d.bool("finished")
 	r.FinishedAt = d.varint("finished at")
+	r.Reason = string(d.bytes("reason"))
 	if err := d.end(); err != nil {
 		return nil, err
 	}

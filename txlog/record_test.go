@@ -10,7 +10,7 @@ var codecRecords = map[string]*Record{
 	"zero":    {},
 	"decided": {ID: "tx-1", Outcome: OutcomeCommitted, Participants: []string{"a:1", "b:2"}, DecidedAt: 1_700_000_000_000_000_000},
 	"acked": {ID: "tx-2", Outcome: OutcomeAborted, Participants: []string{"a", "b", "c"}, Acked: []string{"c", "a"},
-		DecidedAt: 5, Finished: true, FinishedAt: 6},
+		DecidedAt: 5, Finished: true, FinishedAt: 6, Reason: "b:1 voted no: insufficient funds"},
 	"extremes":     {ID: string(make([]byte, 300)), Outcome: OutcomeUnknown, DecidedAt: math.MinInt64, FinishedAt: math.MaxInt64},
 	"empty string": {ID: "x", Participants: []string{""}, Acked: []string{""}, DecidedAt: -1},
 }

@@ -82,7 +82,9 @@ type Decide struct {
 	Outcome      Outcome                `protobuf:"varint,2,opt,name=outcome,proto3,enum=decree.v1.Outcome" json:"outcome,omitempty"`
 	Participants []string               `protobuf:"bytes,3,rep,name=participants,proto3" json:"participants,omitempty"`
 	// decided_at is the proposer's wall clock, unix nanoseconds.
-	DecidedAt     int64 `protobuf:"varint,4,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	DecidedAt int64 `protobuf:"varint,4,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	// reason says why an abort was decided.
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -145,6 +147,60 @@ func (x *Decide) GetDecidedAt() int64 {
 	return 0
 }
 
+func (x *Decide) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Collect deletes finished records whose finished_at is before `before`
+// and raises the retention horizon to it: ids minted earlier that have no
+// record are then FORGOTTEN rather than presumed aborted.
+type Collect struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Before        int64                  `protobuf:"varint,1,opt,name=before,proto3" json:"before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Collect) Reset() {
+	*x = Collect{}
+	mi := &file_decree_v1_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Collect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Collect) ProtoMessage() {}
+
+func (x *Collect) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Collect.ProtoReflect.Descriptor instead.
+func (*Collect) Descriptor() ([]byte, []int) {
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Collect) GetBefore() int64 {
+	if x != nil {
+		return x.Before
+	}
+	return 0
+}
+
 // Finished marks transactions whose participants all acknowledged phase 2.
 type Finished struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -156,7 +212,7 @@ type Finished struct {
 
 func (x *Finished) Reset() {
 	*x = Finished{}
-	mi := &file_decree_v1_command_proto_msgTypes[1]
+	mi := &file_decree_v1_command_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -168,7 +224,7 @@ func (x *Finished) String() string {
 func (*Finished) ProtoMessage() {}
 
 func (x *Finished) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_command_proto_msgTypes[1]
+	mi := &file_decree_v1_command_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -181,7 +237,7 @@ func (x *Finished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finished.ProtoReflect.Descriptor instead.
 func (*Finished) Descriptor() ([]byte, []int) {
-	return file_decree_v1_command_proto_rawDescGZIP(), []int{1}
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Finished) GetTxnIds() []string {
@@ -204,6 +260,7 @@ type Command struct {
 	//
 	//	*Command_Decide
 	//	*Command_Finished
+	//	*Command_Collect
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -211,7 +268,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_decree_v1_command_proto_msgTypes[2]
+	mi := &file_decree_v1_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -223,7 +280,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_command_proto_msgTypes[2]
+	mi := &file_decree_v1_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -236,7 +293,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_decree_v1_command_proto_rawDescGZIP(), []int{2}
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Command) GetKind() isCommand_Kind {
@@ -264,6 +321,15 @@ func (x *Command) GetFinished() *Finished {
 	return nil
 }
 
+func (x *Command) GetCollect() *Collect {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_Collect); ok {
+			return x.Collect
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -276,9 +342,15 @@ type Command_Finished struct {
 	Finished *Finished `protobuf:"bytes,2,opt,name=finished,proto3,oneof"`
 }
 
+type Command_Collect struct {
+	Collect *Collect `protobuf:"bytes,3,opt,name=collect,proto3,oneof"`
+}
+
 func (*Command_Decide) isCommand_Kind() {}
 
 func (*Command_Finished) isCommand_Kind() {}
+
+func (*Command_Collect) isCommand_Kind() {}
 
 // Proposal is one caller's command, tagged so the proposing node can hand
 // the applied result back to the caller waiting for it.
@@ -295,7 +367,7 @@ type Proposal struct {
 
 func (x *Proposal) Reset() {
 	*x = Proposal{}
-	mi := &file_decree_v1_command_proto_msgTypes[3]
+	mi := &file_decree_v1_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +379,7 @@ func (x *Proposal) String() string {
 func (*Proposal) ProtoMessage() {}
 
 func (x *Proposal) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_command_proto_msgTypes[3]
+	mi := &file_decree_v1_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +392,7 @@ func (x *Proposal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Proposal.ProtoReflect.Descriptor instead.
 func (*Proposal) Descriptor() ([]byte, []int) {
-	return file_decree_v1_command_proto_rawDescGZIP(), []int{3}
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Proposal) GetId() uint64 {
@@ -355,7 +427,7 @@ type ProposalBatch struct {
 
 func (x *ProposalBatch) Reset() {
 	*x = ProposalBatch{}
-	mi := &file_decree_v1_command_proto_msgTypes[4]
+	mi := &file_decree_v1_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -367,7 +439,7 @@ func (x *ProposalBatch) String() string {
 func (*ProposalBatch) ProtoMessage() {}
 
 func (x *ProposalBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_command_proto_msgTypes[4]
+	mi := &file_decree_v1_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -380,7 +452,7 @@ func (x *ProposalBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposalBatch.ProtoReflect.Descriptor instead.
 func (*ProposalBatch) Descriptor() ([]byte, []int) {
-	return file_decree_v1_command_proto_rawDescGZIP(), []int{4}
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ProposalBatch) GetProposals() []*Proposal {
@@ -394,20 +466,24 @@ var File_decree_v1_command_proto protoreflect.FileDescriptor
 
 const file_decree_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x17decree/v1/command.proto\x12\tdecree.v1\"\x90\x01\n" +
+	"\x17decree/v1/command.proto\x12\tdecree.v1\"\xa8\x01\n" +
 	"\x06Decide\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12,\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x12.decree.v1.OutcomeR\aoutcome\x12\"\n" +
 	"\fparticipants\x18\x03 \x03(\tR\fparticipants\x12\x1d\n" +
 	"\n" +
-	"decided_at\x18\x04 \x01(\x03R\tdecidedAt\"D\n" +
+	"decided_at\x18\x04 \x01(\x03R\tdecidedAt\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"!\n" +
+	"\aCollect\x12\x16\n" +
+	"\x06before\x18\x01 \x01(\x03R\x06before\"D\n" +
 	"\bFinished\x12\x17\n" +
 	"\atxn_ids\x18\x01 \x03(\tR\x06txnIds\x12\x1f\n" +
 	"\vfinished_at\x18\x02 \x01(\x03R\n" +
-	"finishedAt\"q\n" +
+	"finishedAt\"\xa1\x01\n" +
 	"\aCommand\x12+\n" +
 	"\x06decide\x18\x01 \x01(\v2\x11.decree.v1.DecideH\x00R\x06decide\x121\n" +
-	"\bfinished\x18\x02 \x01(\v2\x13.decree.v1.FinishedH\x00R\bfinishedB\x06\n" +
+	"\bfinished\x18\x02 \x01(\v2\x13.decree.v1.FinishedH\x00R\bfinished\x12.\n" +
+	"\acollect\x18\x03 \x01(\v2\x12.decree.v1.CollectH\x00R\acollectB\x06\n" +
 	"\x04kind\"d\n" +
 	"\bProposal\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1a\n" +
@@ -433,26 +509,28 @@ func file_decree_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_decree_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_decree_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_decree_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_decree_v1_command_proto_goTypes = []any{
 	(Outcome)(0),          // 0: decree.v1.Outcome
 	(*Decide)(nil),        // 1: decree.v1.Decide
-	(*Finished)(nil),      // 2: decree.v1.Finished
-	(*Command)(nil),       // 3: decree.v1.Command
-	(*Proposal)(nil),      // 4: decree.v1.Proposal
-	(*ProposalBatch)(nil), // 5: decree.v1.ProposalBatch
+	(*Collect)(nil),       // 2: decree.v1.Collect
+	(*Finished)(nil),      // 3: decree.v1.Finished
+	(*Command)(nil),       // 4: decree.v1.Command
+	(*Proposal)(nil),      // 5: decree.v1.Proposal
+	(*ProposalBatch)(nil), // 6: decree.v1.ProposalBatch
 }
 var file_decree_v1_command_proto_depIdxs = []int32{
 	0, // 0: decree.v1.Decide.outcome:type_name -> decree.v1.Outcome
 	1, // 1: decree.v1.Command.decide:type_name -> decree.v1.Decide
-	2, // 2: decree.v1.Command.finished:type_name -> decree.v1.Finished
-	3, // 3: decree.v1.Proposal.command:type_name -> decree.v1.Command
-	4, // 4: decree.v1.ProposalBatch.proposals:type_name -> decree.v1.Proposal
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	3, // 2: decree.v1.Command.finished:type_name -> decree.v1.Finished
+	2, // 3: decree.v1.Command.collect:type_name -> decree.v1.Collect
+	4, // 4: decree.v1.Proposal.command:type_name -> decree.v1.Command
+	5, // 5: decree.v1.ProposalBatch.proposals:type_name -> decree.v1.Proposal
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_decree_v1_command_proto_init() }
@@ -460,9 +538,10 @@ func file_decree_v1_command_proto_init() {
 	if File_decree_v1_command_proto != nil {
 		return
 	}
-	file_decree_v1_command_proto_msgTypes[2].OneofWrappers = []any{
+	file_decree_v1_command_proto_msgTypes[3].OneofWrappers = []any{
 		(*Command_Decide)(nil),
 		(*Command_Finished)(nil),
+		(*Command_Collect)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -470,7 +549,7 @@ func file_decree_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_decree_v1_command_proto_rawDesc), len(file_decree_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
