@@ -23,18 +23,25 @@ type testCluster struct {
 	cid     uint64
 	dirs    map[uint64]string
 	tune    func(*coordinator.Config)
+	dtune   func(*coordinator.DriverConfig)
 	members map[uint64]*member
 }
 
 type member struct {
-	node  *coordinator.Node
-	store *txlog.Store
-	srv   *grpc.Server
+	node   *coordinator.Node
+	driver *coordinator.Driver
+	store  *txlog.Store
+	srv    *grpc.Server
 }
 
 func newTestCluster(t testing.TB, size int, tune func(*coordinator.Config)) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, peers: map[uint64]string{}, dirs: map[uint64]string{}, tune: tune, members: map[uint64]*member{}}
+	return newTestClusterWith(t, size, tune, nil)
+}
+
+func newTestClusterWith(t testing.TB, size int, tune func(*coordinator.Config), dtune func(*coordinator.DriverConfig)) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, peers: map[uint64]string{}, dirs: map[uint64]string{}, tune: tune, dtune: dtune, members: map[uint64]*member{}}
 	listeners := map[uint64]net.Listener{}
 	for id := uint64(1); id <= uint64(size); id++ {
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -76,10 +83,16 @@ func (c *testCluster) startOn(id uint64, lis net.Listener) {
 	if err != nil {
 		c.t.Fatalf("start node %d: %v", id, err)
 	}
+	dcfg := coordinator.DriverConfig{Logger: cfg.Logger, Core: coordinator.CoreConfig{PrepareTimeout: 2 * time.Second}}
+	if c.dtune != nil {
+		c.dtune(&dcfg)
+	}
+	drv := coordinator.NewDriver(node, dcfg)
 	srv := grpc.NewServer(coordinator.ServerOptions()...)
 	node.Register(srv)
+	drv.Register(srv)
 	go srv.Serve(lis)
-	c.members[id] = &member{node: node, store: store, srv: srv}
+	c.members[id] = &member{node: node, driver: drv, store: store, srv: srv}
 }
 
 // restart starts a stopped node again on its old address and data dir.
@@ -101,6 +114,7 @@ func (c *testCluster) stop(id uint64) {
 	}
 	delete(c.members, id)
 	m.srv.Stop()
+	m.driver.Stop()
 	if err := m.node.Stop(); err != nil {
 		c.t.Errorf("node %d stopped with error: %v", id, err)
 	}

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"encoding/binary"
 	"fmt"
 	"slices"
 
@@ -14,29 +15,41 @@ type Result struct {
 	// Decide, the first decision recorded for the id, which may differ from
 	// the one proposed.
 	Outcome decreev1.Outcome
+	// Reason and Participants are the recorded decision's.
+	Reason       string
+	Participants []string
 	// Index is the raft index of the entry that carried the command.
 	Index uint64
 	// Err is set when the command was malformed; the state did not change.
 	Err error
 }
 
-// recordReader is the read side of the state machine's storage.
-type recordReader interface {
+// stateReader is the read side of the state machine's storage.
+type stateReader interface {
 	GetRecord(id string) (*txlog.Record, bool, error)
+	ScanRecords(fn func(*txlog.Record) bool) error
+	GetState(key []byte) ([]byte, bool, error)
 }
+
+// horizonKey holds the retention horizon (unix nanos, big-endian): records
+// finished before it were collected, so an unknown id minted before it is
+// FORGOTTEN, never presumed aborted.
+var horizonKey = []byte("horizon")
 
 // applier applies the commands of one batch of committed entries. Writes go
 // into one txlog.StateBatch; dirty holds the records written so far so later
 // commands in the same batch see them (the batch is not readable until it
-// commits). Apply must be deterministic: it reads only the command and the
-// replicated state, never the clock or the node's role.
+// commits); a nil entry is a deletion. Apply must be deterministic: it
+// reads only the command and the replicated state, never the clock or the
+// node's role.
 type applier struct {
-	store recordReader
-	batch *txlog.StateBatch
-	dirty map[string]*txlog.Record
+	store   stateReader
+	batch   *txlog.StateBatch
+	dirty   map[string]*txlog.Record
+	horizon *int64 // written in this batch
 }
 
-func newApplier(store recordReader, batch *txlog.StateBatch) *applier {
+func newApplier(store stateReader, batch *txlog.StateBatch) *applier {
 	return &applier{store: store, batch: batch, dirty: make(map[string]*txlog.Record)}
 }
 
@@ -67,6 +80,8 @@ func (a *applier) apply(cmd *decreev1.Command, index uint64) (Result, error) {
 		return a.decide(k.Decide, index)
 	case *decreev1.Command_Finished:
 		return a.finished(k.Finished, index)
+	case *decreev1.Command_Collect:
+		return a.collect(k.Collect, index)
 	default:
 		return Result{Index: index, Err: fmt.Errorf("unknown command %T", k)}, nil
 	}
@@ -89,18 +104,91 @@ func (a *applier) decide(d *decreev1.Decide, index uint64) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	if r != nil && r.Outcome != txlog.OutcomeUnknown {
-		res.Outcome = outcomeFromRecord(r.Outcome)
+	if r == nil {
+		// An id minted before the retention horizon may have been decided
+		// and collected: deciding it again could contradict that.
+		forgotten, err := a.forgotten(d.GetTxnId())
+		if err != nil {
+			return res, err
+		}
+		if forgotten {
+			res.Err = fmt.Errorf("decide %q: %w", d.GetTxnId(), ErrForgotten)
+			return res, nil
+		}
+	}
+	if r == nil || r.Outcome == txlog.OutcomeUnknown {
+		r = &txlog.Record{
+			ID:           d.GetTxnId(),
+			Outcome:      out,
+			Participants: slices.Clone(d.GetParticipants()),
+			DecidedAt:    d.GetDecidedAt(),
+			Reason:       d.GetReason(),
+		}
+		a.put(r)
+	}
+	res.Outcome, res.Reason, res.Participants = outcomeFromRecord(r.Outcome), r.Reason, r.Participants
+	return res, nil
+}
+
+// collect deletes records finished before c.Before and raises the
+// retention horizon to it (never lowers it).
+func (a *applier) collect(c *decreev1.Collect, index uint64) (Result, error) {
+	res := Result{Index: index}
+	cur, err := a.currentHorizon()
+	if err != nil {
+		return res, err
+	}
+	if c.GetBefore() <= cur {
 		return res, nil
 	}
-	a.put(&txlog.Record{
-		ID:           d.GetTxnId(),
-		Outcome:      out,
-		Participants: slices.Clone(d.GetParticipants()),
-		DecidedAt:    d.GetDecidedAt(),
+	expired := func(r *txlog.Record) bool { return r != nil && r.Finished && r.FinishedAt < c.GetBefore() }
+	drop := make(map[string]bool)
+	err = a.store.ScanRecords(func(r *txlog.Record) bool {
+		drop[r.ID] = expired(r)
+		return true
 	})
-	res.Outcome = d.GetOutcome()
+	if err != nil {
+		return res, fmt.Errorf("scan records: %w", err)
+	}
+	for id, r := range a.dirty { // this batch's writes override the store
+		drop[id] = expired(r)
+	}
+	for id, del := range drop {
+		if del {
+			a.dirty[id] = nil
+			a.batch.DeleteRecord(id)
+		}
+	}
+	h := c.GetBefore()
+	a.horizon = &h
+	a.batch.Set(horizonKey, binary.BigEndian.AppendUint64(nil, uint64(h)))
 	return res, nil
+}
+
+func (a *applier) forgotten(id string) (bool, error) {
+	h, err := a.currentHorizon()
+	if err != nil {
+		return false, err
+	}
+	return isForgotten(id, h), nil
+}
+
+func (a *applier) currentHorizon() (int64, error) {
+	if a.horizon != nil {
+		return *a.horizon, nil
+	}
+	return readHorizon(a.store)
+}
+
+func readHorizon(s stateReader) (int64, error) {
+	v, ok, err := s.GetState(horizonKey)
+	if err != nil || !ok {
+		return 0, err
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("retention horizon: %d bytes, want 8", len(v))
+	}
+	return int64(binary.BigEndian.Uint64(v)), nil
 }
 
 // finished marks decided transactions finished; unknown or undecided ids are

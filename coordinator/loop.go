@@ -255,7 +255,7 @@ func (n *Node) apply(ents []*raftpb.Entry) error {
 	stored := n.store.Applied()
 	batch := n.store.NewStateBatch()
 	ap := newApplier(n.store, batch)
-	var results []delivery
+	var results []applyResult
 	last := n.applied
 	for _, e := range ents {
 		switch e.GetType() {
@@ -289,12 +289,12 @@ func (n *Node) apply(ents []*raftpb.Entry) error {
 	return nil
 }
 
-type delivery struct {
+type applyResult struct {
 	id  uint64
 	res Result
 }
 
-func (n *Node) applyNormal(ap *applier, e *raftpb.Entry) ([]delivery, error) {
+func (n *Node) applyNormal(ap *applier, e *raftpb.Entry) ([]applyResult, error) {
 	var b decreev1.ProposalBatch
 	if err := proto.Unmarshal(e.GetData(), &b); err != nil {
 		// Every replica skips the same bytes the same way, so the state
@@ -302,14 +302,14 @@ func (n *Node) applyNormal(ap *applier, e *raftpb.Entry) ([]delivery, error) {
 		n.log.Error().Err(err).Uint64("index", e.GetIndex()).Msg("skipping undecodable raft entry")
 		return nil, nil
 	}
-	var out []delivery
+	var out []applyResult
 	for _, p := range b.GetProposals() {
 		res, err := ap.apply(p.GetCommand(), e.GetIndex())
 		if err != nil {
 			return nil, err
 		}
 		if p.GetProposer() == n.cfg.ID && p.GetId() != 0 {
-			out = append(out, delivery{id: p.GetId(), res: res})
+			out = append(out, applyResult{id: p.GetId(), res: res})
 		}
 	}
 	return out, nil

@@ -30,6 +30,10 @@ type startFlags struct {
 	tick          time.Duration
 	electionTicks int
 	snapshotEvery uint64
+	prepTimeout   time.Duration
+	retention     time.Duration
+	maxBranches   int
+	maxPayload    int
 	logLevel      string
 	logFormat     string
 }
@@ -45,6 +49,10 @@ func runStart(args []string, _, stderr io.Writer) error {
 	fs.DurationVar(&f.tick, "tick", 100*time.Millisecond, "raft tick interval")
 	fs.IntVar(&f.electionTicks, "election-ticks", 10, "raft election timeout in ticks")
 	fs.Uint64Var(&f.snapshotEvery, "snapshot-every", 10000, "snapshot after this many applied entries")
+	fs.DurationVar(&f.prepTimeout, "prepare-timeout", 5*time.Second, "abort a transaction whose participants have not all voted within this")
+	fs.DurationVar(&f.retention, "retention", 24*time.Hour, "keep finished transaction records this long for outcome queries")
+	fs.IntVar(&f.maxBranches, "max-branches", 64, "most participants one transaction may have")
+	fs.IntVar(&f.maxPayload, "max-payload", 1<<20, "largest branch payload in bytes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -88,6 +96,9 @@ func (f *startFlags) nodeConfig() (coordinator.Config, error) {
 	if f.tick <= 0 || f.electionTicks < 2 {
 		return coordinator.Config{}, usagef("--tick must be positive and --election-ticks at least 2")
 	}
+	if f.prepTimeout <= 0 || f.retention <= 0 || f.maxBranches <= 0 || f.maxPayload <= 0 {
+		return coordinator.Config{}, usagef("--prepare-timeout, --retention, --max-branches and --max-payload must be positive")
+	}
 	return coordinator.Config{
 		ID:            f.id,
 		Peers:         peers,
@@ -120,8 +131,15 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 		lis.Close()
 		return err
 	}
+	drv := coordinator.NewDriver(node, coordinator.DriverConfig{
+		Core:        coordinator.CoreConfig{PrepareTimeout: f.prepTimeout, Retention: f.retention},
+		MaxBranches: f.maxBranches,
+		MaxPayload:  f.maxPayload,
+		Logger:      logger,
+	})
 	srv := grpc.NewServer(coordinator.ServerOptions()...)
 	node.Register(srv)
+	drv.Register(srv)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
@@ -142,6 +160,7 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 	}
 	hs.Shutdown()
 	stopServer(srv, 5*time.Second)
+	drv.Stop()
 	if err := node.Stop(); err != nil {
 		return fmt.Errorf("node failed: %w", err)
 	}

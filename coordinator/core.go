@@ -1,0 +1,522 @@
+package coordinator
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+)
+
+// CoreConfig tunes the 2PC core. Zero values take the defaults.
+type CoreConfig struct {
+	// PrepareTimeout bounds voting: a participant silent this long makes
+	// the transaction abort (default 5s).
+	PrepareTimeout time.Duration
+	// RetryMin and RetryMax bound the exponential backoff of phase-2
+	// deliveries and failed proposals (defaults 50ms and 5s).
+	RetryMin, RetryMax time.Duration
+	// FinishBatch and FinishDelay batch Finished proposals: one is made
+	// when this many transactions are done, or the oldest has waited this
+	// long (defaults 256 and 20ms).
+	FinishBatch int
+	FinishDelay time.Duration
+	// Retention is how long finished records are kept (default 24h);
+	// CollectEvery is how often the leader collects older ones (default 1m).
+	Retention    time.Duration
+	CollectEvery time.Duration
+	// RescanEvery is how often the leader looks for applied, unfinished
+	// decisions it is not driving (default 30s): one proposed by a deposed
+	// leader can apply after this leader's first scan.
+	RescanEvery time.Duration
+}
+
+func (c CoreConfig) withDefaults() CoreConfig {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.PrepareTimeout, 5*time.Second)
+	def(&c.RetryMin, 50*time.Millisecond)
+	def(&c.RetryMax, 5*time.Second)
+	def(&c.FinishDelay, 20*time.Millisecond)
+	def(&c.Retention, 24*time.Hour)
+	def(&c.CollectEvery, time.Minute)
+	def(&c.RescanEvery, 30*time.Second)
+	if c.FinishBatch <= 0 {
+		c.FinishBatch = 256
+	}
+	return c
+}
+
+// Core is the deterministic two-phase-commit state machine of the leader:
+// events in, actions out. It has no goroutines, clock, network or disk;
+// time arrives with each Step. Everything it holds is soft state of the
+// current leadership: a new leader rebuilds phase 2 from the replicated
+// records (LoadUnfinished), and voting that was not yet decided is left to
+// presumed abort.
+type Core struct {
+	cfg    CoreConfig
+	leader bool
+	term   uint64
+	now    time.Time
+	txns   map[string]*coreTxn
+
+	finishing   []string
+	finishSince time.Time
+	lastCollect time.Time
+	lastRescan  time.Time
+
+	out []Action
+}
+
+type txnPhase uint8
+
+const (
+	phaseVoting txnPhase = iota + 1
+	phaseDeciding
+	phaseDelivering
+)
+
+type coreTxn struct {
+	id           string
+	phase        txnPhase
+	participants []string
+	payloads     map[string][]byte
+	onePhase     bool
+	votes        map[string]decreev1.Vote
+	deadline     time.Time // voting deadline
+	proposed     decreev1.Outcome
+	reason       string
+	retry        retryState // re-proposal of the decision
+	outcome      decreev1.Outcome
+	replied      bool
+	waiters      []uint64
+	deliveries   map[string]*delivery
+}
+
+type deliveryState uint8
+
+const (
+	deliveryInFlight deliveryState = iota + 1
+	deliveryWaiting
+	deliveryAcked
+)
+
+type delivery struct {
+	state deliveryState
+	retry retryState
+}
+
+// retryState is an exponential backoff schedule.
+type retryState struct {
+	backoff time.Duration
+	due     time.Time
+	armed   bool
+}
+
+func (r *retryState) arm(now time.Time, minD, maxD time.Duration) {
+	r.backoff = min(max(2*r.backoff, minD), maxD)
+	r.due = now.Add(r.backoff)
+	r.armed = true
+}
+
+func (r *retryState) fire(now time.Time) bool {
+	if r.armed && !now.Before(r.due) {
+		r.armed = false
+		return true
+	}
+	return false
+}
+
+// NewCore returns a core that is not leader.
+func NewCore(cfg CoreConfig) *Core {
+	return &Core{cfg: cfg.withDefaults(), txns: make(map[string]*coreTxn)}
+}
+
+// Step applies one event at time now and returns the actions it produces.
+func (c *Core) Step(now time.Time, ev Event) []Action {
+	c.now = now
+	c.out = nil
+	switch e := ev.(type) {
+	case ClientCommit:
+		c.clientCommit(e)
+	case VoteReceived:
+		c.voteReceived(e)
+	case PrepareFailed:
+		c.prepareFailed(e)
+	case DecisionApplied:
+		c.decisionApplied(e)
+	case ProposeFailed:
+		c.proposeFailed(e)
+	case Acked:
+		c.acked(e)
+	case DeliveryFailed:
+		c.deliveryFailed(e)
+	case LeadershipChanged:
+		c.leadershipChanged(e)
+	case Recovered:
+		c.recovered(e)
+	case Tick:
+		c.tick()
+	default:
+		panic(fmt.Sprintf("coordinator core: unknown event %T", ev))
+	}
+	return c.out
+}
+
+// IsLeader reports whether the core acts as leader, and in which term.
+func (c *Core) IsLeader() (bool, uint64) { return c.leader, c.term }
+
+// Undecided lists the transactions in voting or waiting for their decision.
+func (c *Core) Undecided() []UndecidedTxn {
+	var out []UndecidedTxn
+	for _, t := range c.txns {
+		if t.phase != phaseDelivering {
+			out = append(out, UndecidedTxn{ID: t.id, Participants: slices.Clone(t.participants)})
+		}
+	}
+	slices.SortFunc(out, func(a, b UndecidedTxn) int { return compareStrings(a.ID, b.ID) })
+	return out
+}
+
+// UndecidedTxn is an in-flight transaction without an applied decision.
+type UndecidedTxn struct {
+	ID           string
+	Participants []string
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (c *Core) emit(a Action) { c.out = append(c.out, a) }
+
+func (c *Core) clientCommit(e ClientCommit) {
+	if !c.leader {
+		c.emit(Reply{Req: e.Req, ID: e.ID, Err: ErrNotLeader})
+		return
+	}
+	if t, ok := c.txns[e.ID]; ok {
+		// A retry of a transaction in flight joins it.
+		if t.phase == phaseDelivering {
+			c.emit(Reply{Req: e.Req, ID: e.ID, Outcome: t.outcome, Reason: t.reason})
+			return
+		}
+		t.waiters = append(t.waiters, e.Req)
+		return
+	}
+	t := &coreTxn{
+		id:         e.ID,
+		phase:      phaseVoting,
+		payloads:   make(map[string][]byte, len(e.Branches)),
+		onePhase:   len(e.Branches) == 1,
+		votes:      make(map[string]decreev1.Vote, len(e.Branches)),
+		deadline:   c.now.Add(c.cfg.PrepareTimeout),
+		waiters:    []uint64{e.Req},
+		deliveries: make(map[string]*delivery),
+	}
+	for _, b := range e.Branches {
+		t.participants = append(t.participants, b.Participant)
+		t.payloads[b.Participant] = b.Payload
+	}
+	c.txns[e.ID] = t
+	for _, p := range t.participants {
+		c.emit(SendPrepare{ID: t.id, Participant: p, Payload: t.payloads[p],
+			Participants: slices.Clone(t.participants), OnePhase: t.onePhase, Term: c.term})
+	}
+}
+
+// voting returns the transaction if feedback for it is current.
+func (c *Core) voting(id, participant string, term uint64) *coreTxn {
+	if !c.leader || term != c.term {
+		return nil
+	}
+	t, ok := c.txns[id]
+	if !ok || t.phase != phaseVoting || !slices.Contains(t.participants, participant) {
+		return nil
+	}
+	if _, dup := t.votes[participant]; dup {
+		return nil
+	}
+	return t
+}
+
+func (c *Core) voteReceived(e VoteReceived) {
+	t := c.voting(e.ID, e.Participant, e.Term)
+	if t == nil {
+		return
+	}
+	t.votes[e.Participant] = e.Vote
+	switch e.Vote {
+	case decreev1.Vote_VOTE_YES, decreev1.Vote_VOTE_READ_ONLY:
+		if len(t.votes) == len(t.participants) {
+			c.decide(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
+		}
+	case decreev1.Vote_VOTE_COMMITTED:
+		if !t.onePhase {
+			c.emit(Conflict{ID: t.id, What: e.Participant + " answered a two-phase prepare with COMMITTED"})
+			c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, e.Participant+" answered COMMITTED to a two-phase prepare")
+			return
+		}
+		// The only participant committed durably: that is the outcome.
+		// Record it for later outcome queries; the client hears it now.
+		c.replyAll(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
+		c.decide(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
+	case decreev1.Vote_VOTE_NO:
+		c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, fmt.Sprintf("%s voted no: %s", e.Participant, e.Reason))
+	default:
+		c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, fmt.Sprintf("%s sent an unknown vote %v", e.Participant, e.Vote))
+	}
+}
+
+func (c *Core) prepareFailed(e PrepareFailed) {
+	t := c.voting(e.ID, e.Participant, e.Term)
+	if t == nil {
+		return
+	}
+	t.votes[e.Participant] = decreev1.Vote_VOTE_UNSPECIFIED
+	c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, fmt.Sprintf("%s failed to prepare: %s", e.Participant, e.Err))
+}
+
+// decide stops voting and proposes the outcome. Whatever applies first for
+// the id is the outcome; it comes back as DecisionApplied.
+func (c *Core) decide(t *coreTxn, o decreev1.Outcome, reason string) {
+	t.phase = phaseDeciding
+	t.proposed, t.reason = o, reason
+	c.proposeDecision(t)
+}
+
+func (c *Core) proposeDecision(t *coreTxn) {
+	c.emit(ProposeDecide{ID: t.id, Outcome: t.proposed, Reason: t.reason,
+		Participants: slices.Clone(t.participants), DecidedAt: c.now.UnixNano(), Term: c.term})
+}
+
+func (c *Core) decisionApplied(e DecisionApplied) {
+	if !c.leader || e.Term != c.term {
+		return
+	}
+	t, ok := c.txns[e.ID]
+	if !ok {
+		// A decision the driver proposed itself (presumed abort for an
+		// outcome query): run its phase 2 like any other.
+		t = &coreTxn{id: e.ID, participants: slices.Clone(e.Participants), deliveries: make(map[string]*delivery)}
+		c.txns[e.ID] = t
+	} else if t.phase == phaseDelivering {
+		return
+	}
+	if t.replied && e.Outcome != decreev1.Outcome_OUTCOME_COMMITTED {
+		c.emit(Conflict{ID: t.id, What: "one-phase commit acknowledged to the client, but " + outcomeWord(e.Outcome) + " applied first"})
+	}
+	t.outcome, t.reason = e.Outcome, e.Reason
+	c.replyAll(t, e.Outcome, e.Reason)
+	c.startDelivery(t)
+}
+
+func (c *Core) replyAll(t *coreTxn, o decreev1.Outcome, reason string) {
+	for _, req := range t.waiters {
+		c.emit(Reply{Req: req, ID: t.id, Outcome: o, Reason: reason})
+	}
+	t.waiters = nil
+	t.replied = true
+}
+
+// startDelivery sends the decision to every participant that still needs
+// it: not to one that voted NO on an abort (it aborted already), a
+// read-only voter, or the participant of a one-phase commit.
+func (c *Core) startDelivery(t *coreTxn) {
+	t.phase = phaseDelivering
+	t.payloads = nil
+	for _, p := range t.participants {
+		v, voted := t.votes[p]
+		switch {
+		case voted && v == decreev1.Vote_VOTE_READ_ONLY,
+			voted && v == decreev1.Vote_VOTE_COMMITTED,
+			voted && v == decreev1.Vote_VOTE_NO && t.outcome == decreev1.Outcome_OUTCOME_ABORTED:
+			continue
+		}
+		t.deliveries[p] = &delivery{state: deliveryInFlight}
+		c.emit(SendDecision{ID: t.id, Participant: p, Outcome: t.outcome, Term: c.term})
+	}
+	c.maybeFinished(t)
+}
+
+func (c *Core) delivering(id, participant string, term uint64) (*coreTxn, *delivery) {
+	if !c.leader || term != c.term {
+		return nil, nil
+	}
+	t, ok := c.txns[id]
+	if !ok || t.phase != phaseDelivering {
+		return nil, nil
+	}
+	d, ok := t.deliveries[participant]
+	if !ok || d.state != deliveryInFlight {
+		return nil, nil
+	}
+	return t, d
+}
+
+func (c *Core) acked(e Acked) {
+	t, d := c.delivering(e.ID, e.Participant, e.Term)
+	if t == nil {
+		return
+	}
+	d.state = deliveryAcked
+	c.maybeFinished(t)
+}
+
+func (c *Core) deliveryFailed(e DeliveryFailed) {
+	_, d := c.delivering(e.ID, e.Participant, e.Term)
+	if d == nil {
+		return
+	}
+	d.state = deliveryWaiting
+	d.retry.arm(c.now, c.cfg.RetryMin, c.cfg.RetryMax)
+}
+
+func (c *Core) maybeFinished(t *coreTxn) {
+	for _, d := range t.deliveries {
+		if d.state != deliveryAcked {
+			return
+		}
+	}
+	delete(c.txns, t.id)
+	if len(c.finishing) == 0 {
+		c.finishSince = c.now
+	}
+	c.finishing = append(c.finishing, t.id)
+	c.flushFinished(false)
+}
+
+func (c *Core) flushFinished(timed bool) {
+	if len(c.finishing) == 0 {
+		return
+	}
+	if len(c.finishing) < c.cfg.FinishBatch && !(timed && c.now.Sub(c.finishSince) >= c.cfg.FinishDelay) {
+		return
+	}
+	c.emit(ProposeFinished{IDs: c.finishing, At: c.now.UnixNano(), Term: c.term})
+	c.finishing = nil
+}
+
+func (c *Core) proposeFailed(e ProposeFailed) {
+	if !c.leader || e.Term != c.term {
+		return
+	}
+	if len(e.Finished) > 0 {
+		// Finished is idempotent: queue the ids again.
+		if len(c.finishing) == 0 {
+			c.finishSince = c.now
+		}
+		c.finishing = append(c.finishing, e.Finished...)
+		return
+	}
+	if t, ok := c.txns[e.ID]; ok && t.phase == phaseDeciding {
+		t.retry.arm(c.now, c.cfg.RetryMin, c.cfg.RetryMax)
+	}
+}
+
+func (c *Core) leadershipChanged(e LeadershipChanged) {
+	if e.Leader == c.leader && e.Term == c.term {
+		return
+	}
+	c.abandonAll()
+	c.leader, c.term = e.Leader, e.Term
+	if c.leader {
+		c.lastCollect, c.lastRescan = c.now, c.now
+		c.emit(LoadUnfinished{Term: c.term})
+	}
+}
+
+// abandonAll drops the soft state of a leadership that ended. Waiting
+// clients are told to ask for the outcome; decided transactions are finished
+// by whichever node leads next, from the replicated records.
+func (c *Core) abandonAll() {
+	for _, t := range c.txns {
+		for _, req := range t.waiters {
+			c.emit(Reply{Req: req, ID: t.id, Err: ErrNotLeader})
+		}
+	}
+	c.txns = make(map[string]*coreTxn)
+	c.finishing = nil
+}
+
+func (c *Core) recovered(e Recovered) {
+	if !c.leader || e.Term != c.term {
+		return
+	}
+	for _, r := range e.Txns {
+		if _, ok := c.txns[r.ID]; ok || slices.Contains(c.finishing, r.ID) {
+			continue
+		}
+		t := &coreTxn{id: r.ID, participants: slices.Clone(r.Participants), outcome: r.Outcome,
+			replied: true, deliveries: make(map[string]*delivery)}
+		c.txns[r.ID] = t
+		c.startDelivery(t)
+	}
+}
+
+func (c *Core) tick() {
+	if !c.leader {
+		return
+	}
+	for _, id := range c.sortedIDs() {
+		c.tickTxn(c.txns[id])
+	}
+	c.flushFinished(true)
+	if c.now.Sub(c.lastCollect) >= c.cfg.CollectEvery {
+		c.lastCollect = c.now
+		c.emit(ProposeCollect{Before: c.now.Add(-c.cfg.Retention).UnixNano(), Term: c.term})
+	}
+	if c.now.Sub(c.lastRescan) >= c.cfg.RescanEvery {
+		c.lastRescan = c.now
+		c.emit(LoadUnfinished{Term: c.term})
+	}
+}
+
+// sortedIDs keeps the order of a tick's actions independent of map order.
+func (c *Core) sortedIDs() []string {
+	ids := make([]string, 0, len(c.txns))
+	for id := range c.txns {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func (c *Core) tickTxn(t *coreTxn) {
+	switch t.phase {
+	case phaseVoting:
+		if !c.now.Before(t.deadline) {
+			c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, c.silentReason(t))
+		}
+	case phaseDeciding:
+		if t.retry.fire(c.now) {
+			c.proposeDecision(t)
+		}
+	case phaseDelivering:
+		for _, p := range t.participants {
+			if d, ok := t.deliveries[p]; ok && d.state == deliveryWaiting && d.retry.fire(c.now) {
+				d.state = deliveryInFlight
+				c.emit(SendDecision{ID: t.id, Participant: p, Outcome: t.outcome, Term: c.term})
+			}
+		}
+	}
+}
+
+func (c *Core) silentReason(t *coreTxn) string {
+	var silent []string
+	for _, p := range t.participants {
+		if _, ok := t.votes[p]; !ok {
+			silent = append(silent, p)
+		}
+	}
+	return fmt.Sprintf("prepare timed out after %v waiting for %v", c.cfg.PrepareTimeout, silent)
+}

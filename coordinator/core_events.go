@@ -1,0 +1,242 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+)
+
+// ErrNotLeader is the answer to a client whose transaction this node cannot
+// drive because it is not (or is no longer) the leader. The client resolves
+// the outcome with Outcome, on whichever node leads now.
+var ErrNotLeader = errors.New("this coordinator is not the leader")
+
+// Event is an input to the 2PC core. Feedback events carry the leader term
+// their action was issued in; the core ignores feedback from an earlier
+// term, so a slow RPC from a previous leadership cannot affect this one.
+type Event interface{ event() }
+
+// BranchSpec is one participant's part of a transaction.
+type BranchSpec struct {
+	Participant string
+	Payload     []byte
+}
+
+// ClientCommit asks the leader to run a transaction. Req identifies the
+// waiting caller in the Reply.
+type ClientCommit struct {
+	Req      uint64
+	ID       string
+	Branches []BranchSpec
+}
+
+// VoteReceived is a participant's answer to Prepare.
+type VoteReceived struct {
+	ID, Participant string
+	Term            uint64
+	Vote            decreev1.Vote
+	Reason          string
+}
+
+// PrepareFailed says a Prepare got no usable answer (error or timeout).
+type PrepareFailed struct {
+	ID, Participant string
+	Term            uint64
+	Err             string
+}
+
+// DecisionApplied reports the applied outcome of a Decide this leader
+// proposed (or the driver proposed for an outcome query).
+type DecisionApplied struct {
+	ID           string
+	Term         uint64
+	Outcome      decreev1.Outcome
+	Reason       string
+	Participants []string
+}
+
+// ProposeFailed says a proposal did not apply in time; the core retries
+// what still matters. Finished lists the ids of a failed Finished batch.
+type ProposeFailed struct {
+	ID       string
+	Term     uint64
+	Finished []string
+	Err      string
+}
+
+// Acked is a participant's acknowledgement of the decision.
+type Acked struct {
+	ID, Participant string
+	Term            uint64
+}
+
+// DeliveryFailed says a Commit/Abort call failed; it is retried with backoff.
+type DeliveryFailed struct {
+	ID, Participant string
+	Term            uint64
+	Err             string
+}
+
+// LeadershipChanged reports this node's raft role and term.
+type LeadershipChanged struct {
+	Leader bool
+	Term   uint64
+}
+
+// RecoveredTxn is an applied, unfinished decision found by a new leader.
+type RecoveredTxn struct {
+	ID           string
+	Outcome      decreev1.Outcome
+	Participants []string
+}
+
+// Recovered hands a new leader the decisions whose phase 2 it must finish.
+type Recovered struct {
+	Term uint64
+	Txns []RecoveredTxn
+}
+
+// Tick advances the core's time: timeouts, retries and batching.
+type Tick struct{}
+
+func (ClientCommit) event()      {}
+func (VoteReceived) event()      {}
+func (PrepareFailed) event()     {}
+func (DecisionApplied) event()   {}
+func (ProposeFailed) event()     {}
+func (Acked) event()             {}
+func (DeliveryFailed) event()    {}
+func (LeadershipChanged) event() {}
+func (Recovered) event()         {}
+func (Tick) event()              {}
+
+// Action is an output of the 2PC core for its driver to carry out.
+type Action interface {
+	action()
+	String() string
+}
+
+// SendPrepare asks a participant to vote.
+type SendPrepare struct {
+	ID, Participant string
+	Payload         []byte
+	Participants    []string
+	OnePhase        bool
+	Term            uint64
+}
+
+// ProposeDecide replicates a decision; its applied result comes back as
+// DecisionApplied (or ProposeFailed).
+type ProposeDecide struct {
+	ID           string
+	Outcome      decreev1.Outcome
+	Reason       string
+	Participants []string
+	DecidedAt    int64
+	Term         uint64
+}
+
+// ProposeFinished replicates that phase 2 completed for IDs.
+type ProposeFinished struct {
+	IDs  []string
+	At   int64
+	Term uint64
+}
+
+// ProposeCollect replicates garbage collection of old finished records.
+type ProposeCollect struct {
+	Before int64
+	Term   uint64
+}
+
+// SendDecision delivers the applied outcome to a participant.
+type SendDecision struct {
+	ID, Participant string
+	Outcome         decreev1.Outcome
+	Term            uint64
+}
+
+// Reply answers a waiting client: the applied outcome, or Err.
+type Reply struct {
+	Req     uint64
+	ID      string
+	Outcome decreev1.Outcome
+	Reason  string
+	Err     error
+}
+
+// LoadUnfinished asks the driver to find applied, unfinished decisions
+// (after catching up to the commit index) and report them as Recovered.
+type LoadUnfinished struct{ Term uint64 }
+
+// Conflict reports something that must never happen, for loud logging.
+type Conflict struct{ ID, What string }
+
+func (SendPrepare) action()     {}
+func (ProposeDecide) action()   {}
+func (ProposeFinished) action() {}
+func (ProposeCollect) action()  {}
+func (SendDecision) action()    {}
+func (Reply) action()           {}
+func (LoadUnfinished) action()  {}
+func (Conflict) action()        {}
+
+func (a SendPrepare) String() string {
+	mode := "2pc"
+	if a.OnePhase {
+		mode = "1pc"
+	}
+	return fmt.Sprintf("prepare %s -> %s (%s, term %d)", a.ID, a.Participant, mode, a.Term)
+}
+
+func (a ProposeDecide) String() string {
+	s := fmt.Sprintf("propose decide %s %s [%s]", a.ID, outcomeWord(a.Outcome), strings.Join(a.Participants, " "))
+	if a.Reason != "" {
+		s += ": " + a.Reason
+	}
+	return s
+}
+
+func (a ProposeFinished) String() string {
+	return fmt.Sprintf("propose finished %s", strings.Join(a.IDs, " "))
+}
+
+func (a ProposeCollect) String() string { return fmt.Sprintf("propose collect before %d", a.Before) }
+
+func (a SendDecision) String() string {
+	return fmt.Sprintf("%s %s -> %s (term %d)", decisionVerb(a.Outcome), a.ID, a.Participant, a.Term)
+}
+
+func (a Reply) String() string {
+	if a.Err != nil {
+		return fmt.Sprintf("reply %d %s error: %v", a.Req, a.ID, a.Err)
+	}
+	s := fmt.Sprintf("reply %d %s %s", a.Req, a.ID, outcomeWord(a.Outcome))
+	if a.Reason != "" {
+		s += ": " + a.Reason
+	}
+	return s
+}
+
+func (a LoadUnfinished) String() string { return fmt.Sprintf("load unfinished (term %d)", a.Term) }
+func (a Conflict) String() string       { return fmt.Sprintf("CONFLICT %s: %s", a.ID, a.What) }
+
+func outcomeWord(o decreev1.Outcome) string {
+	switch o {
+	case decreev1.Outcome_OUTCOME_COMMITTED:
+		return "committed"
+	case decreev1.Outcome_OUTCOME_ABORTED:
+		return "aborted"
+	default:
+		return "undecided"
+	}
+}
+
+func decisionVerb(o decreev1.Outcome) string {
+	if o == decreev1.Outcome_OUTCOME_COMMITTED {
+		return "commit"
+	}
+	return "abort"
+}

@@ -1,0 +1,244 @@
+package coordinator
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+)
+
+// coreStep is one event fed to the core at time `at` after the start, and
+// the actions it must produce, in order.
+type coreStep struct {
+	at   time.Duration
+	ev   Event
+	want []string
+}
+
+const (
+	yes      = decreev1.Vote_VOTE_YES
+	no       = decreev1.Vote_VOTE_NO
+	readOnly = decreev1.Vote_VOTE_READ_ONLY
+	oneDone  = decreev1.Vote_VOTE_COMMITTED
+	commitO  = decreev1.Outcome_OUTCOME_COMMITTED
+	abortO   = decreev1.Outcome_OUTCOME_ABORTED
+)
+
+func commitReq(req uint64, id string, parts ...string) ClientCommit {
+	e := ClientCommit{Req: req, ID: id}
+	for _, p := range parts {
+		e.Branches = append(e.Branches, BranchSpec{Participant: p, Payload: []byte("x")})
+	}
+	return e
+}
+
+func vote(id, p string, v decreev1.Vote) VoteReceived {
+	return VoteReceived{ID: id, Participant: p, Term: 2, Vote: v, Reason: "no funds"}
+}
+
+func applied(id string, o decreev1.Outcome, reason string, parts ...string) DecisionApplied {
+	return DecisionApplied{ID: id, Term: 2, Outcome: o, Reason: reason, Participants: parts}
+}
+
+var becomeLeader = coreStep{ev: LeadershipChanged{Leader: true, Term: 2}, want: []string{"load unfinished (term 2)"}}
+
+func TestCoreSequences(t *testing.T) {
+	for name, steps := range map[string][]coreStep{
+		"all yes commits, then finishes in a batch": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: vote("t1", "a", yes)},
+			{ev: vote("t1", "b", yes), want: []string{"propose decide t1 committed [a b]"}},
+			{ev: applied("t1", commitO, "", "a", "b"), want: []string{"reply 1 t1 committed", "commit t1 -> a (term 2)", "commit t1 -> b (term 2)"}},
+			{ev: Acked{ID: "t1", Participant: "a", Term: 2}},
+			{ev: Acked{ID: "t1", Participant: "b", Term: 2}},
+			{at: 10 * time.Millisecond, ev: Tick{}},
+			{at: 20 * time.Millisecond, ev: Tick{}, want: []string{"propose finished t1"}},
+		},
+		"one no aborts at once; the no voter needs no abort": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: vote("t1", "a", no), want: []string{"propose decide t1 aborted [a b]: a voted no: no funds"}},
+			{ev: vote("t1", "b", yes)},
+			{ev: applied("t1", abortO, "a voted no: no funds", "a", "b"), want: []string{"reply 1 t1 aborted: a voted no: no funds", "abort t1 -> b (term 2)"}},
+		},
+		"prepare timeout aborts and names the silent participant": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: vote("t1", "a", yes)},
+			{at: 4999 * time.Millisecond, ev: Tick{}},
+			{at: 5 * time.Second, ev: Tick{}, want: []string{"propose decide t1 aborted [a b]: prepare timed out after 5s waiting for [b]"}},
+			{ev: applied("t1", abortO, "timeout", "a", "b"), want: []string{"reply 1 t1 aborted: timeout", "abort t1 -> a (term 2)", "abort t1 -> b (term 2)"}},
+		},
+		"prepare error aborts": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: PrepareFailed{ID: "t1", Participant: "b", Term: 2, Err: "connection refused"}, want: []string{"propose decide t1 aborted [a b]: b failed to prepare: connection refused"}},
+		},
+		"read-only voter takes no part in phase 2": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: vote("t1", "a", readOnly)},
+			{ev: vote("t1", "b", yes), want: []string{"propose decide t1 committed [a b]"}},
+			{ev: applied("t1", commitO, "", "a", "b"), want: []string{"reply 1 t1 committed", "commit t1 -> b (term 2)"}},
+		},
+		"one phase: the participant's commit is the outcome": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a"), want: []string{"prepare t1 -> a (1pc, term 2)"}},
+			{ev: vote("t1", "a", oneDone), want: []string{"reply 1 t1 committed", "propose decide t1 committed [a]"}},
+			{ev: applied("t1", commitO, "", "a")},
+			{at: 20 * time.Millisecond, ev: Tick{}, want: []string{"propose finished t1"}},
+		},
+		"one phase that votes no aborts after the decision applies": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a"), want: []string{"prepare t1 -> a (1pc, term 2)"}},
+			{ev: vote("t1", "a", no), want: []string{"propose decide t1 aborted [a]: a voted no: no funds"}},
+			{ev: applied("t1", abortO, "a voted no: no funds", "a"), want: []string{"reply 1 t1 aborted: a voted no: no funds"}},
+		},
+		"duplicate, stale and stray votes change nothing": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: vote("t1", "b", yes)},
+			{ev: vote("t1", "b", yes)},
+			{ev: vote("t1", "zz", no)},
+			{ev: VoteReceived{ID: "t1", Participant: "a", Term: 1, Vote: no}},
+			{ev: vote("nope", "a", no)},
+			{ev: vote("t1", "a", yes), want: []string{"propose decide t1 committed [a b]"}},
+			{ev: vote("t1", "a", no)},
+		},
+		"a retried commit joins the transaction in flight": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: commitReq(2, "t1", "a", "b")},
+			{ev: vote("t1", "a", yes)},
+			{ev: vote("t1", "b", yes), want: []string{"propose decide t1 committed [a b]"}},
+			{ev: applied("t1", commitO, "", "a", "b"), want: []string{"reply 1 t1 committed", "reply 2 t1 committed", "commit t1 -> a (term 2)", "commit t1 -> b (term 2)"}},
+			{ev: commitReq(3, "t1", "a", "b"), want: []string{"reply 3 t1 committed"}},
+		},
+		"leadership lost mid-vote: clients told to ask, late votes ignored": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: vote("t1", "a", yes)},
+			{ev: LeadershipChanged{Leader: false, Term: 3}, want: []string{"reply 1 t1 error: this coordinator is not the leader"}},
+			{ev: vote("t1", "b", yes)},
+			{ev: commitReq(2, "t2", "a"), want: []string{"reply 2 t2 error: this coordinator is not the leader"}},
+		},
+		"a conflicting decision applied first wins": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: vote("t1", "a", yes)},
+			{ev: vote("t1", "b", yes), want: []string{"propose decide t1 committed [a b]"}},
+			{ev: applied("t1", abortO, "presumed abort", "a", "b"), want: []string{"reply 1 t1 aborted: presumed abort", "abort t1 -> a (term 2)", "abort t1 -> b (term 2)"}},
+		},
+		"failed proposal is retried with backoff": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a"), want: []string{"prepare t1 -> a (1pc, term 2)"}},
+			{ev: vote("t1", "a", no), want: []string{"propose decide t1 aborted [a]: a voted no: no funds"}},
+			{ev: ProposeFailed{ID: "t1", Term: 2, Err: "timeout"}},
+			{at: 49 * time.Millisecond, ev: Tick{}},
+			{at: 50 * time.Millisecond, ev: Tick{}, want: []string{"propose decide t1 aborted [a]: a voted no: no funds"}},
+		},
+		"phase-2 delivery retries with exponential backoff until acked": {
+			becomeLeader,
+			{ev: Recovered{Term: 2, Txns: []RecoveredTxn{{ID: "t9", Outcome: commitO, Participants: []string{"a"}}}}, want: []string{"commit t9 -> a (term 2)"}},
+			{ev: DeliveryFailed{ID: "t9", Participant: "a", Term: 2, Err: "unavailable"}},
+			{at: 50 * time.Millisecond, ev: Tick{}, want: []string{"commit t9 -> a (term 2)"}},
+			{at: 60 * time.Millisecond, ev: DeliveryFailed{ID: "t9", Participant: "a", Term: 2}},
+			{at: 159 * time.Millisecond, ev: Tick{}},
+			{at: 160 * time.Millisecond, ev: Tick{}, want: []string{"commit t9 -> a (term 2)"}},
+			{at: 170 * time.Millisecond, ev: Acked{ID: "t9", Participant: "a", Term: 2}},
+			{at: 190 * time.Millisecond, ev: Tick{}, want: []string{"propose finished t9"}},
+		},
+		"new leader resumes phase 2 of recovered decisions only for its term": {
+			{ev: LeadershipChanged{Leader: true, Term: 3}, want: []string{"load unfinished (term 3)"}},
+			{ev: Recovered{Term: 2, Txns: []RecoveredTxn{{ID: "old", Outcome: commitO, Participants: []string{"a"}}}}},
+			{ev: Recovered{Term: 3, Txns: []RecoveredTxn{{ID: "t9", Outcome: abortO, Participants: []string{"a", "b"}}}}, want: []string{"abort t9 -> a (term 3)", "abort t9 -> b (term 3)"}},
+			{ev: Acked{ID: "t9", Participant: "a", Term: 2}},
+		},
+		"not leader refuses commits": {
+			{ev: commitReq(1, "t1", "a"), want: []string{"reply 1 t1 error: this coordinator is not the leader"}},
+		},
+		"presumed abort proposed by the driver gets its phase 2": {
+			becomeLeader,
+			{ev: applied("px", abortO, "presumed abort", "a"), want: []string{"abort px -> a (term 2)"}},
+			{ev: Acked{ID: "px", Participant: "a", Term: 2}},
+			{at: 20 * time.Millisecond, ev: Tick{}, want: []string{"propose finished px"}},
+		},
+		"old records are collected every minute, unfinished ones rescanned every 30s": {
+			becomeLeader,
+			{at: 29 * time.Second, ev: Tick{}},
+			{at: 30 * time.Second, ev: Tick{}, want: []string{"load unfinished (term 2)"}},
+			{at: 59 * time.Second, ev: Tick{}},
+			{at: 60 * time.Second, ev: Tick{}, want: []string{"propose collect before -86340000000000", "load unfinished (term 2)"}},
+		},
+	} {
+		t.Run(name, func(t *testing.T) { runCore(t, CoreConfig{}, steps) })
+	}
+}
+
+func runCore(t *testing.T, cfg CoreConfig, steps []coreStep) {
+	t.Helper()
+	c := NewCore(cfg)
+	start := time.Unix(0, 0)
+	for i, s := range steps {
+		got := actionStrings(c.Step(start.Add(s.at), s.ev))
+		if !slices.Equal(got, s.want) {
+			t.Fatalf("step %d (%T %+v):\n got  %s\n want %s", i, s.ev, s.ev, show(got), show(s.want))
+		}
+	}
+}
+
+func actionStrings(as []Action) []string {
+	var out []string
+	for _, a := range as {
+		out = append(out, a.String())
+	}
+	return out
+}
+
+func show(ss []string) string {
+	if len(ss) == 0 {
+		return "(nothing)"
+	}
+	return "\n    " + strings.Join(ss, "\n    ")
+}
+
+func TestCoreFinishedBatchesBySize(t *testing.T) {
+	c := NewCore(CoreConfig{FinishBatch: 2})
+	now := time.Unix(0, 0)
+	c.Step(now, LeadershipChanged{Leader: true, Term: 2})
+	var got []string
+	for _, id := range []string{"x", "y", "z"} {
+		got = append(got, actionStrings(c.Step(now, applied(id, abortO, "")))...)
+	}
+	want := []string{"propose finished x y"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+func TestParseTxnID(t *testing.T) {
+	good := "01890a5d-ac96-774b-bcce-b302099a8057"
+	ts, err := parseTxnID(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts.UnixMilli() != 0x01890a5dac96 {
+		t.Fatalf("timestamp %d", ts.UnixMilli())
+	}
+	for _, bad := range []string{
+		"", "not-a-uuid", good + "0", strings.ToUpper(good)[:35] + "g",
+		"01890a5d-ac96-474b-bcce-b302099a8057", // version 4
+		"01890a5d-ac96-774b-4cce-b302099a8057", // wrong variant
+		"01890a5dac96-774b-bcce-b302099a8057-",
+	} {
+		if _, err := parseTxnID(bad); err == nil {
+			t.Errorf("parseTxnID(%q) accepted", bad)
+		}
+	}
+	if !isForgotten(good, ts.UnixNano()+1) || isForgotten(good, ts.UnixNano()) || isForgotten(good, 0) {
+		t.Fatal("isForgotten compares the id's time with the horizon")
+	}
+}

@@ -1,0 +1,354 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.etcd.io/raft/v3"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+	"github.com/decree-tx/decree/txlog"
+)
+
+// DriverConfig configures a Driver. Zero values take the defaults.
+type DriverConfig struct {
+	Core CoreConfig
+	// TickInterval is how often the core's timers run (default 10ms).
+	TickInterval time.Duration
+	// CallTimeout bounds one Commit/Abort/Resolve call to a participant,
+	// and one proposal (default 5s).
+	CallTimeout time.Duration
+	// Limits enforced on client requests.
+	MaxBranches int // default 64
+	MaxPayload  int // bytes per branch, default 1 MiB
+	// MaxList caps ListTransactions rows (default 1000).
+	MaxList int
+	Clock   Clock
+	Dial    func(ctx context.Context, addr string) (net.Conn, error)
+	Logger  zerolog.Logger
+}
+
+func (c DriverConfig) withDefaults() DriverConfig {
+	if c.TickInterval <= 0 {
+		c.TickInterval = 10 * time.Millisecond
+	}
+	if c.CallTimeout <= 0 {
+		c.CallTimeout = 5 * time.Second
+	}
+	if c.MaxBranches <= 0 {
+		c.MaxBranches = 64
+	}
+	if c.MaxPayload <= 0 {
+		c.MaxPayload = 1 << 20
+	}
+	if c.MaxList <= 0 {
+		c.MaxList = 1000
+	}
+	if c.Clock == nil {
+		c.Clock = WallClock{}
+	}
+	if c.Dial == nil {
+		var d net.Dialer
+		c.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	c.Core = c.Core.withDefaults()
+	return c
+}
+
+// Driver runs the 2PC Core on a Node: it feeds the core events from the
+// network, raft and the clock on one goroutine, and carries out the core's
+// actions (participant RPCs and proposals run on their own goroutines, which
+// end with the call). It also serves the Coordinator gRPC service.
+type Driver struct {
+	cfg   DriverConfig
+	log   zerolog.Logger
+	node  *Node
+	core  *Core
+	conns *connPool
+
+	evc    chan Event
+	listc  chan chan []UndecidedTxn
+	ctx    context.Context // cancelled by Stop; parent of every call
+	cancel context.CancelFunc
+	stopc  chan struct{}
+	donec chan struct{}
+	stop  sync.Once
+	calls sync.WaitGroup
+
+	nextReq atomic.Uint64
+	mu      sync.Mutex
+	waiting map[uint64]chan Reply
+
+	leader atomic.Bool
+	term   atomic.Uint64
+}
+
+// NewDriver starts the 2PC driver on node.
+func NewDriver(node *Node, cfg DriverConfig) *Driver {
+	cfg = cfg.withDefaults()
+	d := &Driver{
+		cfg:     cfg,
+		log:     cfg.Logger.With().Str("component", "2pc").Uint64("node", node.ID()).Logger(),
+		node:    node,
+		core:    NewCore(cfg.Core),
+		conns:   newConnPool(cfg.Dial),
+		evc:     make(chan Event, 4096),
+		listc:   make(chan chan []UndecidedTxn),
+		stopc:   make(chan struct{}),
+		donec:   make(chan struct{}),
+		waiting: make(map[uint64]chan Reply),
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	go d.run()
+	return d
+}
+
+// Stop ends the driver loop, waits for in-flight calls and closes
+// connections. Call it before stopping the node.
+func (d *Driver) Stop() {
+	d.stop.Do(func() { close(d.stopc); d.cancel() })
+	<-d.donec
+	d.calls.Wait()
+	d.conns.close()
+}
+
+func (d *Driver) run() {
+	defer close(d.donec)
+	tickc, stopTick := d.cfg.Clock.NewTicker(d.cfg.TickInterval)
+	defer stopTick()
+	for {
+		select {
+		case ev := <-d.evc:
+			d.step(ev)
+			for i := 0; i < drainLimit && len(d.evc) > 0; i++ {
+				d.step(<-d.evc)
+			}
+		case <-tickc:
+			d.checkLeadership()
+			d.step(Tick{})
+		case ch := <-d.listc:
+			ch <- d.core.Undecided()
+		case <-d.stopc:
+			d.step(LeadershipChanged{Leader: false, Term: d.term.Load()})
+			return
+		}
+	}
+}
+
+func (d *Driver) checkLeadership() {
+	st := d.node.Status()
+	leader := st.Role == raft.StateLeader
+	if leader != d.leader.Load() || st.Term != d.term.Load() {
+		d.leader.Store(leader)
+		d.term.Store(st.Term)
+		d.log.Info().Bool("leader", leader).Uint64("term", st.Term).Msg("leadership changed")
+		d.step(LeadershipChanged{Leader: leader, Term: st.Term})
+	}
+}
+
+func (d *Driver) step(ev Event) {
+	for _, a := range d.core.Step(d.cfg.Clock.Now(), ev) {
+		d.execute(a)
+	}
+}
+
+// feed hands an event to the loop; it gives up once the driver stops.
+func (d *Driver) feed(ev Event) {
+	select {
+	case d.evc <- ev:
+	case <-d.stopc:
+	}
+}
+
+func (d *Driver) execute(a Action) {
+	switch a := a.(type) {
+	case SendPrepare:
+		d.async(func(ctx context.Context) { d.prepare(ctx, a) })
+	case ProposeDecide:
+		d.async(func(ctx context.Context) { d.proposeDecide(ctx, a) })
+	case ProposeFinished:
+		d.async(func(ctx context.Context) { d.proposeFinished(ctx, a) })
+	case ProposeCollect:
+		d.async(func(ctx context.Context) { d.proposeCollect(ctx, a) })
+	case SendDecision:
+		d.async(func(ctx context.Context) { d.sendDecision(ctx, a) })
+	case LoadUnfinished:
+		d.async(func(ctx context.Context) { d.loadUnfinished(ctx, a) })
+	case Reply:
+		d.reply(a)
+	case Conflict:
+		d.log.Error().Str("txn", a.ID).Str("conflict", a.What).Msg("INVARIANT VIOLATION")
+	default:
+		d.log.Error().Str("action", fmt.Sprintf("%T", a)).Msg("unknown core action")
+	}
+}
+
+// async runs f on its own goroutine with a context cancelled when the
+// driver stops; the goroutine ends with the call.
+func (d *Driver) async(f func(ctx context.Context)) {
+	d.calls.Go(func() { f(d.ctx) })
+}
+
+func (d *Driver) participant(addr string) (decreev1.ParticipantClient, error) {
+	c, err := d.conns.get(addr)
+	if err != nil {
+		return nil, err
+	}
+	return decreev1.NewParticipantClient(c), nil
+}
+
+func (d *Driver) prepare(ctx context.Context, a SendPrepare) {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.Core.PrepareTimeout)
+	defer cancel()
+	pc, err := d.participant(a.Participant)
+	if err == nil {
+		var resp *decreev1.PrepareResponse
+		resp, err = pc.Prepare(ctx, &decreev1.PrepareRequest{TxnId: a.ID, Payload: a.Payload,
+			Participants: a.Participants, OnePhase: a.OnePhase, Term: a.Term})
+		if err == nil {
+			d.feed(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: resp.GetVote(), Reason: resp.GetReason()})
+			return
+		}
+	}
+	d.feed(PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
+}
+
+func (d *Driver) propose(ctx context.Context, cmd *decreev1.Command) (Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.CallTimeout)
+	defer cancel()
+	res, err := d.node.Propose(ctx, cmd)
+	if err == nil && res.Err != nil {
+		err = res.Err
+	}
+	return res, err
+}
+
+func (d *Driver) proposeDecide(ctx context.Context, a ProposeDecide) {
+	res, err := d.propose(ctx, decideCommand(a.ID, a.Outcome, a.Participants, a.Reason, a.DecidedAt))
+	if err != nil {
+		d.log.Warn().Err(err).Str("txn", a.ID).Msg("decision not applied; will retry")
+		d.feed(ProposeFailed{ID: a.ID, Term: a.Term, Err: err.Error()})
+		return
+	}
+	d.feed(DecisionApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
+}
+
+func decideCommand(id string, o decreev1.Outcome, parts []string, reason string, at int64) *decreev1.Command {
+	return &decreev1.Command{Kind: &decreev1.Command_Decide{Decide: &decreev1.Decide{
+		TxnId: id, Outcome: o, Participants: parts, Reason: reason, DecidedAt: at}}}
+}
+
+func (d *Driver) proposeFinished(ctx context.Context, a ProposeFinished) {
+	cmd := &decreev1.Command{Kind: &decreev1.Command_Finished{Finished: &decreev1.Finished{TxnIds: a.IDs, FinishedAt: a.At}}}
+	if _, err := d.propose(ctx, cmd); err != nil {
+		d.feed(ProposeFailed{Term: a.Term, Finished: a.IDs, Err: err.Error()})
+	}
+}
+
+func (d *Driver) proposeCollect(ctx context.Context, a ProposeCollect) {
+	cmd := &decreev1.Command{Kind: &decreev1.Command_Collect{Collect: &decreev1.Collect{Before: a.Before}}}
+	if _, err := d.propose(ctx, cmd); err != nil {
+		d.log.Warn().Err(err).Msg("collecting old records failed; will try next period")
+	}
+}
+
+func (d *Driver) sendDecision(ctx context.Context, a SendDecision) {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.CallTimeout)
+	defer cancel()
+	pc, err := d.participant(a.Participant)
+	if err == nil {
+		req := &decreev1.DecisionRequest{TxnId: a.ID, Term: a.Term}
+		if a.Outcome == decreev1.Outcome_OUTCOME_COMMITTED {
+			_, err = pc.Commit(ctx, req)
+		} else {
+			_, err = pc.Abort(ctx, req)
+		}
+	}
+	if err != nil {
+		d.log.Debug().Err(err).Str("txn", a.ID).Str("participant", a.Participant).Msg("decision delivery failed; will retry")
+		d.feed(DeliveryFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
+		return
+	}
+	d.feed(Acked{ID: a.ID, Participant: a.Participant, Term: a.Term})
+}
+
+// loadUnfinished catches up with everything committed before this
+// leadership (ReadIndex), then reports applied, unfinished decisions.
+func (d *Driver) loadUnfinished(ctx context.Context, a LoadUnfinished) {
+	for ctx.Err() == nil && d.term.Load() == a.Term {
+		rctx, cancel := context.WithTimeout(ctx, d.cfg.CallTimeout)
+		err := d.node.ReadIndex(rctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrStopped) {
+			return
+		}
+	}
+	var txns []RecoveredTxn
+	err := d.node.ScanRecords(func(r *txlog.Record) bool {
+		if r.Outcome != txlog.OutcomeUnknown && !r.Finished {
+			txns = append(txns, RecoveredTxn{ID: r.ID, Outcome: outcomeFromRecord(r.Outcome), Participants: r.Participants})
+		}
+		return true
+	})
+	if err != nil {
+		d.log.Error().Err(err).Msg("cannot scan unfinished decisions")
+		return
+	}
+	if len(txns) > 0 {
+		d.log.Info().Int("unfinished", len(txns)).Uint64("term", a.Term).Msg("resuming phase 2")
+	}
+	d.feed(Recovered{Term: a.Term, Txns: txns})
+}
+
+// await registers a waiter for a Reply and returns its request id.
+func (d *Driver) await() (uint64, chan Reply) {
+	req := d.nextReq.Add(1)
+	ch := make(chan Reply, 1)
+	d.mu.Lock()
+	d.waiting[req] = ch
+	d.mu.Unlock()
+	return req, ch
+}
+
+func (d *Driver) forget(req uint64) {
+	d.mu.Lock()
+	delete(d.waiting, req)
+	d.mu.Unlock()
+}
+
+func (d *Driver) reply(r Reply) {
+	d.mu.Lock()
+	ch, ok := d.waiting[r.Req]
+	delete(d.waiting, r.Req)
+	d.mu.Unlock()
+	if ok {
+		ch <- r
+	}
+}
+
+// undecided asks the loop for the transactions still in voting.
+func (d *Driver) undecided(ctx context.Context) ([]UndecidedTxn, error) {
+	ch := make(chan []UndecidedTxn, 1)
+	select {
+	case d.listc <- ch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-d.stopc:
+		return nil, ErrStopped
+	}
+	select {
+	case u := <-ch:
+		return u, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}

@@ -1,0 +1,363 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+	"github.com/decree-tx/decree/txlog"
+)
+
+const (
+	// forwardedKey marks a call a follower forwarded, so a node that is not
+	// leader either does not forward it again (no loops).
+	forwardedKey = "decree-forwarded"
+	// LeaderHintKey is the trailer that names the leader's address when a
+	// node answers Unavailable.
+	LeaderHintKey = "decree-leader"
+)
+
+// Register adds the Coordinator service to s.
+func (d *Driver) Register(s *grpc.Server) {
+	decreev1.RegisterCoordinatorServer(s, &coordinatorService{d: d})
+}
+
+type coordinatorService struct {
+	decreev1.UnimplementedCoordinatorServer
+	d *Driver
+}
+
+func (s *coordinatorService) Commit(ctx context.Context, req *decreev1.CommitRequest) (*decreev1.CommitResponse, error) {
+	branches, err := s.d.validateCommit(req)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if fwd, err := s.d.forwarder(ctx); fwd != nil || err != nil {
+		if err != nil {
+			return nil, err
+		}
+		return fwd.Commit(forwardCtx(ctx), req)
+	}
+	if r, ok, err := s.d.node.Record(req.GetTxnId()); err != nil {
+		return nil, status.Errorf(codes.Internal, "read record: %v", err)
+	} else if ok && r.Outcome != txlog.OutcomeUnknown {
+		return &decreev1.CommitResponse{TxnId: r.ID, State: stateOf(r.Outcome), Reason: r.Reason}, nil
+	}
+	if forgotten, err := s.d.forgotten(req.GetTxnId()); err != nil || forgotten {
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "read retention horizon: %v", err)
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s is older than the retention horizon", req.GetTxnId())
+	}
+	r, err := s.d.runCommit(ctx, req.GetTxnId(), branches)
+	if err != nil {
+		return nil, s.d.statusOf(ctx, err)
+	}
+	return &decreev1.CommitResponse{TxnId: r.ID, State: stateOfOutcome(r.Outcome), Reason: r.Reason}, nil
+}
+
+// runCommit hands the transaction to the core and waits for its reply.
+func (d *Driver) runCommit(ctx context.Context, id string, branches []BranchSpec) (Reply, error) {
+	req, ch := d.await()
+	defer d.forget(req)
+	d.feed(ClientCommit{Req: req, ID: id, Branches: branches})
+	select {
+	case r := <-ch:
+		return r, r.Err
+	case <-ctx.Done():
+		return Reply{}, ctx.Err()
+	case <-d.stopc:
+		return Reply{}, ErrStopped
+	}
+}
+
+func (s *coordinatorService) Outcome(ctx context.Context, req *decreev1.OutcomeRequest) (*decreev1.OutcomeResponse, error) {
+	if err := s.d.validateOutcome(req); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if fwd, err := s.d.forwarder(ctx); fwd != nil || err != nil {
+		if err != nil {
+			return nil, err
+		}
+		return fwd.Outcome(forwardCtx(ctx), req)
+	}
+	id := req.GetTxnId()
+	if r, ok, err := s.d.node.Record(id); err != nil {
+		return nil, status.Errorf(codes.Internal, "read record: %v", err)
+	} else if ok && r.Outcome != txlog.OutcomeUnknown {
+		return outcomeResponse(r), nil
+	}
+	if forgotten, err := s.d.forgotten(id); err != nil || forgotten {
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "read retention horizon: %v", err)
+		}
+		return &decreev1.OutcomeResponse{TxnId: id, State: decreev1.TxnState_TXN_STATE_FORGOTTEN}, nil
+	}
+	res, err := s.d.settle(ctx, id, req.GetParticipants())
+	if errors.Is(err, ErrForgotten) {
+		return &decreev1.OutcomeResponse{TxnId: id, State: decreev1.TxnState_TXN_STATE_FORGOTTEN}, nil
+	}
+	if err != nil {
+		return nil, s.d.statusOf(ctx, err)
+	}
+	return &decreev1.OutcomeResponse{TxnId: id, State: stateOfOutcome(res.Outcome), Reason: res.Reason,
+		Participants: res.Participants}, nil
+}
+
+// settle decides a transaction the cluster has no record of. Presumed
+// abort, made durable: the abort is applied before anyone hears it. A
+// one-phase transaction's outcome lives at its only participant, so that
+// one is asked (aborting there if it never heard of it) and its answer is
+// recorded instead. The decision's phase 2 then runs like any other.
+func (d *Driver) settle(ctx context.Context, id string, participants []string) (Result, error) {
+	term := d.term.Load()
+	outcome, reason := decreev1.Outcome_OUTCOME_ABORTED, "presumed abort: no decision was recorded"
+	if len(participants) == 1 {
+		st, err := d.resolveAt(ctx, participants[0], id, term)
+		if err != nil {
+			return Result{}, fmt.Errorf("%w: ask the one-phase participant %s: %w", ErrNoLeader, participants[0], err)
+		}
+		if st == decreev1.ParticipantState_PARTICIPANT_STATE_COMMITTED {
+			outcome, reason = decreev1.Outcome_OUTCOME_COMMITTED, ""
+		} else if st == decreev1.ParticipantState_PARTICIPANT_STATE_ABORTED {
+			reason = "aborted at its only participant"
+		}
+	}
+	res, err := d.propose(ctx, decideCommand(id, outcome, participants, reason, d.cfg.Clock.Now().UnixNano()))
+	if err != nil {
+		return res, err
+	}
+	d.feed(DecisionApplied{ID: id, Term: term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
+	return res, nil
+}
+
+func (d *Driver) resolveAt(ctx context.Context, participant, id string, term uint64) (decreev1.ParticipantState, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.CallTimeout)
+	defer cancel()
+	pc, err := d.participant(participant)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := pc.Resolve(ctx, &decreev1.ResolveRequest{TxnId: id, Term: term})
+	if err != nil {
+		return 0, err
+	}
+	return resp.GetState(), nil
+}
+
+func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1.ListTransactionsRequest) (*decreev1.ListTransactionsResponse, error) {
+	if fwd, err := s.d.forwarder(ctx); fwd != nil || err != nil {
+		if err != nil {
+			return nil, err
+		}
+		return fwd.ListTransactions(forwardCtx(ctx), req)
+	}
+	limit := int(req.GetLimit())
+	if limit <= 0 || limit > s.d.cfg.MaxList {
+		limit = s.d.cfg.MaxList
+	}
+	resp := &decreev1.ListTransactionsResponse{}
+	filter := req.GetFilter()
+	if filter == decreev1.TxnFilter_TXN_FILTER_ALL || filter == decreev1.TxnFilter_TXN_FILTER_UNDECIDED {
+		und, err := s.d.undecided(ctx)
+		if err != nil {
+			return nil, s.d.statusOf(ctx, err)
+		}
+		for _, u := range und {
+			resp.Txns = append(resp.Txns, &decreev1.TxnInfo{TxnId: u.ID, State: decreev1.TxnState_TXN_STATE_UNDECIDED, Participants: u.Participants})
+		}
+	}
+	if filter == decreev1.TxnFilter_TXN_FILTER_UNDECIDED {
+		return truncate(resp, limit), nil
+	}
+	err := s.d.node.ScanRecords(func(r *txlog.Record) bool {
+		if matches(filter, r) {
+			resp.Txns = append(resp.Txns, txnInfo(r))
+		}
+		return len(resp.Txns) < limit
+	})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "scan records: %v", err)
+	}
+	return truncate(resp, limit), nil
+}
+
+func truncate(resp *decreev1.ListTransactionsResponse, limit int) *decreev1.ListTransactionsResponse {
+	if len(resp.Txns) > limit {
+		resp.Txns = resp.Txns[:limit]
+	}
+	return resp
+}
+
+func matches(f decreev1.TxnFilter, r *txlog.Record) bool {
+	switch f {
+	case decreev1.TxnFilter_TXN_FILTER_COMMITTED:
+		return r.Outcome == txlog.OutcomeCommitted
+	case decreev1.TxnFilter_TXN_FILTER_ABORTED:
+		return r.Outcome == txlog.OutcomeAborted
+	case decreev1.TxnFilter_TXN_FILTER_UNFINISHED:
+		return !r.Finished
+	default:
+		return true
+	}
+}
+
+func (d *Driver) forgotten(id string) (bool, error) {
+	h, err := readHorizon(d.node.store)
+	if err != nil {
+		return false, err
+	}
+	return isForgotten(id, h), nil
+}
+
+// forwarder returns a client for the leader when this node is not the
+// leader, nil when it should serve the call itself, or an Unavailable
+// status (with a leader hint when one is known) when it can do neither.
+func (d *Driver) forwarder(ctx context.Context) (decreev1.CoordinatorClient, error) {
+	if d.leader.Load() {
+		return nil, nil
+	}
+	st := d.node.Status()
+	addr, known := d.node.cfg.Peers[st.Leader]
+	if st.Leader == 0 || !known {
+		return nil, status.Error(codes.Unavailable, "no coordinator leader is known; retry shortly")
+	}
+	if st.Leader == d.node.ID() && d.awaitLeadership(ctx) {
+		return nil, nil
+	}
+	if st.Leader == d.node.ID() || isForwarded(ctx) {
+		return nil, d.unavailable(ctx, "leadership is changing; retry")
+	}
+	conn, err := d.conns.get(addr)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "cannot reach leader %d at %s: %v", st.Leader, addr, err)
+	}
+	return decreev1.NewCoordinatorClient(conn), nil
+}
+
+// awaitLeadership waits a few driver ticks for the driver to take up the
+// leadership raft just gave this node, rather than bounce the caller.
+func (d *Driver) awaitLeadership(ctx context.Context) bool {
+	tickc, stop := d.cfg.Clock.NewTicker(d.cfg.TickInterval)
+	defer stop()
+	for range 5 {
+		select {
+		case <-tickc:
+		case <-ctx.Done():
+			return false
+		}
+		if d.leader.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+func isForwarded(ctx context.Context) bool {
+	md, ok := metadata.FromIncomingContext(ctx)
+	return ok && len(md.Get(forwardedKey)) > 0
+}
+
+func forwardCtx(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, forwardedKey, "1")
+}
+
+// unavailable builds an Unavailable status and names the leader, if any,
+// in the LeaderHintKey trailer.
+func (d *Driver) unavailable(ctx context.Context, msg string) error {
+	if st := d.node.Status(); st.Leader != 0 {
+		if addr, ok := d.node.cfg.Peers[st.Leader]; ok {
+			_ = grpc.SetTrailer(ctx, metadata.Pairs(LeaderHintKey, addr))
+		}
+	}
+	return status.Error(codes.Unavailable, msg)
+}
+
+// statusOf maps driver and node errors to gRPC statuses.
+func (d *Driver) statusOf(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded before the outcome was known; ask Outcome")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "call cancelled; ask Outcome")
+	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNoLeader), errors.Is(err, ErrStopped):
+		return d.unavailable(ctx, err.Error())
+	default:
+		return status.Error(codes.Unavailable, err.Error())
+	}
+}
+
+func (d *Driver) validateCommit(req *decreev1.CommitRequest) ([]BranchSpec, error) {
+	if _, err := parseTxnID(req.GetTxnId()); err != nil {
+		return nil, err
+	}
+	bs := req.GetBranches()
+	if len(bs) == 0 {
+		return nil, errors.New("a transaction needs at least one branch")
+	}
+	if len(bs) > d.cfg.MaxBranches {
+		return nil, fmt.Errorf("%d branches exceed the limit of %d", len(bs), d.cfg.MaxBranches)
+	}
+	out := make([]BranchSpec, 0, len(bs))
+	var seen []string
+	for i, b := range bs {
+		p := b.GetParticipant()
+		if err := validateAddr(p); err != nil {
+			return nil, fmt.Errorf("branch %d: participant %w", i, err)
+		}
+		if slices.Contains(seen, p) {
+			return nil, fmt.Errorf("branch %d: participant %s appears twice", i, p)
+		}
+		if len(b.GetPayload()) > d.cfg.MaxPayload {
+			return nil, fmt.Errorf("branch %d: payload of %d bytes exceeds the limit of %d", i, len(b.GetPayload()), d.cfg.MaxPayload)
+		}
+		seen = append(seen, p)
+		out = append(out, BranchSpec{Participant: p, Payload: b.GetPayload()})
+	}
+	return out, nil
+}
+
+func (d *Driver) validateOutcome(req *decreev1.OutcomeRequest) error {
+	if _, err := parseTxnID(req.GetTxnId()); err != nil {
+		return err
+	}
+	if len(req.GetParticipants()) > d.cfg.MaxBranches {
+		return fmt.Errorf("%d participants exceed the limit of %d", len(req.GetParticipants()), d.cfg.MaxBranches)
+	}
+	for _, p := range req.GetParticipants() {
+		if err := validateAddr(p); err != nil {
+			return fmt.Errorf("participant %w", err)
+		}
+	}
+	return nil
+}
+
+func stateOf(o txlog.Outcome) decreev1.TxnState { return stateOfOutcome(outcomeFromRecord(o)) }
+
+func stateOfOutcome(o decreev1.Outcome) decreev1.TxnState {
+	switch o {
+	case decreev1.Outcome_OUTCOME_COMMITTED:
+		return decreev1.TxnState_TXN_STATE_COMMITTED
+	case decreev1.Outcome_OUTCOME_ABORTED:
+		return decreev1.TxnState_TXN_STATE_ABORTED
+	default:
+		return decreev1.TxnState_TXN_STATE_UNDECIDED
+	}
+}
+
+func outcomeResponse(r *txlog.Record) *decreev1.OutcomeResponse {
+	return &decreev1.OutcomeResponse{TxnId: r.ID, State: stateOf(r.Outcome), Reason: r.Reason,
+		Participants: r.Participants, Finished: r.Finished, DecidedAt: r.DecidedAt}
+}
+
+func txnInfo(r *txlog.Record) *decreev1.TxnInfo {
+	return &decreev1.TxnInfo{TxnId: r.ID, State: stateOf(r.Outcome), Participants: r.Participants,
+		Acked: r.Acked, Finished: r.Finished, DecidedAt: r.DecidedAt, Reason: r.Reason}
+}
