@@ -77,9 +77,9 @@ type Driver struct {
 	ctx    context.Context // cancelled by Stop; parent of every call
 	cancel context.CancelFunc
 	stopc  chan struct{}
-	donec chan struct{}
-	stop  sync.Once
-	calls sync.WaitGroup
+	donec  chan struct{}
+	stop   sync.Once
+	calls  sync.WaitGroup
 
 	nextReq atomic.Uint64
 	mu      sync.Mutex

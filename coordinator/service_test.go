@@ -241,7 +241,9 @@ func TestBadRequestsAreRefused(t *testing.T) {
 	c := newTestClusterWith(t, 3, nil, func(d *coordinator.DriverConfig) { d.MaxBranches = 3; d.MaxPayload = 10 })
 	cc := coordClient(t, c.peers[c.leader()])
 	ok := newTxnID(6)
-	branch := func(p string, n int) *decreev1.Branch { return &decreev1.Branch{Participant: p, Payload: make([]byte, n)} }
+	branch := func(p string, n int) *decreev1.Branch {
+		return &decreev1.Branch{Participant: p, Payload: make([]byte, n)}
+	}
 	for name, req := range map[string]*decreev1.CommitRequest{
 		"empty id":              {Branches: []*decreev1.Branch{branch("127.0.0.1:9", 1)}},
 		"oversized id":          {TxnId: strings.Repeat("a", 1000), Branches: []*decreev1.Branch{branch("127.0.0.1:9", 1)}},
