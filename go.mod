@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/cockroachdb/pebble/v2 v2.1.7
+	github.com/google/uuid v1.6.0
 	github.com/rs/zerolog v1.35.1
 	go.etcd.io/raft/v3 v3.7.0
 	google.golang.org/grpc v1.85.0

@@ -25,6 +25,7 @@ func commands() []command {
 	return []command{
 		{"start", "start a coordinator node", runStart},
 		{"status", "show each node's raft role, term, leader and indexes", runStatus},
+		{"txn", "query transactions: txn outcome ID, txn list", runTxn},
 	}
 }
 
