@@ -31,6 +31,16 @@ var (
 	buildErr  error
 )
 
+// TestMain removes the binary built for the multi-process tests.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // decreeBinary builds the real binary once per test run.
 func decreeBinary(t *testing.T) string {
 	t.Helper()
