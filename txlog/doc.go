@@ -24,5 +24,12 @@
 // An in-memory raft.MemoryStorage mirrors the durable log so that Raft's reads
 // never touch the disk.
 //
+// The package also holds a participant's store, ParticipantLog: a separate
+// Pebble database with the participant SDK's per-transaction records (PTxn,
+// under p/txn/<id>) and the user resource's keys (under u/), written
+// together in one batch so that a resource's changes commit atomically with
+// the record of the vote or outcome they belong to. See participantlog.go
+// for its key layout.
+//
 // The package knows nothing of the network or of the wire protocol.
 package txlog

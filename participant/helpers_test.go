@@ -1,0 +1,299 @@
+package participant_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/decree-tx/decree/participant"
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+	"github.com/decree-tx/decree/txlog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// kvResource is a test resource holding a key-value map. A payload
+// "set k=v" votes YES after locking k ("lock/k" = txn id) and staging the
+// write ("pending/<id>" = "k=v"); Commit applies it to "data/k" and Abort
+// drops it. A payload "no <reason>" writes a scratch key and votes NO; "ro"
+// votes READ_ONLY after writing a scratch key; "err" fails.
+type kvResource struct {
+	prepares, commits, aborts atomic.Int64
+	failCommit                atomic.Bool
+}
+
+var _ participant.Resource = (*kvResource)(nil)
+
+func (r *kvResource) Prepare(_ context.Context, txn participant.Txn, w participant.Writer) (participant.Vote, string, error) {
+	r.prepares.Add(1)
+	op, arg, _ := strings.Cut(string(txn.Payload), " ")
+	switch op {
+	case "no":
+		w.Set([]byte("scratch/"+txn.ID), []byte("x"))
+		return participant.VoteNo, arg, nil
+	case "ro":
+		w.Set([]byte("scratch/"+txn.ID), []byte("x"))
+		return participant.VoteReadOnly, "", nil
+	case "set":
+		return r.prepareSet(txn.ID, arg, w)
+	default:
+		return 0, "", fmt.Errorf("bad payload %q", txn.Payload)
+	}
+}
+
+func (r *kvResource) prepareSet(id, kv string, w participant.Writer) (participant.Vote, string, error) {
+	k, _, ok := strings.Cut(kv, "=")
+	if !ok {
+		return 0, "", fmt.Errorf("bad set %q", kv)
+	}
+	holder, locked, err := w.Get([]byte("lock/" + k))
+	if err != nil {
+		return 0, "", err
+	}
+	if locked && string(holder) != id {
+		return participant.VoteNo, "key " + k + " is locked", nil
+	}
+	w.Set([]byte("lock/"+k), []byte(id))
+	w.Set([]byte("pending/"+id), []byte(kv))
+	return participant.VoteYes, "", nil
+}
+
+func (r *kvResource) Commit(_ context.Context, id string, w participant.Writer) error {
+	r.commits.Add(1)
+	if r.failCommit.Load() {
+		return errors.New("disk on fire")
+	}
+	k, v, err := r.pending(id, w)
+	if err != nil {
+		return err
+	}
+	w.Set([]byte("data/"+k), []byte(v))
+	return nil
+}
+
+func (r *kvResource) Abort(_ context.Context, id string, w participant.Writer) error {
+	r.aborts.Add(1)
+	_, _, err := r.pending(id, w)
+	return err
+}
+
+// pending reads and removes id's staged write and lock.
+func (r *kvResource) pending(id string, w participant.Writer) (k, v string, err error) {
+	kv, found, err := w.Get([]byte("pending/" + id))
+	if err != nil || !found {
+		return "", "", fmt.Errorf("no pending write for %s (found %v): %w", id, found, err)
+	}
+	k, v, _ = strings.Cut(string(kv), "=")
+	w.Delete([]byte("pending/" + id))
+	w.Delete([]byte("lock/" + k))
+	return k, v, nil
+}
+
+// fakeClock is a manually advanced Clock.
+type fakeClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	waiters []fakeWaiter
+}
+
+type fakeWaiter struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	if d <= 0 {
+		ch <- c.now
+		return ch
+	}
+	c.waiters = append(c.waiters, fakeWaiter{at: c.now.Add(d), ch: ch})
+	return ch
+}
+
+// Advance moves the clock forward and fires the timers that are due.
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	c.waiters = slices.DeleteFunc(c.waiters, func(w fakeWaiter) bool {
+		if w.at.After(c.now) {
+			return false
+		}
+		w.ch <- c.now
+		return true
+	})
+}
+
+// Waiters returns how many timers are pending.
+func (c *fakeClock) Waiters() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.waiters)
+}
+
+// waitFor polls cond until it holds, failing the test after a deadline.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
+
+// openLog opens a participant log in dir, closed when the test ends unless
+// the test did.
+func openLog(t testing.TB, dir string) *txlog.ParticipantLog {
+	t.Helper()
+	l, err := txlog.OpenParticipantLog(dir, txlog.Options{})
+	if err != nil {
+		t.Fatalf("open participant log: %v", err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+// newParticipant returns a participant over log, stopped when the test
+// ends. Options left zero get test defaults.
+func newParticipant(t testing.TB, r participant.Resource, opts participant.Options) *participant.Participant {
+	t.Helper()
+	if opts.Coordinators == nil {
+		opts.Coordinators = []string{unreachableAddr(t)}
+	}
+	if opts.Clock == nil {
+		opts.Clock = newFakeClock()
+	}
+	p, err := participant.New(r, opts)
+	if err != nil {
+		t.Fatalf("new participant: %v", err)
+	}
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// unreachableAddr returns a local address nothing listens on.
+func unreachableAddr(t testing.TB) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	_ = lis.Close()
+	return addr
+}
+
+// fakeCoordinator answers Outcome from a script: the state for each id,
+// TXN_STATE_UNDECIDED for ids not in it.
+type fakeCoordinator struct {
+	decreev1.UnimplementedCoordinatorServer
+	mu       sync.Mutex
+	outcomes map[string]decreev1.TxnState
+	queries  []*decreev1.OutcomeRequest
+}
+
+func (c *fakeCoordinator) Outcome(_ context.Context, req *decreev1.OutcomeRequest) (*decreev1.OutcomeResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.queries = append(c.queries, req)
+	state, ok := c.outcomes[req.GetTxnId()]
+	if !ok {
+		state = decreev1.TxnState_TXN_STATE_UNDECIDED
+	}
+	return &decreev1.OutcomeResponse{TxnId: req.GetTxnId(), State: state}, nil
+}
+
+func (c *fakeCoordinator) script(id string, s decreev1.TxnState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.outcomes[id] = s
+}
+
+// query returns the i-th query received.
+func (c *fakeCoordinator) query(i int) *decreev1.OutcomeRequest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queries[i]
+}
+
+// queried returns how many times id was asked about.
+func (c *fakeCoordinator) queried(id string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, q := range c.queries {
+		if q.GetTxnId() == id {
+			n++
+		}
+	}
+	return n
+}
+
+// serveCoordinator serves c on a local port until the test ends.
+func serveCoordinator(t testing.TB, c *fakeCoordinator) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	decreev1.RegisterCoordinatorServer(s, c)
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(s.Stop)
+	return lis.Addr().String()
+}
+
+func prepareReq(id, payload string, term uint64, participants ...string) *decreev1.PrepareRequest {
+	if participants == nil {
+		participants = []string{"self:1", "other:1"}
+	}
+	return &decreev1.PrepareRequest{TxnId: id, Payload: []byte(payload), Participants: participants, Term: term}
+}
+
+func codeOf(err error) codes.Code {
+	return status.Code(err)
+}
+
+// userValue reads a committed user key ("" if absent).
+func userValue(t testing.TB, l *txlog.ParticipantLog, key string) string {
+	t.Helper()
+	v, _, err := l.Get([]byte(key))
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	return string(v)
+}
+
+// inDoubtIDs returns the ids p holds in doubt.
+func inDoubtIDs(p *participant.Participant) []string {
+	var ids []string
+	for _, d := range p.InDoubt() {
+		ids = append(ids, d.ID)
+	}
+	return ids
+}

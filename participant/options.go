@@ -1,0 +1,102 @@
+package participant
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"github.com/decree-tx/decree/txlog"
+	"github.com/rs/zerolog"
+)
+
+// Defaults of Options.
+const (
+	DefaultInDoubtTimeout = 5 * time.Second
+	DefaultRetryMin       = 100 * time.Millisecond
+	DefaultRetryMax       = 5 * time.Second
+	DefaultQueryTimeout   = 2 * time.Second
+	DefaultMaxPayload     = 1 << 20
+)
+
+// Clock is the participant's source of time.
+type Clock interface {
+	Now() time.Time
+	// After delivers the time once d has passed.
+	After(d time.Duration) <-chan time.Time
+}
+
+// Options configures New.
+type Options struct {
+	// Log is the participant's durable store; required. The caller opens
+	// it and closes it after Stop.
+	Log *txlog.ParticipantLog
+	// Coordinators lists the coordinator endpoints (host:port) asked for
+	// the outcome of in-doubt transactions; at least one is required.
+	Coordinators []string
+	// Dial, if set, dials the coordinators (grpc.WithContextDialer).
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// InDoubtTimeout is how long a prepared transaction may stay undecided
+	// before the participant asks the coordinators for its outcome.
+	// Transactions found prepared at New are asked about at once.
+	InDoubtTimeout time.Duration
+	// RetryMin and RetryMax bound the backoff between outcome queries for
+	// one transaction; each wait is jittered down by up to half.
+	RetryMin, RetryMax time.Duration
+	// QueryTimeout bounds one outcome query to one coordinator.
+	QueryTimeout time.Duration
+	// MaxPayload is the largest Prepare payload accepted, in bytes.
+	MaxPayload int
+	// Clock schedules outcome queries and stamps records; nil means the
+	// wall clock.
+	Clock Clock
+	// Rand returns a number in [0, 1) for backoff jitter; nil means
+	// math/rand/v2.Float64.
+	Rand func() float64
+	// Logger receives the participant's logs; the zero value discards
+	// them.
+	Logger zerolog.Logger
+}
+
+// withDefaults checks o and fills in its defaults.
+func (o Options) withDefaults() (Options, error) {
+	if o.Log == nil {
+		return o, errors.New("participant options: Log is required")
+	}
+	if len(o.Coordinators) == 0 {
+		return o, errors.New("participant options: at least one coordinator endpoint is required")
+	}
+	for _, c := range o.Coordinators {
+		if c == "" {
+			return o, errors.New("participant options: empty coordinator endpoint")
+		}
+	}
+	o.InDoubtTimeout = positiveOr(o.InDoubtTimeout, DefaultInDoubtTimeout)
+	o.RetryMin = positiveOr(o.RetryMin, DefaultRetryMin)
+	o.RetryMax = max(positiveOr(o.RetryMax, DefaultRetryMax), o.RetryMin)
+	o.QueryTimeout = positiveOr(o.QueryTimeout, DefaultQueryTimeout)
+	if o.MaxPayload <= 0 {
+		o.MaxPayload = DefaultMaxPayload
+	}
+	if o.Clock == nil {
+		o.Clock = wallClock{}
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Float64
+	}
+	return o, nil
+}
+
+func positiveOr(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// wallClock is the real clock.
+type wallClock struct{}
+
+func (wallClock) Now() time.Time                         { return time.Now() }
+func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) }

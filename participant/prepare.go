@@ -1,0 +1,170 @@
+package participant
+
+import (
+	"context"
+	"fmt"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+	"github.com/decree-tx/decree/txlog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// abortedReason is the NO vote's reason for a transaction aborted without a
+// reason of its own.
+const abortedReason = "aborted"
+
+// prepare answers a validated Prepare: the recorded answer for a
+// transaction seen before, otherwise the resource's vote, made durable
+// first where it matters.
+func (p *Participant) prepare(ctx context.Context, req *decreev1.PrepareRequest) (*decreev1.PrepareResponse, error) {
+	id := req.GetTxnId()
+	defer p.locks.lock(id)()
+	rec, found, err := p.plog.GetTxn(id)
+	if err != nil {
+		return nil, storageError(err)
+	}
+	if found {
+		return p.repeatPrepare(rec, req.GetTerm())
+	}
+	return p.firstPrepare(ctx, req)
+}
+
+// repeatPrepare answers a Prepare for a transaction with a record: the
+// first answer again, or the abort that overtook it.
+func (p *Participant) repeatPrepare(rec *txlog.PTxn, term uint64) (*decreev1.PrepareResponse, error) {
+	if err := p.fence(rec, fencedBy(term)); err != nil {
+		return nil, err
+	}
+	switch rec.State {
+	case txlog.PStatePrepared:
+		return voteResponse(decreev1.Vote_VOTE_YES, ""), nil
+	case txlog.PStateReadOnly:
+		return voteResponse(decreev1.Vote_VOTE_READ_ONLY, ""), nil
+	case txlog.PStateCommitted:
+		if rec.OnePhase {
+			return voteResponse(decreev1.Vote_VOTE_COMMITTED, ""), nil
+		}
+		// The coordinator has decided already; YES is what it heard.
+		return voteResponse(decreev1.Vote_VOTE_YES, ""), nil
+	default:
+		reason := rec.Reason
+		if reason == "" {
+			reason = abortedReason
+		}
+		return voteResponse(decreev1.Vote_VOTE_NO, reason), nil
+	}
+}
+
+// firstPrepare asks the resource to vote and records the vote.
+func (p *Participant) firstPrepare(ctx context.Context, req *decreev1.PrepareRequest) (*decreev1.PrepareResponse, error) {
+	txn := Txn{ID: req.GetTxnId(), Payload: req.GetPayload(), Participants: req.GetParticipants(), OnePhase: req.GetOnePhase()}
+	b := p.plog.NewBatch()
+	defer b.Discard()
+	vote, reason, err := p.res.Prepare(ctx, txn, batchWriter{b})
+	if err != nil {
+		p.log.Warn().Err(err).Str("txn", txn.ID).Msg("resource prepare failed")
+		return nil, resourceError("prepare", err)
+	}
+	rec := &txlog.PTxn{
+		ID: txn.ID, Participants: txn.Participants, Term: req.GetTerm(),
+		OnePhase: txn.OnePhase, PreparedAt: p.now(),
+	}
+	switch vote {
+	case VoteYes:
+		if txn.OnePhase {
+			return p.commitOnePhase(ctx, b, rec)
+		}
+		return p.recordYes(b, rec)
+	case VoteNo:
+		return p.recordNo(rec, reason)
+	case VoteReadOnly:
+		return p.recordReadOnly(b, rec)
+	default:
+		return nil, status.Errorf(codes.Internal, "resource prepare returned invalid vote %v", vote)
+	}
+}
+
+// recordYes makes the YES vote and the resource's writes durable, in one
+// synced batch, before the vote is sent.
+func (p *Participant) recordYes(b *txlog.PBatch, rec *txlog.PTxn) (*decreev1.PrepareResponse, error) {
+	rec.State = txlog.PStatePrepared
+	b.PutTxn(rec)
+	if err := p.plog.Commit(b); err != nil {
+		return nil, storageError(err)
+	}
+	p.addInDoubt(rec)
+	p.log.Debug().Str("txn", rec.ID).Uint64("term", rec.Term).Msg("prepared")
+	return voteResponse(decreev1.Vote_VOTE_YES, ""), nil
+}
+
+// recordNo leaves an aborted record with the reason, without the
+// resource's writes, so that a repeated Prepare answers the same.
+//
+// The record is not synced. Losing it in a crash is safe: with no record,
+// a repeated Prepare asks the resource again, and a Resolve or Abort
+// records an abort; a transaction this participant voted NO on can never
+// have been committed, so any later answer agrees with the outcome. The
+// next synced commit makes it durable anyway (Pebble's log is a prefix).
+func (p *Participant) recordNo(rec *txlog.PTxn, reason string) (*decreev1.PrepareResponse, error) {
+	if reason == "" {
+		reason = "resource voted no"
+	}
+	rec.State, rec.Reason, rec.DecidedAt = txlog.PStateAborted, reason, rec.PreparedAt
+	b := p.plog.NewBatch()
+	b.PutTxn(rec)
+	if err := p.plog.CommitUnsynced(b); err != nil {
+		return nil, storageError(err)
+	}
+	p.log.Debug().Str("txn", rec.ID).Str("reason", reason).Msg("voted no")
+	return voteResponse(decreev1.Vote_VOTE_NO, reason), nil
+}
+
+// recordReadOnly records a READ_ONLY vote, synced: with parallel commit a
+// transaction may be committed on the strength of the durable votes, so a
+// READ_ONLY answer must not turn into an abort after a crash. The
+// resource's writes, if any, are dropped: a read-only branch changes
+// nothing.
+func (p *Participant) recordReadOnly(writes *txlog.PBatch, rec *txlog.PTxn) (*decreev1.PrepareResponse, error) {
+	if n := writes.UserWrites(); n > 0 {
+		p.log.Warn().Str("txn", rec.ID).Int("writes", n).Msg("resource voted read-only but wrote; writes discarded")
+	}
+	rec.State, rec.DecidedAt = txlog.PStateReadOnly, rec.PreparedAt
+	b := p.plog.NewBatch()
+	b.PutTxn(rec)
+	if err := p.plog.Commit(b); err != nil {
+		return nil, storageError(err)
+	}
+	return voteResponse(decreev1.Vote_VOTE_READ_ONLY, ""), nil
+}
+
+// commitOnePhase commits a transaction whose only participant this is: the
+// resource's Prepare and Commit writes and the Committed record go in one
+// synced batch. If the resource's Commit fails, the vote becomes NO.
+func (p *Participant) commitOnePhase(ctx context.Context, b *txlog.PBatch, rec *txlog.PTxn) (*decreev1.PrepareResponse, error) {
+	if err := p.res.Commit(ctx, rec.ID, batchWriter{b}); err != nil {
+		p.log.Warn().Err(err).Str("txn", rec.ID).Msg("resource one-phase commit failed; voting no")
+		return p.recordNo(rec, fmt.Sprintf("one-phase commit failed: %v", err))
+	}
+	rec.State, rec.DecidedAt = txlog.PStateCommitted, rec.PreparedAt
+	b.PutTxn(rec)
+	if err := p.plog.Commit(b); err != nil {
+		return nil, storageError(err)
+	}
+	p.log.Debug().Str("txn", rec.ID).Msg("committed in one phase")
+	return voteResponse(decreev1.Vote_VOTE_COMMITTED, ""), nil
+}
+
+func voteResponse(v decreev1.Vote, reason string) *decreev1.PrepareResponse {
+	return &decreev1.PrepareResponse{Vote: v, Reason: reason}
+}
+
+// batchWriter hands a batch to the resource as a Writer, hiding the
+// batch's record methods.
+type batchWriter struct {
+	b *txlog.PBatch
+}
+
+func (w batchWriter) Get(key []byte) ([]byte, bool, error) { return w.b.Get(key) }
+func (w batchWriter) Set(key, value []byte)                { w.b.Set(key, value) }
+func (w batchWriter) Delete(key []byte)                    { w.b.Delete(key) }

@@ -1,0 +1,128 @@
+package participant
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+)
+
+// resolveWorkers bounds the outcome queries in flight at once.
+const resolveWorkers = 8
+
+// dueTxn is an in-doubt transaction due for an outcome query.
+type dueTxn struct {
+	id           string
+	participants []string
+}
+
+// recoveryLoop asks the coordinators for the outcome of every in-doubt
+// transaction that is due, applies the answers, reschedules the rest with
+// backoff, and sleeps until the next one is due or a transaction is
+// prepared.
+func (p *Participant) recoveryLoop(ctx context.Context) {
+	log := p.log.With().Str("component", "participant-recovery").Logger()
+	log.Info().Msg("recovery loop started")
+	defer log.Info().Msg("recovery loop stopped")
+	for ctx.Err() == nil {
+		now := p.opts.Clock.Now()
+		due, next := p.dueInDoubt(now)
+		if len(due) > 0 {
+			p.resolveRound(ctx, due)
+			continue
+		}
+		var timer <-chan time.Time
+		if !next.IsZero() {
+			timer = p.opts.Clock.After(next.Sub(now))
+		}
+		select {
+		case <-ctx.Done():
+		case <-p.wake:
+		case <-timer:
+		}
+	}
+}
+
+// dueInDoubt returns the in-doubt transactions due at now, and when the
+// earliest of the others is due (zero if there are none). With none due,
+// the loop is about to sleep until next.
+func (p *Participant) dueInDoubt(now time.Time) (due []dueTxn, next time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, d := range p.inDoubt {
+		switch {
+		case !d.due.After(now):
+			due = append(due, dueTxn{id: id, participants: d.participants})
+		case next.IsZero() || d.due.Before(next):
+			next = d.due
+		}
+	}
+	p.sleeping, p.sleepUntil = len(due) == 0, next
+	return due, next
+}
+
+// resolveRound resolves the due transactions with at most resolveWorkers
+// queries in flight and reschedules those still undecided.
+func (p *Participant) resolveRound(ctx context.Context, due []dueTxn) {
+	resolved := make([]bool, len(due))
+	sem := make(chan struct{}, resolveWorkers)
+	var wg sync.WaitGroup
+	for i, t := range due {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			resolved[i] = p.resolveOne(ctx, t)
+		})
+	}
+	wg.Wait()
+	now := p.opts.Clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, t := range due {
+		if d := p.inDoubt[t.id]; d != nil && !resolved[i] {
+			d.attempts++
+			d.due = now.Add(p.backoff(d.attempts))
+		}
+	}
+}
+
+// resolveOne asks the coordinators for t's outcome and applies it. It
+// reports whether the transaction is settled.
+func (p *Participant) resolveOne(ctx context.Context, t dueTxn) bool {
+	state, err := p.coord.outcome(ctx, t.id, t.participants)
+	if err != nil {
+		p.log.Warn().Err(err).Str("txn", t.id).Msg("no coordinator answered an outcome query; will retry")
+		return false
+	}
+	var d decision
+	switch state {
+	case decreev1.TxnState_TXN_STATE_COMMITTED:
+		d = decideCommit
+	case decreev1.TxnState_TXN_STATE_ABORTED:
+		d = decideAbort
+	case decreev1.TxnState_TXN_STATE_FORGOTTEN:
+		p.log.Error().Str("txn", t.id).Msg("coordinators forgot the outcome of a prepared transaction; it cannot be decided safely and stays in doubt until an operator resolves it")
+		return false
+	default:
+		p.log.Info().Str("txn", t.id).Stringer("state", state).Msg("outcome not decided yet; will ask again")
+		return false
+	}
+	if err := p.decide(ctx, t.id, d, fence{}); err != nil {
+		p.log.Error().Err(err).Str("txn", t.id).Stringer("decision", d).Msg("could not apply the learned outcome; will retry")
+		return false
+	}
+	p.log.Info().Str("txn", t.id).Stringer("decision", d).Msg("resolved in-doubt transaction")
+	return true
+}
+
+// backoff returns the wait before query attempt+1: RetryMin doubled per
+// attempt up to RetryMax, jittered down by up to half.
+func (p *Participant) backoff(attempt int) time.Duration {
+	d := p.opts.RetryMin
+	for i := 1; i < attempt && d < p.opts.RetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, p.opts.RetryMax)
+	return d/2 + time.Duration(p.opts.Rand()*float64(d/2))
+}

@@ -1,0 +1,401 @@
+package txlog
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/rs/zerolog"
+)
+
+// Key layout of a participant log (a database of its own, never shared with
+// a coordinator Store):
+//
+//	m/participant   format stamp, one version byte
+//	p/txn/<id>      marshalled PTxn
+//	u/<key>         the user resource's data, key as the user wrote it
+var (
+	participantStampKey = []byte("m/participant")
+	ptxnPrefix          = []byte("p/txn/")
+	userPrefix          = []byte("u/")
+)
+
+// participantLogV1 is the format version stamped into a new participant log.
+const participantLogV1 = 1
+
+// errLogClosed is returned by operations on a closed ParticipantLog.
+var errLogClosed = errors.New("txlog: participant log is closed")
+
+// ParticipantLog is a participant's durable store: the SDK's per-transaction
+// records (PTxn) and a keyspace for the user resource's data, so that a
+// resource's changes and the record of the vote or outcome they belong to
+// commit atomically in one batch. Its methods are safe for concurrent use;
+// concurrent synced commits share fsyncs through Pebble's commit pipeline.
+type ParticipantLog struct {
+	db   *pebble.DB
+	lock *pebble.Lock
+	log  zerolog.Logger
+
+	// closeMu makes Close wait for operations in flight and makes later
+	// ones fail cleanly. Operations hold it shared, so they never
+	// serialise one another.
+	closeMu sync.RWMutex
+	closed  bool
+	syncs   atomic.Uint64
+}
+
+// OpenParticipantLog opens or creates a participant log in dir. If the
+// directory is in use, the error wraps ErrLocked. A coordinator data
+// directory is refused.
+func OpenParticipantLog(dir string, opts Options) (*ParticipantLog, error) {
+	fsys := opts.FS
+	if fsys == nil {
+		fsys = vfs.Default
+	}
+	lock, err := lockDir(dir, fsys)
+	if err != nil {
+		return nil, err
+	}
+	db, err := openPebble(dir, fsys, lock, opts)
+	if err != nil {
+		_ = lock.Close()
+		return nil, fmt.Errorf("open pebble in %s: %w", dir, err)
+	}
+	l := &ParticipantLog{db: db, lock: lock, log: opts.Logger.With().Str("component", "participantlog").Logger()}
+	if err := l.checkStamp(dir); err != nil {
+		_ = db.Close()
+		_ = lock.Close()
+		return nil, err
+	}
+	l.log.Info().Str("dir", dir).Msg("opened participant log")
+	return l, nil
+}
+
+// checkStamp stamps a new directory (synced) or checks the stamp of an
+// existing one.
+func (l *ParticipantLog) checkStamp(dir string) error {
+	if _, found, err := getCopy(l.db, identityKey); err != nil {
+		return fmt.Errorf("read identity: %w", err)
+	} else if found {
+		return fmt.Errorf("open participant log: %s is a coordinator data directory", dir)
+	}
+	val, found, err := getCopy(l.db, participantStampKey)
+	if err != nil {
+		return fmt.Errorf("read participant log stamp: %w", err)
+	}
+	if !found {
+		if err := l.db.Set(participantStampKey, []byte{participantLogV1}, pebble.Sync); err != nil {
+			return fmt.Errorf("write participant log stamp: %w", err)
+		}
+		l.syncs.Add(1)
+		return nil
+	}
+	if !bytes.Equal(val, []byte{participantLogV1}) {
+		return fmt.Errorf("open participant log: unsupported format stamp %x in %s", val, dir)
+	}
+	return nil
+}
+
+// Close closes the database and releases the directory lock. It waits for
+// operations in flight; later ones fail.
+func (l *ParticipantLog) Close() error {
+	l.closeMu.Lock()
+	defer l.closeMu.Unlock()
+	if l.closed {
+		return errLogClosed
+	}
+	l.closed = true
+	return errors.Join(l.db.Close(), l.lock.Close())
+}
+
+// acquire takes the shared side of closeMu; release undoes it. It fails once
+// the log is closed.
+func (l *ParticipantLog) acquire() error {
+	l.closeMu.RLock()
+	if l.closed {
+		l.closeMu.RUnlock()
+		return errLogClosed
+	}
+	return nil
+}
+
+func (l *ParticipantLog) release() { l.closeMu.RUnlock() }
+
+// SyncCount returns how many synced commits this log has made, including
+// the stamp of a new directory. Concurrent commits may share one fsync, so
+// this is an upper bound on the fsyncs issued.
+func (l *ParticipantLog) SyncCount() uint64 {
+	return l.syncs.Load()
+}
+
+// Commit writes b atomically and durably (synced) and releases it. b must not
+// be used afterwards, whether or not Commit succeeds.
+func (l *ParticipantLog) Commit(b *PBatch) error {
+	return l.commit(b, pebble.Sync)
+}
+
+// CommitUnsynced writes b atomically without waiting for it to reach the
+// disk and releases it. A crash may lose it; Pebble's log is a prefix, so
+// any later synced commit makes it durable too.
+func (l *ParticipantLog) CommitUnsynced(b *PBatch) error {
+	return l.commit(b, pebble.NoSync)
+}
+
+func (l *ParticipantLog) commit(b *PBatch, opts *pebble.WriteOptions) error {
+	defer b.Discard()
+	if b.log != l || b.batch == nil {
+		return errors.New("commit participant batch: batch is used up or belongs to another log")
+	}
+	if err := l.acquire(); err != nil {
+		return fmt.Errorf("commit participant batch: %w", err)
+	}
+	defer l.release()
+	if err := b.batch.Commit(opts); err != nil {
+		return fmt.Errorf("commit participant batch: %w", err)
+	}
+	if opts == pebble.Sync {
+		l.syncs.Add(1)
+	}
+	return nil
+}
+
+// GetTxn reads the record of transaction id.
+func (l *ParticipantLog) GetTxn(id string) (*PTxn, bool, error) {
+	if err := l.acquire(); err != nil {
+		return nil, false, fmt.Errorf("get txn %q: %w", id, err)
+	}
+	defer l.release()
+	return getTxn(l.db, id)
+}
+
+// ScanTxns calls fn for every record in id order until fn returns false.
+func (l *ParticipantLog) ScanTxns(fn func(*PTxn) bool) error {
+	if err := l.acquire(); err != nil {
+		return fmt.Errorf("scan txns: %w", err)
+	}
+	defer l.release()
+	err := scanPrefix(l.db, ptxnPrefix, func(key, val []byte) (bool, error) {
+		t, err := UnmarshalPTxn(val)
+		if err != nil {
+			return false, fmt.Errorf("key %q: %w", key, err)
+		}
+		return fn(t), nil
+	})
+	if err != nil {
+		return fmt.Errorf("scan txns: %w", err)
+	}
+	return nil
+}
+
+// Get reads a committed user key.
+func (l *ParticipantLog) Get(key []byte) ([]byte, bool, error) {
+	if err := l.acquire(); err != nil {
+		return nil, false, fmt.Errorf("get %q: %w", key, err)
+	}
+	defer l.release()
+	return getUser(l.db, key)
+}
+
+// Scan calls fn for every committed user key starting with prefix, in key
+// order, until fn returns false. fn gets copies it may keep.
+func (l *ParticipantLog) Scan(prefix []byte, fn func(key, value []byte) bool) error {
+	if err := l.acquire(); err != nil {
+		return fmt.Errorf("scan %q: %w", prefix, err)
+	}
+	defer l.release()
+	return scanUser(l.db, prefix, fn)
+}
+
+// NewSnapshot returns a consistent, read-only view of the user keys as of
+// now. The caller must Close it.
+func (l *ParticipantLog) NewSnapshot() (*PSnapshot, error) {
+	if err := l.acquire(); err != nil {
+		return nil, fmt.Errorf("new snapshot: %w", err)
+	}
+	defer l.release()
+	return &PSnapshot{snap: l.db.NewSnapshot()}, nil
+}
+
+// PSnapshot is a point-in-time view of a participant log's user keys. It
+// must be closed before the log is.
+type PSnapshot struct {
+	snap *pebble.Snapshot
+}
+
+// Get reads a user key as of the snapshot.
+func (s *PSnapshot) Get(key []byte) ([]byte, bool, error) {
+	return getUser(s.snap, key)
+}
+
+// Scan calls fn for every user key starting with prefix as of the snapshot,
+// in key order, until fn returns false. fn gets copies it may keep.
+func (s *PSnapshot) Scan(prefix []byte, fn func(key, value []byte) bool) error {
+	return scanUser(s.snap, prefix, fn)
+}
+
+// Close releases the snapshot.
+func (s *PSnapshot) Close() error {
+	return s.snap.Close()
+}
+
+// PBatch collects the writes of one participant step: user keys and
+// transaction records. Its reads see its own writes over the committed
+// data. It is not safe for concurrent use.
+type PBatch struct {
+	log    *ParticipantLog
+	batch  *pebble.Batch
+	writes int
+}
+
+// NewBatch returns an empty indexed batch for Commit.
+func (l *ParticipantLog) NewBatch() *PBatch {
+	return &PBatch{log: l, batch: l.db.NewIndexedBatch()}
+}
+
+// Get reads a user key, from the batch's own writes first.
+func (b *PBatch) Get(key []byte) ([]byte, bool, error) {
+	return getUser(b.open(), key)
+}
+
+// Scan calls fn for every user key starting with prefix, as the batch sees
+// them, in key order, until fn returns false. fn gets copies it may keep.
+func (b *PBatch) Scan(prefix []byte, fn func(key, value []byte) bool) error {
+	return scanUser(b.open(), prefix, fn)
+}
+
+// Set writes a user key.
+func (b *PBatch) Set(key, value []byte) {
+	_ = b.open().Set(userKey(key), value, nil) // fails only on a closed batch
+	b.writes++
+}
+
+// Delete removes a user key.
+func (b *PBatch) Delete(key []byte) {
+	_ = b.open().Delete(userKey(key), nil)
+	b.writes++
+}
+
+// UserWrites returns how many Set and Delete calls the batch holds.
+func (b *PBatch) UserWrites() int {
+	return b.writes
+}
+
+// PutTxn writes t's record. It panics on an undefined state.
+func (b *PBatch) PutTxn(t *PTxn) {
+	if !t.State.valid() {
+		panic(fmt.Sprintf("txlog: PutTxn with undefined state %v", t.State))
+	}
+	_ = b.open().Set(ptxnKey(t.ID), t.Marshal(), nil)
+}
+
+// DeleteTxn removes the record of transaction id.
+func (b *PBatch) DeleteTxn(id string) {
+	_ = b.open().Delete(ptxnKey(id), nil)
+}
+
+// Discard releases a batch that will not be committed. It is a no-op on a
+// batch already committed or discarded.
+func (b *PBatch) Discard() {
+	// Pebble recycles closed batches, so closing one twice would corrupt
+	// another user's batch.
+	if b.batch != nil {
+		_ = b.batch.Close()
+		b.batch = nil
+	}
+}
+
+func (b *PBatch) open() *pebble.Batch {
+	if b.batch == nil {
+		panic("txlog: use of a committed or discarded PBatch")
+	}
+	return b.batch
+}
+
+func ptxnKey(id string) []byte {
+	return append(bytes.Clone(ptxnPrefix), id...)
+}
+
+func userKey(key []byte) []byte {
+	return append(append(make([]byte, 0, len(userPrefix)+len(key)), userPrefix...), key...)
+}
+
+func getTxn(r pebble.Reader, id string) (*PTxn, bool, error) {
+	val, found, err := getCopy(r, ptxnKey(id))
+	if err != nil || !found {
+		return nil, false, wrapErr(err, "get txn %q", id)
+	}
+	t, err := UnmarshalPTxn(val)
+	if err != nil {
+		return nil, false, fmt.Errorf("get txn %q: %w", id, err)
+	}
+	return t, true, nil
+}
+
+func getUser(r pebble.Reader, key []byte) ([]byte, bool, error) {
+	val, found, err := getCopy(r, userKey(key))
+	return val, found, wrapErr(err, "get %q", key)
+}
+
+func scanUser(r pebble.Reader, prefix []byte, fn func(key, value []byte) bool) error {
+	err := scanPrefix(r, userKey(prefix), func(key, val []byte) (bool, error) {
+		return fn(bytes.Clone(key[len(userPrefix):]), bytes.Clone(val)), nil
+	})
+	return wrapErr(err, "scan %q", prefix)
+}
+
+// getCopy reads key from r, returning a copy of its value.
+func getCopy(r pebble.Reader, key []byte) ([]byte, bool, error) {
+	val, closer, err := r.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	defer closer.Close()
+	return bytes.Clone(val), true, nil
+}
+
+// scanPrefix calls fn for every key of r starting with prefix until fn
+// returns false or an error. The slices fn gets are valid during the call.
+func scanPrefix(r pebble.Reader, prefix []byte, fn func(key, val []byte) (bool, error)) error {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: upperBound(prefix)})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		more, err := fn(it.Key(), it.Value())
+		if err != nil {
+			return errors.Join(err, it.Close())
+		}
+		if !more {
+			break
+		}
+	}
+	return errors.Join(it.Error(), it.Close())
+}
+
+// upperBound returns the first key after every key that starts with
+// prefix: prefix with its trailing 0xff bytes dropped and its last byte
+// incremented. Every prefix used here starts with a letter, so the result
+// is never empty.
+func upperBound(prefix []byte) []byte {
+	end := bytes.Clone(prefix)
+	for len(end) > 0 && end[len(end)-1] == 0xff {
+		end = end[:len(end)-1]
+	}
+	end[len(end)-1]++
+	return end
+}
+
+// wrapErr wraps a non-nil err with a formatted context.
+func wrapErr(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf(format+": %w", append(args, err)...)
+}

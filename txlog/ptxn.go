@@ -1,0 +1,106 @@
+package txlog
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// PState is the state of a transaction at a participant.
+type PState uint8
+
+// Participant states. The numeric values are part of the PTxn encoding; the
+// zero value is not a valid state and is never stored.
+const (
+	// PStatePrepared: the participant voted YES and has not heard the
+	// outcome yet.
+	PStatePrepared PState = 1
+	// PStateCommitted: the outcome, or the one-phase commit, is applied.
+	PStateCommitted PState = 2
+	// PStateAborted: the participant voted NO, applied an abort, or left a
+	// tombstone for an Abort or Resolve of a transaction it never prepared.
+	PStateAborted PState = 3
+	// PStateReadOnly: the participant voted READ_ONLY and takes no part in
+	// phase 2.
+	PStateReadOnly PState = 4
+)
+
+func (s PState) String() string {
+	switch s {
+	case PStatePrepared:
+		return "prepared"
+	case PStateCommitted:
+		return "committed"
+	case PStateAborted:
+		return "aborted"
+	case PStateReadOnly:
+		return "read-only"
+	default:
+		return fmt.Sprintf("PState(%d)", uint8(s))
+	}
+}
+
+// valid reports whether s is one of the defined states.
+func (s PState) valid() bool {
+	return s >= PStatePrepared && s <= PStateReadOnly
+}
+
+// PTxn is a participant's durable record of one transaction.
+type PTxn struct {
+	ID    string
+	State PState
+	// Participants lists every participant of the transaction, as the
+	// Prepare named them; empty for tombstones.
+	Participants []string
+	// Term is the highest coordinator Raft term seen for this transaction.
+	Term uint64
+	// Reason explains an abort (the NO vote's reason, or how the tombstone
+	// came about).
+	Reason   string
+	OnePhase bool
+	// PreparedAt and DecidedAt are unix nanoseconds from the participant's
+	// clock; zero when the event did not happen.
+	PreparedAt, DecidedAt int64
+}
+
+// ptxnV1 is the version byte of the current PTxn encoding. A new field gets
+// a new version; UnmarshalPTxn keeps decoding the older ones.
+const ptxnV1 = 1
+
+// Marshal encodes t: the version byte, then the fields in declaration order,
+// strings and lists length-prefixed with uvarints, the term as a uvarint and
+// times as zig-zag varints.
+func (t *PTxn) Marshal() []byte {
+	b := []byte{ptxnV1}
+	b = appendString(b, t.ID)
+	b = append(b, byte(t.State))
+	b = appendStrings(b, t.Participants)
+	b = binary.AppendUvarint(b, t.Term)
+	b = appendString(b, t.Reason)
+	b = append(b, boolByte(t.OnePhase))
+	b = binary.AppendVarint(b, t.PreparedAt)
+	return binary.AppendVarint(b, t.DecidedAt)
+}
+
+// UnmarshalPTxn decodes a record written by PTxn.Marshal. It rejects
+// truncated, garbled or non-canonical input and undefined states.
+func UnmarshalPTxn(b []byte) (*PTxn, error) {
+	d := &decoder{what: "participant txn", buf: b}
+	if v := d.byte("version"); d.err == nil && v != ptxnV1 {
+		return nil, fmt.Errorf("decode participant txn: unsupported version %d", v)
+	}
+	t := &PTxn{ID: string(d.bytes("id"))}
+	t.State = PState(d.byte("state"))
+	if d.err == nil && !t.State.valid() {
+		d.fail("state", fmt.Sprintf("invalid value %d", t.State))
+	}
+	t.Participants = d.strings("participants")
+	t.Term = d.uvarint("term")
+	t.Reason = string(d.bytes("reason"))
+	t.OnePhase = d.bool("one phase")
+	t.PreparedAt = d.varint("prepared at")
+	t.DecidedAt = d.varint("decided at")
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
