@@ -112,7 +112,7 @@ func (g *gate) intercept(ctx context.Context, req any, info *grpc.UnaryServerInf
 }
 
 type testParticipant struct {
-	t      *testing.T
+	t      testing.TB
 	addr   string
 	dir    string
 	gate   *gate
@@ -123,7 +123,7 @@ type testParticipant struct {
 	coords []string
 }
 
-func startParticipant(t *testing.T, coords []string) *testParticipant {
+func startParticipant(t testing.TB, coords []string) *testParticipant {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -213,7 +213,7 @@ type e2e struct {
 	parts  []*testParticipant
 }
 
-func newE2E(t *testing.T, participants int) *e2e {
+func newE2E(t testing.TB, participants int) *e2e {
 	t.Helper()
 	c := newTestClusterWith(t, 3, nil, func(d *coordinator.DriverConfig) {
 		d.Core.PrepareTimeout = 2 * time.Second

@@ -211,6 +211,14 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	if rd.SoftState != nil {
 		n.log.Debug().Stringer("role", rd.RaftState).Uint64("leader", rd.Lead).Msg("raft role changed")
 	}
+	// A leader may send its appends before persisting them (Raft thesis
+	// 10.2.1): raft counts the leader's own copy only after Advance, so an
+	// entry still commits only once a majority has it durably. This takes
+	// the leader's fsync off the commit path. Anyone else persists first.
+	leading := n.isLeading(rd)
+	if leading {
+		n.tr.Send(rd.Messages)
+	}
 	// One synced batch: hard state, new entries and a received snapshot
 	// (which replaces the state machine in the same batch).
 	if err := n.store.SaveReady(rd.HardState, rd.Entries, rd.Snapshot, rd.MustSync); err != nil {
@@ -219,8 +227,10 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		n.installedSnapshot(rd.Snapshot)
 	}
-	// Only now may others learn of what we persisted.
-	n.tr.Send(rd.Messages)
+	if !leading {
+		// Only now may others learn of what we persisted (votes above all).
+		n.tr.Send(rd.Messages)
+	}
 	if err := n.apply(rd.CommittedEntries); err != nil {
 		return err
 	}
@@ -233,6 +243,16 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	}
 	n.rn.Advance(rd)
 	return nil
+}
+
+// isLeading reports whether this node was leader before this Ready and
+// still is in it: only then are its messages appends and heartbeats of the
+// current term, safe to send before persisting.
+func (n *Node) isLeading(rd raft.Ready) bool {
+	if n.status.Load().Role != raft.StateLeader {
+		return false
+	}
+	return rd.SoftState == nil || rd.RaftState == raft.StateLeader
 }
 
 func (n *Node) installedSnapshot(snap *raftpb.Snapshot) {
