@@ -17,8 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/decree-tx/decree/coordinator/client"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
@@ -237,6 +240,7 @@ func TestBinaryFailover(t *testing.T) {
 	c := newProcCluster(t, 3)
 	lead := c.waitLeader(20*time.Second, 0)
 	checkStatusCommand(t, c, lead)
+	checkTxnCommands(t, c, lead)
 
 	var took []time.Duration
 	for round := range *failoverRounds {
@@ -311,5 +315,34 @@ func checkStatusCommand(t *testing.T, c *procCluster, lead uint64) {
 	}
 	if !bytes.Contains(table, []byte("leader")) || !bytes.Contains(table, []byte("unreachable")) {
 		t.Fatalf("table lacks a leader or the unreachable row:\n%s", table)
+	}
+}
+
+// checkTxnCommands asks a real cluster, through the CLI, for the outcome of
+// an id it never saw (presumed abort, made durable), then lists it; and
+// checks the client library's view of the cluster.
+func checkTxnCommands(t *testing.T, c *procCluster, lead uint64) {
+	t.Helper()
+	id, err := uuid.NewV7()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(c.bin, "txn", "outcome", "--endpoints", c.endpoints(), id.String()).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "aborted") {
+		t.Fatalf("decree txn outcome: %v\n%s", err, out)
+	}
+	out, err = exec.Command(c.bin, "txn", "list", "--endpoints", c.endpoints(), "--state", "aborted").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), id.String()) {
+		t.Fatalf("decree txn list does not show %s: %v\n%s", id, err, out)
+	}
+	cl, err := client.Dial(strings.Split(c.endpoints(), ","), client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if l, ok := client.Leader(cl.Status(ctx)); !ok || l.ID != lead {
+		t.Fatalf("client.Status names leader %+v (%v), want %d", l, ok, lead)
 	}
 }
