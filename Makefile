@@ -32,7 +32,7 @@ proto:
 	PATH="$(GOBIN_DIR):$$PATH" protoc -I proto \
 		--go_out=. --go_opt=module=github.com/decree-tx/decree \
 		--go-grpc_out=. --go-grpc_opt=module=github.com/decree-tx/decree \
-		proto/decree/v1/*.proto
+		proto/decree/v1/*.proto proto/bank/v1/*.proto
 
 ## lint: formatting and vet
 lint: fmt-check vet

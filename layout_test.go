@@ -16,7 +16,7 @@ var allowed = map[string][]string{
 	"coordinator/client": {"proto"},
 	"participant":        {"txlog", "proto"},
 	"cmd":                {"*"},
-	"examples/bank":      {"coordinator/client", "participant", "proto"},
+	"examples/bank":      {"coordinator/client", "participant", "txlog", "proto"},
 	"test/chaos":         {"coordinator/client", "participant", "proto", "examples/bank"},
 }
 
