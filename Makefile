@@ -7,13 +7,19 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 TEST_TIMEOUT ?= 12m
 
-.PHONY: all build test test-short proto lint vet fmt-check clean
+.PHONY: all build test test-short demo proto lint vet fmt-check clean
 
 all: build
 
 ## build: static release binaries into ./bin (CGO off: static, pure-Go zstd)
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/... ./examples/bank/cmd/...
+
+## demo: a local 3-node cluster, 3 banks, 30s of transfers, a leader kill, an audit
+## (DEMO_FLAGS="--duration 10s --workers 32" to change it; see bin/bank demo -h)
+DEMO_FLAGS ?=
+demo: build
+	$(BIN)/bank demo --decree $(BIN)/decree $(DEMO_FLAGS)
 
 ## test: the whole suite with the race detector
 test:
