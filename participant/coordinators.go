@@ -42,9 +42,9 @@ func dialCoordinators(opts Options, log zerolog.Logger) (*coordinators, error) {
 	return c, nil
 }
 
-// outcome asks the endpoints in turn, starting with the one that answered
+// Outcome asks the endpoints in turn, starting with the one that answered
 // last, for the outcome of id, and returns the first answer.
-func (c *coordinators) outcome(ctx context.Context, id string, participants []string) (decreev1.TxnState, error) {
+func (c *coordinators) Outcome(ctx context.Context, id string, participants []string) (decreev1.TxnState, error) {
 	req := &decreev1.OutcomeRequest{TxnId: id, Participants: participants}
 	start := int(c.preferred.Load())
 	var errs []error

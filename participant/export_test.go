@@ -11,7 +11,7 @@ const MaxIDLen = maxIDLen
 
 // Server returns the participant's gRPC service, to call without a network.
 func (p *Participant) Server() decreev1.ParticipantServer {
-	return &server{p: p}
+	return p.Service()
 }
 
 // Backoff returns the wait before outcome query attempt+1.

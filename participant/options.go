@@ -3,6 +3,7 @@ package participant
 import (
 	"context"
 	"errors"
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"math/rand/v2"
 	"net"
 	"time"
@@ -35,6 +36,9 @@ type Options struct {
 	// Coordinators lists the coordinator endpoints (host:port) asked for
 	// the outcome of in-doubt transactions; at least one is required.
 	Coordinators []string
+	// Outcomes, if set, answers outcome queries instead of gRPC calls to
+	// Coordinators: for an in-process coordinator, or a simulation.
+	Outcomes OutcomeSource
 	// Dial, if set, dials the coordinators (grpc.WithContextDialer).
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// InDoubtTimeout is how long a prepared transaction may stay undecided
@@ -64,7 +68,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Log == nil {
 		return o, errors.New("participant options: Log is required")
 	}
-	if len(o.Coordinators) == 0 {
+	if len(o.Coordinators) == 0 && o.Outcomes == nil {
 		return o, errors.New("participant options: at least one coordinator endpoint is required")
 	}
 	for _, c := range o.Coordinators {
@@ -100,3 +104,11 @@ type wallClock struct{}
 
 func (wallClock) Now() time.Time                         { return time.Now() }
 func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// OutcomeSource tells a participant the cluster's outcome of a transaction
+// it holds prepared: COMMITTED, ABORTED (the cluster aborts an unknown id
+// durably before answering), FORGOTTEN, or an error when nobody could
+// answer. By default the participant asks Options.Coordinators over gRPC.
+type OutcomeSource interface {
+	Outcome(ctx context.Context, id string, participants []string) (decreev1.TxnState, error)
+}

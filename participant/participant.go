@@ -22,7 +22,9 @@ type Participant struct {
 	plog  *txlog.ParticipantLog
 	log   zerolog.Logger
 	locks keyLocks
-	coord *coordinators
+	coord OutcomeSource
+	// closeCoord closes the gRPC connections of the default source.
+	closeCoord func()
 
 	mu sync.Mutex
 	// inDoubt holds the prepared, undecided transactions. An entry is
@@ -70,8 +72,13 @@ func New(r Resource, opts Options) (*Participant, error) {
 	if err := p.loadInDoubt(); err != nil {
 		return nil, fmt.Errorf("new participant: %w", err)
 	}
-	if p.coord, err = dialCoordinators(opts, p.log); err != nil {
-		return nil, fmt.Errorf("new participant: %w", err)
+	p.coord, p.closeCoord = opts.Outcomes, func() {}
+	if p.coord == nil {
+		c, err := dialCoordinators(opts, p.log)
+		if err != nil {
+			return nil, fmt.Errorf("new participant: %w", err)
+		}
+		p.coord, p.closeCoord = c, c.close
 	}
 	return p, nil
 }
@@ -95,7 +102,24 @@ func (p *Participant) loadInDoubt() error {
 
 // Register registers the participant's gRPC service on s.
 func (p *Participant) Register(s *grpc.Server) {
-	decreev1.RegisterParticipantServer(s, &server{p: p})
+	decreev1.RegisterParticipantServer(s, p.Service())
+}
+
+// Service returns the participant's service implementation, for callers
+// that serve or call it without a gRPC server of their own (in-process
+// transports, simulations). It validates requests exactly as Register's.
+func (p *Participant) Service() decreev1.ParticipantServer {
+	return &server{p: p}
+}
+
+// ResolveDue runs one recovery round on the calling goroutine: it asks the
+// OutcomeSource about every in-doubt transaction that is due, one at a time
+// in id order, applies the answers, and reschedules the rest with backoff.
+// It returns how many it settled. Start runs such rounds in the background;
+// call ResolveDue directly only when you do not call Start.
+func (p *Participant) ResolveDue(ctx context.Context) int {
+	due, _ := p.dueInDoubt(p.opts.Clock.Now())
+	return p.resolveRound(ctx, due, 1)
 }
 
 // Start starts the recovery loop, which asks the coordinators for the
@@ -119,7 +143,7 @@ func (p *Participant) Stop() {
 			p.cancel()
 		}
 		p.wg.Wait()
-		p.coord.close()
+		p.closeCoord()
 	})
 }
 

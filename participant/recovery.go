@@ -2,6 +2,8 @@ package participant
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,7 +31,7 @@ func (p *Participant) recoveryLoop(ctx context.Context) {
 		now := p.opts.Clock.Now()
 		due, next := p.dueInDoubt(now)
 		if len(due) > 0 {
-			p.resolveRound(ctx, due)
+			p.resolveRound(ctx, due, resolveWorkers)
 			continue
 		}
 		var timer <-chan time.Time
@@ -59,14 +61,16 @@ func (p *Participant) dueInDoubt(now time.Time) (due []dueTxn, next time.Time) {
 		}
 	}
 	p.sleeping, p.sleepUntil = len(due) == 0, next
+	slices.SortFunc(due, func(a, b dueTxn) int { return strings.Compare(a.id, b.id) })
 	return due, next
 }
 
-// resolveRound resolves the due transactions with at most resolveWorkers
-// queries in flight and reschedules those still undecided.
-func (p *Participant) resolveRound(ctx context.Context, due []dueTxn) {
+// resolveRound resolves the due transactions with at most workers queries
+// in flight, reschedules those still undecided, and returns how many it
+// settled.
+func (p *Participant) resolveRound(ctx context.Context, due []dueTxn, workers int) int {
 	resolved := make([]bool, len(due))
-	sem := make(chan struct{}, resolveWorkers)
+	sem := make(chan struct{}, workers)
 	var wg sync.WaitGroup
 	for i, t := range due {
 		sem <- struct{}{}
@@ -79,18 +83,22 @@ func (p *Participant) resolveRound(ctx context.Context, due []dueTxn) {
 	now := p.opts.Clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	settled := 0
 	for i, t := range due {
-		if d := p.inDoubt[t.id]; d != nil && !resolved[i] {
+		if resolved[i] {
+			settled++
+		} else if d := p.inDoubt[t.id]; d != nil {
 			d.attempts++
 			d.due = now.Add(p.backoff(d.attempts))
 		}
 	}
+	return settled
 }
 
 // resolveOne asks the coordinators for t's outcome and applies it. It
 // reports whether the transaction is settled.
 func (p *Participant) resolveOne(ctx context.Context, t dueTxn) bool {
-	state, err := p.coord.outcome(ctx, t.id, t.participants)
+	state, err := p.coord.Outcome(ctx, t.id, t.participants)
 	if err != nil {
 		p.log.Warn().Err(err).Str("txn", t.id).Msg("no coordinator answered an outcome query; will retry")
 		return false
