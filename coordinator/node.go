@@ -110,6 +110,23 @@ type report struct {
 // If tr is nil, a PeerTransport to cfg.Peers is used. The caller keeps
 // ownership of the store and closes it after Stop.
 func NewNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
+	n, err := newNode(cfg, store, tr)
+	if err != nil {
+		return nil, err
+	}
+	if n.tr == nil {
+		n.tr = NewPeerTransport(PeerTransportConfig{
+			ID: n.cfg.ID, ClusterID: n.cfg.ClusterID, Peers: n.cfg.Peers,
+			Dial: n.cfg.Dial, Reporter: n, Logger: n.cfg.Logger,
+		})
+	}
+	go n.run()
+	return n, nil
+}
+
+// newNode builds a node without starting its loop, so the caller can drive
+// it (NewNode's goroutine, or the simulation).
+func newNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -118,6 +135,7 @@ func NewNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
 		cfg:          cfg,
 		log:          cfg.Logger.With().Str("component", "raftnode").Uint64("node", cfg.ID).Logger(),
 		store:        store,
+		tr:           tr,
 		propc:        make(chan *proposal, 4096),
 		recvc:        make(chan *raftpb.Message, 4096),
 		readc:        make(chan *readRequest, 4096),
@@ -132,15 +150,7 @@ func NewNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
 	if err := n.initRaft(); err != nil {
 		return nil, err
 	}
-	if tr == nil {
-		tr = NewPeerTransport(PeerTransportConfig{
-			ID: cfg.ID, ClusterID: cfg.ClusterID, Peers: cfg.Peers,
-			Dial: cfg.Dial, Reporter: n, Logger: cfg.Logger,
-		})
-	}
-	n.tr = tr
 	n.publishStatus()
-	go n.run()
 	return n, nil
 }
 

@@ -118,24 +118,34 @@ func (s *coordinatorService) Outcome(ctx context.Context, req *decreev1.OutcomeR
 // recorded instead. The decision's phase 2 then runs like any other.
 func (d *Driver) settle(ctx context.Context, id string, participants []string) (Result, error) {
 	term := d.term.Load()
-	outcome, reason := decreev1.Outcome_OUTCOME_ABORTED, "presumed abort: no decision was recorded"
+	var st decreev1.ParticipantState
 	if len(participants) == 1 {
-		st, err := d.resolveAt(ctx, participants[0], id, term)
-		if err != nil {
+		var err error
+		if st, err = d.resolveAt(ctx, participants[0], id, term); err != nil {
 			return Result{}, fmt.Errorf("%w: ask the one-phase participant %s: %w", ErrNoLeader, participants[0], err)
 		}
-		if st == decreev1.ParticipantState_PARTICIPANT_STATE_COMMITTED {
-			outcome, reason = decreev1.Outcome_OUTCOME_COMMITTED, ""
-		} else if st == decreev1.ParticipantState_PARTICIPANT_STATE_ABORTED {
-			reason = "aborted at its only participant"
-		}
 	}
+	outcome, reason := settleDecision(st)
 	res, err := d.propose(ctx, decideCommand(id, outcome, participants, reason, d.cfg.Clock.Now().UnixNano()))
 	if err != nil {
 		return res, err
 	}
 	d.feed(DecisionApplied{ID: id, Term: term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
 	return res, nil
+}
+
+// settleDecision is the decision for an id the cluster has no record of:
+// presumed abort, unless its only participant (one-phase, asked with
+// Resolve; st is unspecified otherwise) says it committed.
+func settleDecision(st decreev1.ParticipantState) (decreev1.Outcome, string) {
+	switch st {
+	case decreev1.ParticipantState_PARTICIPANT_STATE_COMMITTED:
+		return decreev1.Outcome_OUTCOME_COMMITTED, ""
+	case decreev1.ParticipantState_PARTICIPANT_STATE_ABORTED:
+		return decreev1.Outcome_OUTCOME_ABORTED, "aborted at its only participant"
+	default:
+		return decreev1.Outcome_OUTCOME_ABORTED, "presumed abort: no decision was recorded"
+	}
 }
 
 func (d *Driver) resolveAt(ctx context.Context, participant, id string, term uint64) (decreev1.ParticipantState, error) {
