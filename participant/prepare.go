@@ -101,11 +101,11 @@ func (p *Participant) recordYes(b *txlog.PBatch, rec *txlog.PTxn) (*decreev1.Pre
 // recordNo leaves an aborted record with the reason, without the
 // resource's writes, so that a repeated Prepare answers the same.
 //
-// The record is not synced. Losing it in a crash is safe: with no record,
-// a repeated Prepare asks the resource again, and a Resolve or Abort
-// records an abort; a transaction this participant voted NO on can never
-// have been committed, so any later answer agrees with the outcome. The
-// next synced commit makes it durable anyway (Pebble's log is a prefix).
+// The record is synced before the NO is sent. It is this participant's
+// outcome of the transaction: a later Abort acknowledges on the strength
+// of it, and it is the tombstone that makes a late, duplicated Prepare
+// vote NO. Unsynced, a crash could erase both after the acknowledgement
+// (the deterministic simulation found this).
 func (p *Participant) recordNo(rec *txlog.PTxn, reason string) (*decreev1.PrepareResponse, error) {
 	if reason == "" {
 		reason = "resource voted no"
@@ -113,7 +113,7 @@ func (p *Participant) recordNo(rec *txlog.PTxn, reason string) (*decreev1.Prepar
 	rec.State, rec.Reason, rec.DecidedAt = txlog.PStateAborted, reason, rec.PreparedAt
 	b := p.plog.NewBatch()
 	b.PutTxn(rec)
-	if err := p.plog.CommitUnsynced(b); err != nil {
+	if err := p.plog.Commit(b); err != nil {
 		return nil, storageError(err)
 	}
 	p.log.Debug().Str("txn", rec.ID).Str("reason", reason).Msg("voted no")
