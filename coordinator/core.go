@@ -75,6 +75,9 @@ type txnPhase uint8
 
 const (
 	phaseVoting txnPhase = iota + 1
+	// phaseResolving: a one-phase prepare got no answer; the participant is
+	// asked (Resolve) whether it committed.
+	phaseResolving
 	phaseDeciding
 	phaseDelivering
 )
@@ -89,7 +92,8 @@ type coreTxn struct {
 	deadline     time.Time // voting deadline
 	proposed     decreev1.Outcome
 	reason       string
-	retry        retryState // re-proposal of the decision
+	retry        retryState // re-proposal of the decision, or re-Resolve
+	failure      string     // why a one-phase prepare got no answer
 	outcome      decreev1.Outcome
 	replied      bool
 	waiters      []uint64
@@ -146,6 +150,8 @@ func (c *Core) Step(now time.Time, ev Event) []Action {
 		c.voteReceived(e)
 	case PrepareFailed:
 		c.prepareFailed(e)
+	case ParticipantResolved:
+		c.participantResolved(e)
 	case DecisionApplied:
 		c.decisionApplied(e)
 	case ProposeFailed:
@@ -240,7 +246,10 @@ func (c *Core) voting(id, participant string, term uint64) *coreTxn {
 		return nil
 	}
 	t, ok := c.txns[id]
-	if !ok || t.phase != phaseVoting || !slices.Contains(t.participants, participant) {
+	if !ok || !slices.Contains(t.participants, participant) {
+		return nil
+	}
+	if t.phase != phaseVoting && t.phase != phaseResolving {
 		return nil
 	}
 	if _, dup := t.votes[participant]; dup {
@@ -279,11 +288,48 @@ func (c *Core) voteReceived(e VoteReceived) {
 
 func (c *Core) prepareFailed(e PrepareFailed) {
 	t := c.voting(e.ID, e.Participant, e.Term)
-	if t == nil {
+	if t == nil || t.phase == phaseResolving {
+		return
+	}
+	reason := fmt.Sprintf("%s failed to prepare: %s", e.Participant, e.Err)
+	if t.onePhase {
+		// The prepare may have committed before its answer was lost.
+		c.resolveOnePhase(t, reason)
 		return
 	}
 	t.votes[e.Participant] = decreev1.Vote_VOTE_UNSPECIFIED
-	c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, fmt.Sprintf("%s failed to prepare: %s", e.Participant, e.Err))
+	c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, reason)
+}
+
+// resolveOnePhase asks the only participant what became of its one-phase
+// prepare, instead of presuming abort: the outcome lives there.
+func (c *Core) resolveOnePhase(t *coreTxn, failure string) {
+	t.phase, t.failure = phaseResolving, failure
+	c.emit(ResolveAtParticipant{ID: t.id, Participant: t.participants[0], Term: c.term})
+}
+
+func (c *Core) participantResolved(e ParticipantResolved) {
+	if !c.leader || e.Term != c.term {
+		return
+	}
+	t, ok := c.txns[e.ID]
+	if !ok || t.phase != phaseResolving || t.participants[0] != e.Participant {
+		return
+	}
+	switch {
+	case e.Err != "":
+		t.retry.arm(c.now, c.cfg.RetryMin, c.cfg.RetryMax)
+	case e.State == decreev1.ParticipantState_PARTICIPANT_STATE_COMMITTED:
+		t.votes[e.Participant] = decreev1.Vote_VOTE_COMMITTED
+		c.replyAll(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
+		c.decide(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
+	case e.State == decreev1.ParticipantState_PARTICIPANT_STATE_ABORTED:
+		t.votes[e.Participant] = decreev1.Vote_VOTE_NO
+		c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, t.failure)
+	default:
+		// Prepared but not committed: abort it like a two-phase branch.
+		c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, t.failure)
+	}
 }
 
 // decide stops voting and proposes the outcome. Whatever applies first for
@@ -494,8 +540,14 @@ func (c *Core) sortedIDs() []string {
 func (c *Core) tickTxn(t *coreTxn) {
 	switch t.phase {
 	case phaseVoting:
-		if !c.now.Before(t.deadline) {
+		if !c.now.Before(t.deadline) && t.onePhase {
+			c.resolveOnePhase(t, c.silentReason(t))
+		} else if !c.now.Before(t.deadline) {
 			c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, c.silentReason(t))
+		}
+	case phaseResolving:
+		if t.retry.fire(c.now) {
+			c.emit(ResolveAtParticipant{ID: t.id, Participant: t.participants[0], Term: c.term})
 		}
 	case phaseDeciding:
 		if t.retry.fire(c.now) {

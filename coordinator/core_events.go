@@ -47,6 +47,16 @@ type PrepareFailed struct {
 	Err             string
 }
 
+// ParticipantResolved is a one-phase participant's answer to Resolve: its
+// state of the transaction, after aborting it if it had never heard of it.
+// Err is set when the call failed.
+type ParticipantResolved struct {
+	ID, Participant string
+	Term            uint64
+	State           decreev1.ParticipantState
+	Err             string
+}
+
 // DecisionApplied reports the applied outcome of a Decide this leader
 // proposed (or the driver proposed for an outcome query).
 type DecisionApplied struct {
@@ -101,16 +111,17 @@ type Recovered struct {
 // Tick advances the core's time: timeouts, retries and batching.
 type Tick struct{}
 
-func (ClientCommit) event()      {}
-func (VoteReceived) event()      {}
-func (PrepareFailed) event()     {}
-func (DecisionApplied) event()   {}
-func (ProposeFailed) event()     {}
-func (Acked) event()             {}
-func (DeliveryFailed) event()    {}
-func (LeadershipChanged) event() {}
-func (Recovered) event()         {}
-func (Tick) event()              {}
+func (ClientCommit) event()        {}
+func (VoteReceived) event()        {}
+func (PrepareFailed) event()       {}
+func (ParticipantResolved) event() {}
+func (DecisionApplied) event()     {}
+func (ProposeFailed) event()       {}
+func (Acked) event()               {}
+func (DeliveryFailed) event()      {}
+func (LeadershipChanged) event()   {}
+func (Recovered) event()           {}
+func (Tick) event()                {}
 
 // Action is an output of the 2PC core for its driver to carry out.
 type Action interface {
@@ -124,6 +135,14 @@ type SendPrepare struct {
 	Payload         []byte
 	Participants    []string
 	OnePhase        bool
+	Term            uint64
+}
+
+// ResolveAtParticipant asks a one-phase participant for its outcome,
+// aborting there if it never heard of the transaction, because its prepare
+// got no answer: it may have committed.
+type ResolveAtParticipant struct {
+	ID, Participant string
 	Term            uint64
 }
 
@@ -174,14 +193,15 @@ type LoadUnfinished struct{ Term uint64 }
 // Conflict reports something that must never happen, for loud logging.
 type Conflict struct{ ID, What string }
 
-func (SendPrepare) action()     {}
-func (ProposeDecide) action()   {}
-func (ProposeFinished) action() {}
-func (ProposeCollect) action()  {}
-func (SendDecision) action()    {}
-func (Reply) action()           {}
-func (LoadUnfinished) action()  {}
-func (Conflict) action()        {}
+func (SendPrepare) action()          {}
+func (ResolveAtParticipant) action() {}
+func (ProposeDecide) action()        {}
+func (ProposeFinished) action()      {}
+func (ProposeCollect) action()       {}
+func (SendDecision) action()         {}
+func (Reply) action()                {}
+func (LoadUnfinished) action()       {}
+func (Conflict) action()             {}
 
 func (a SendPrepare) String() string {
 	mode := "2pc"
@@ -189,6 +209,10 @@ func (a SendPrepare) String() string {
 		mode = "1pc"
 	}
 	return fmt.Sprintf("prepare %s -> %s (%s, term %d)", a.ID, a.Participant, mode, a.Term)
+}
+
+func (a ResolveAtParticipant) String() string {
+	return fmt.Sprintf("resolve %s at %s (term %d)", a.ID, a.Participant, a.Term)
 }
 
 func (a ProposeDecide) String() string {

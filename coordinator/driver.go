@@ -170,6 +170,8 @@ func (d *Driver) execute(a Action) {
 	switch a := a.(type) {
 	case SendPrepare:
 		d.async(func(ctx context.Context) { d.prepare(ctx, a) })
+	case ResolveAtParticipant:
+		d.async(func(ctx context.Context) { d.resolveOnePhase(ctx, a) })
 	case ProposeDecide:
 		d.async(func(ctx context.Context) { d.proposeDecide(ctx, a) })
 	case ProposeFinished:
@@ -217,6 +219,15 @@ func (d *Driver) prepare(ctx context.Context, a SendPrepare) {
 		}
 	}
 	d.feed(PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
+}
+
+func (d *Driver) resolveOnePhase(ctx context.Context, a ResolveAtParticipant) {
+	st, err := d.resolveAt(ctx, a.Participant, a.ID, a.Term)
+	ev := ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: st}
+	if err != nil {
+		ev.Err = err.Error()
+	}
+	d.feed(ev)
 }
 
 func (d *Driver) propose(ctx context.Context, cmd *decreev1.Command) (Result, error) {
