@@ -7,7 +7,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 TEST_TIMEOUT ?= 12m
 
-.PHONY: all build test test-short demo proto lint vet fmt-check clean
+.PHONY: all build test test-short demo sim proto lint vet fmt-check clean
 
 all: build
 
@@ -21,10 +21,25 @@ DEMO_FLAGS ?=
 demo: build
 	$(BIN)/bank demo --decree $(BIN)/decree $(DEMO_FLAGS)
 
-## test: the whole suite with the race detector
+## test: the whole suite with the race detector, then 500 simulation seeds
+## (the simulation is single-goroutine; it runs fast without -race)
+SIM_TEST_SEEDS ?= 500
 test:
 	$(GO) vet ./...
 	$(GO) test -race -timeout $(TEST_TIMEOUT) -count=1 ./...
+	$(GO) test -count=1 -run 'TestSimulation$$' -v ./coordinator -args -sim.seeds=$(SIM_TEST_SEEDS) | grep -E '^(---|ok|FAIL|PASS)|seeds \(|FAILED'
+
+## sim: deterministic simulation. SEED=N replays one seed and prints its
+## trace hash (TRACE=1 prints the trace); otherwise SEEDS seeds from FIRST,
+## in parallel across cores (VERIFY=1 runs each twice to check determinism)
+SEEDS ?= 10000
+FIRST ?= 1
+sim:
+ifdef SEED
+	$(GO) test -count=1 -run 'TestSimulation$$' -v ./coordinator -args -sim.seed=$(SEED) $(if $(TRACE),-sim.trace)
+else
+	$(GO) test -count=1 -timeout 120m -run 'TestSimulation$$' -v ./coordinator -args -sim.seeds=$(SEEDS) -sim.first=$(FIRST) $(if $(VERIFY),-sim.verify)
+endif
 
 ## test-short: skip the slow multi-process tests
 test-short:

@@ -485,7 +485,8 @@ func (c *Core) leadershipChanged(e LeadershipChanged) {
 // clients are told to ask for the outcome; decided transactions are finished
 // by whichever node leads next, from the replicated records.
 func (c *Core) abandonAll() {
-	for _, t := range c.txns {
+	for _, id := range c.sortedIDs() {
+		t := c.txns[id]
 		for _, req := range t.waiters {
 			c.emit(Reply{Req: req, ID: t.id, Err: ErrNotLeader})
 		}

@@ -1,0 +1,287 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/rs/zerolog"
+
+	"github.com/decree-tx/decree/participant"
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+	"github.com/decree-tx/decree/txlog"
+)
+
+// simPart is one participant process: the real SDK over a participant log
+// on a crashable in-memory file system.
+type simPart struct {
+	w         *world
+	name      string
+	addr      string
+	fs        *vfs.MemFS
+	log       *txlog.ParticipantLog
+	p         *participant.Participant
+	svc       decreev1.ParticipantServer
+	up        bool
+	inc       int
+	lastAsked int
+}
+
+func (sp *simPart) boot() {
+	w := sp.w
+	log, err := txlog.OpenParticipantLog("part", txlog.Options{FS: sp.fs, Logger: zerolog.Nop()})
+	if err != nil {
+		w.violate("%s: reopen log: %v", sp.addr, err)
+		return
+	}
+	p, err := participant.New(simResource{}, participant.Options{
+		Log: log, Outcomes: simOutcomes{sp}, Clock: simClock{w},
+		Rand: w.rng.Float64, InDoubtTimeout: 300 * time.Millisecond,
+		RetryMin: 50 * time.Millisecond, RetryMax: 400 * time.Millisecond, Logger: zerolog.Nop(),
+	})
+	if err != nil {
+		w.violate("%s: start participant: %v", sp.addr, err)
+		return
+	}
+	sp.log, sp.p, sp.svc, sp.up = log, p, p.Service(), true
+	sp.inc++
+	w.tracef("%s booted, %d in doubt", sp.addr, len(p.InDoubt()))
+	sp.checkRecovered()
+}
+
+// checkRecovered: every outcome acknowledged before a crash is still there,
+// and nothing committed that the cluster did not decide.
+func (sp *simPart) checkRecovered() {
+	w := sp.w
+	for _, id := range sortedKeys(w.acked[sp.addr]) {
+		want := w.acked[sp.addr][id]
+		rec, ok, err := sp.log.GetTxn(id)
+		if err != nil || !ok || rec.State != want {
+			got := "nothing"
+			if ok {
+				got = rec.State.String()
+			}
+			w.violate("%s acknowledged %s as %s, but after a crash holds %s", sp.addr, id, want, got)
+			return
+		}
+	}
+	_ = sp.log.ScanTxns(func(t *txlog.PTxn) bool {
+		w.observe(sp, t.ID)
+		return len(w.violations) == 0
+	})
+}
+
+func (sp *simPart) crash() {
+	if !sp.up {
+		return
+	}
+	clone := sp.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	sp.shutdown()
+	sp.fs = clone
+}
+
+func (sp *simPart) shutdown() {
+	if !sp.up {
+		return
+	}
+	sp.p.Stop()
+	_ = sp.log.Close()
+	sp.up, sp.p, sp.svc, sp.log = false, nil, nil, nil
+	sp.inc++
+}
+
+// recover runs one round of the SDK's own recovery.
+func (sp *simPart) recover() {
+	before := sp.p.InDoubt()
+	if len(before) == 0 {
+		return
+	}
+	sp.p.ResolveDue(context.Background())
+	for _, t := range before {
+		sp.w.observe(sp, t.ID)
+	}
+}
+
+// simOutcomes answers a participant's outcome queries the way a cluster
+// would: a reachable leader answers from its records, or starts a durable
+// presumed abort and answers on a later query.
+type simOutcomes struct{ sp *simPart }
+
+func (o simOutcomes) Outcome(_ context.Context, id string, parts []string) (decreev1.TxnState, error) {
+	sp := o.sp
+	w := sp.w
+	sp.lastAsked++
+	for k := range w.nodes {
+		n := w.nodes[(sp.lastAsked+k)%len(w.nodes)]
+		if !n.up || n.paused || w.cut[[2]string{sp.name, n.name}] || w.cut[[2]string{n.name, sp.name}] || !n.leader {
+			continue
+		}
+		if r, ok, _ := n.store.GetRecord(id); ok && r.Outcome != txlog.OutcomeUnknown {
+			out := outcomeFromRecord(r.Outcome)
+			w.noteDecision(id, out, fmt.Sprintf("n%d answered %s", n.id, sp.addr))
+			return stateOfOutcome(out), nil
+		}
+		if !n.settling[id] {
+			n.settling[id] = true
+			inc := n.inc
+			w.at(time.Millisecond, func() {
+				n.run(inc, func() {
+					n.settle(id, parts, decreev1.ParticipantState_PARTICIPANT_STATE_UNSPECIFIED, func(decreev1.Outcome, string, error) {
+						delete(n.settling, id)
+					})
+				})
+			})
+		}
+		return 0, errSimInProgress
+	}
+	return 0, errSimNotLeader
+}
+
+type simClock struct{ w *world }
+
+func (c simClock) Now() time.Time                       { return c.w.now }
+func (c simClock) After(time.Duration) <-chan time.Time { return nil }
+
+// simResource stages "set k=v" and applies it on commit; "no" votes NO and
+// "ro" votes READ_ONLY.
+type simResource struct{}
+
+func (simResource) Prepare(_ context.Context, txn participant.Txn, w participant.Writer) (participant.Vote, string, error) {
+	switch p := string(txn.Payload); {
+	case p == "no":
+		return participant.VoteNo, "refused", nil
+	case p == "ro":
+		return participant.VoteReadOnly, "", nil
+	case strings.HasPrefix(p, "set "):
+		w.Set([]byte("pending/"+txn.ID), []byte(strings.TrimPrefix(p, "set ")))
+		return participant.VoteYes, "", nil
+	default:
+		return 0, "", fmt.Errorf("bad payload %q", p)
+	}
+}
+
+func (simResource) Commit(_ context.Context, id string, w participant.Writer) error {
+	kv, ok, err := w.Get([]byte("pending/" + id))
+	if err != nil || !ok {
+		return fmt.Errorf("commit %s: nothing pending", id)
+	}
+	k, v, _ := strings.Cut(string(kv), "=")
+	if _, done, _ := w.Get([]byte("data/" + k)); done {
+		return fmt.Errorf("commit %s: %s applied twice", id, k)
+	}
+	w.Set([]byte("data/"+k), []byte(v))
+	w.Delete([]byte("pending/" + id))
+	return nil
+}
+
+func (simResource) Abort(_ context.Context, id string, w participant.Writer) error {
+	w.Delete([]byte("pending/" + id))
+	return nil
+}
+
+// simClient runs transactions one after another: Commit at a random node,
+// retried on errors; after its patience runs out it gives up on Commit and
+// asks Outcome until it gets a definitive answer.
+type simClient struct {
+	w       *world
+	name    string
+	txn     *simTxn
+	asking  bool // gave up on Commit; asking Outcome
+	attempt int
+	done    bool
+}
+
+func (c *simClient) next() {
+	w := c.w
+	if !w.now.Before(w.activeEnd) {
+		c.done, c.txn = true, nil
+		return
+	}
+	c.txn, c.asking = w.newTxn(), false
+	w.tracef("%s begins %s %v %v", c.name, c.txn.id, c.txn.parts, c.txn.payloads)
+	txn := c.txn
+	patience := time.Duration(50+w.rng.IntN(1500)) * time.Millisecond
+	w.at(patience, func() {
+		if c.txn == txn && !c.asking {
+			c.asking = true
+			w.fault("client-give-up", "%s stops waiting for %s and asks its outcome", c.name, txn.id)
+		}
+	})
+	c.issue()
+}
+
+func (c *simClient) issue() {
+	w := c.w
+	c.attempt++
+	attempt, txn := c.attempt, c.txn
+	n := w.nodes[w.rng.IntN(len(w.nodes))]
+	answer := func(o decreev1.Outcome, reason string, err error) {
+		w.send(n.name, c.name, func() { c.answer(txn, o, reason, err) }, nil)
+	}
+	asking := c.asking
+	w.send(c.name, n.name, func() {
+		if !n.up {
+			answer(0, "", errSimRefused)
+			return
+		}
+		n.run(n.inc, func() {
+			if asking {
+				n.serveOutcome(txn.id, txn.parts, answer)
+			} else {
+				n.serveCommit(txn, answer)
+			}
+		})
+	}, nil)
+	w.at(simCallTimeout+100*time.Millisecond, func() {
+		if c.txn == txn && c.attempt == attempt {
+			c.issue()
+		}
+	})
+}
+
+func (c *simClient) answer(txn *simTxn, o decreev1.Outcome, reason string, err error) {
+	w := c.w
+	if c.txn != txn {
+		// A late answer to a finished transaction must still agree.
+		if err == nil {
+			w.noteTold(txn.id, o)
+		}
+		return
+	}
+	if err != nil {
+		w.at(time.Duration(5+w.rng.IntN(30))*time.Millisecond, func() {
+			if c.txn == txn {
+				c.issue()
+			}
+		})
+		return
+	}
+	w.noteTold(txn.id, o)
+	c.txn = nil
+	w.at(time.Duration(w.rng.IntN(20))*time.Millisecond, c.next)
+}
+
+// newTxn draws a transaction over 1 to 3 participants (one-phase with 1).
+func (w *world) newTxn() *simTxn {
+	w.nextTxn++
+	ms := w.now.UnixMilli()
+	id := fmt.Sprintf("%08x-%04x-7%03x-8%03x-%012x", uint32(ms>>16), uint16(ms), w.seed&0xfff, w.nextTxn&0xfff, w.nextTxn)
+	k := 1 + w.rng.IntN(len(w.parts))
+	order := w.rng.Perm(len(w.parts))
+	t := &simTxn{id: id}
+	for _, i := range order[:k] {
+		payload := fmt.Sprintf("set %s=%d", id, i)
+		switch r := w.rng.Float64(); {
+		case r < w.plan.noPct:
+			payload = "no"
+		case r < w.plan.noPct+w.plan.readOnlyPct:
+			payload = "ro"
+		}
+		t.parts = append(t.parts, w.parts[i].addr)
+		t.payloads = append(t.payloads, payload)
+	}
+	w.txns[id] = t
+	return t
+}

@@ -1,0 +1,498 @@
+package coordinator
+
+import (
+	"flag"
+	"fmt"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+	"github.com/decree-tx/decree/txlog"
+)
+
+var (
+	simSeed   = flag.Uint64("sim.seed", 0, "replay this one simulation seed and print its trace hash")
+	simSeeds  = flag.Int("sim.seeds", 30, "how many seeds TestSimulation runs")
+	simFirst  = flag.Uint64("sim.first", 1, "first seed TestSimulation runs")
+	simTrace  = flag.Bool("sim.trace", false, "with -sim.seed: print the whole trace")
+	simVerify = flag.Bool("sim.verify", false, "run every seed twice and compare trace hashes")
+)
+
+// simResult is what one seed did.
+type simResult struct {
+	seed       uint64
+	hash       string
+	faults     map[string]int
+	txns       int
+	failure    string
+	fullTrace  []string
+	virtualDur time.Duration
+}
+
+// runSim runs one seed to the end: an active phase with faults, a heal,
+// quiescence, and the final checks.
+func runSim(seed uint64, keepTrace bool) simResult {
+	w := newWorld(seed)
+	w.keepFull = keepTrace
+	w.setup()
+	defer w.teardown()
+	w.activeEnd = w.now.Add(w.plan.activeFor)
+	w.faultsOn = true
+	w.tracef("seed %d plan %s", seed, w.plan)
+	w.runUntil(w.activeEnd)
+	w.heal()
+	w.quiesce()
+	if len(w.violations) == 0 {
+		w.finalChecks()
+	}
+	res := simResult{seed: seed, hash: w.traceHash(), faults: w.faults, txns: len(w.txns), fullTrace: w.fullTrace, virtualDur: w.elapsed()}
+	if len(w.violations) > 0 {
+		res.failure = w.report()
+	}
+	return res
+}
+
+func (w *world) setup() {
+	for i := range 3 {
+		n := &simNode{w: w, id: uint64(i + 1), name: fmt.Sprintf("n%d", i+1), fs: vfs.NewCrashableMem()}
+		w.nodes = append(w.nodes, n)
+	}
+	for _, n := range w.nodes {
+		n.boot()
+	}
+	for i := range 3 {
+		p := &simPart{w: w, name: fmt.Sprintf("p%d", i+1), addr: fmt.Sprintf("p%d:1", i+1), fs: vfs.NewCrashableMem()}
+		w.parts = append(w.parts, p)
+		w.byAddr[p.addr] = p
+		p.boot()
+	}
+	for i := range w.plan.clients {
+		c := &simClient{w: w, name: fmt.Sprintf("c%d", i+1)}
+		w.clients = append(w.clients, c)
+		w.at(time.Duration(300+w.rng.IntN(100))*time.Millisecond, c.next)
+	}
+	w.at(simTick, w.tick)
+	w.at(w.plan.faultEvery, w.injectFault)
+}
+
+func (w *world) teardown() {
+	for _, n := range w.nodes {
+		n.shutdown()
+	}
+	for _, p := range w.parts {
+		p.shutdown()
+	}
+}
+
+func (w *world) tick() {
+	for _, n := range w.nodes {
+		if n.up && !n.paused {
+			n.tick()
+		}
+	}
+	if w.elapsed()%(5*simTick) == 0 {
+		for _, p := range w.parts {
+			if p.up {
+				p.recover()
+			}
+		}
+	}
+	w.at(simTick, w.tick)
+}
+
+// injectFault draws the next fault of the seed's plan, while active.
+func (w *world) injectFault() {
+	if !w.now.Before(w.activeEnd) {
+		return
+	}
+	var kinds []func()
+	if w.plan.crashNodes {
+		kinds = append(kinds, w.crashLeader, w.crashRandomNode)
+	}
+	if w.plan.crashParts {
+		kinds = append(kinds, w.crashParticipant)
+	}
+	if w.plan.partitions {
+		kinds = append(kinds, w.isolateLeader, w.isolateMinority, w.splitHalves)
+	}
+	if w.plan.pauses {
+		kinds = append(kinds, w.pauseLeader)
+	}
+	if len(kinds) > 0 {
+		kinds[w.rng.IntN(len(kinds))]()
+	}
+	w.at(w.plan.faultEvery/2+time.Duration(w.rng.Int64N(int64(w.plan.faultEvery))), w.injectFault)
+}
+
+func (w *world) leader() *simNode {
+	for _, n := range w.nodes {
+		if n.up && n.leader {
+			return n
+		}
+	}
+	return nil
+}
+
+func (w *world) downFor() time.Duration { return time.Duration(50+w.rng.IntN(800)) * time.Millisecond }
+
+func (w *world) crashNode(n *simNode, kind string) {
+	if n == nil || !n.up {
+		return
+	}
+	w.fault(kind, "n%d crashes (unsynced writes lost)", n.id)
+	n.crash()
+	w.at(w.downFor(), func() {
+		if !n.up {
+			w.tracef("n%d restarts", n.id)
+			n.boot()
+		}
+	})
+}
+
+func (w *world) crashLeader()     { w.crashNode(w.leader(), "crash-leader") }
+func (w *world) crashRandomNode() { w.crashNode(w.nodes[w.rng.IntN(len(w.nodes))], "crash-node") }
+
+func (w *world) crashParticipant() {
+	p := w.parts[w.rng.IntN(len(w.parts))]
+	if !p.up {
+		return
+	}
+	w.fault("crash-participant", "%s crashes with %d in doubt", p.addr, len(p.p.InDoubt()))
+	p.crash()
+	w.at(w.downFor(), func() {
+		if !p.up {
+			w.tracef("%s restarts", p.addr)
+			p.boot()
+		}
+	})
+}
+
+// partition cuts every link between the two groups for a while.
+func (w *world) partition(kind string, a, b []string) {
+	w.fault(kind, "%v | %v", a, b)
+	for _, x := range a {
+		for _, y := range b {
+			w.cut[[2]string{x, y}], w.cut[[2]string{y, x}] = true, true
+		}
+	}
+	w.at(time.Duration(100+w.rng.IntN(1200))*time.Millisecond, func() {
+		for _, x := range a {
+			for _, y := range b {
+				delete(w.cut, [2]string{x, y})
+				delete(w.cut, [2]string{y, x})
+			}
+		}
+		w.tracef("healed %v | %v", a, b)
+	})
+}
+
+// isolateLeader cuts the leader off from the other coordinators only: it
+// still reaches the participants and clients.
+func (w *world) isolateLeader() {
+	l := w.leader()
+	if l == nil {
+		return
+	}
+	var others []string
+	for _, n := range w.nodes {
+		if n != l {
+			others = append(others, n.name)
+		}
+	}
+	w.partition("partition-leader", []string{l.name}, others)
+}
+
+func (w *world) everyone() []string {
+	var all []string
+	for _, n := range w.nodes {
+		all = append(all, n.name)
+	}
+	for _, p := range w.parts {
+		all = append(all, p.name)
+	}
+	for _, c := range w.clients {
+		all = append(all, c.name)
+	}
+	return all
+}
+
+func (w *world) isolateMinority() {
+	n := w.nodes[w.rng.IntN(len(w.nodes))]
+	var rest []string
+	for _, x := range w.everyone() {
+		if x != n.name {
+			rest = append(rest, x)
+		}
+	}
+	w.partition("partition-minority", []string{n.name}, rest)
+}
+
+func (w *world) splitHalves() {
+	all := w.everyone()
+	w.rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+	half := len(all) / 2
+	w.partition("partition-halves", all[:half], all[half:])
+}
+
+func (w *world) pauseLeader() {
+	l := w.leader()
+	if l == nil || l.paused {
+		return
+	}
+	d := time.Duration(300+w.rng.IntN(700)) * time.Millisecond
+	w.fault("pause-leader", "n%d paused for %v", l.id, d)
+	l.paused = true
+	inc := l.inc
+	w.at(d, func() {
+		if l.inc == inc && l.paused {
+			w.tracef("n%d resumes", l.id)
+			l.resume()
+		}
+	})
+}
+
+// heal ends all faults: links restored, every process up and running.
+func (w *world) heal() {
+	w.faultsOn = false
+	w.cut = map[[2]string]bool{}
+	for _, n := range w.nodes {
+		if !n.up {
+			n.boot()
+		} else if n.paused {
+			n.resume()
+		}
+	}
+	for _, p := range w.parts {
+		if !p.up {
+			p.boot()
+		}
+	}
+	w.tracef("healed everything")
+}
+
+// quiesce runs until every client is done, every participant holds nothing
+// in doubt, and every replica has finished every decision; or fails.
+func (w *world) quiesce() {
+	deadline := w.now.Add(90 * time.Second)
+	for len(w.violations) == 0 {
+		w.runUntil(w.now.Add(500 * time.Millisecond))
+		why := w.unquiet()
+		if why == "" {
+			return
+		}
+		if !w.now.Before(deadline) {
+			w.violate("not quiet 90s after healing: %s", why)
+			return
+		}
+	}
+}
+
+func (w *world) unquiet() string {
+	for _, c := range w.clients {
+		if !c.done {
+			return c.name + " is not done"
+		}
+	}
+	for _, p := range w.parts {
+		if d := p.p.InDoubt(); len(d) > 0 {
+			return fmt.Sprintf("%s holds %s in doubt", p.addr, d[0].ID)
+		}
+	}
+	for _, n := range w.nodes {
+		unfinished := ""
+		_ = n.store.ScanRecords(func(r *txlog.Record) bool {
+			if !r.Finished {
+				unfinished = r.ID
+				return false
+			}
+			return true
+		})
+		if unfinished != "" {
+			return fmt.Sprintf("n%d has not finished %s", n.id, unfinished)
+		}
+	}
+	return ""
+}
+
+// finalChecks: identical decision tables, every transaction decided as its
+// client was told, every participant holding exactly the decided outcome.
+func (w *world) finalChecks() {
+	tables := make([]map[string]*txlog.Record, len(w.nodes))
+	for i, n := range w.nodes {
+		tables[i] = map[string]*txlog.Record{}
+		_ = n.store.ScanRecords(func(r *txlog.Record) bool { tables[i][r.ID] = r; return true })
+	}
+	for i := 1; i < len(tables); i++ {
+		if d := diffTables(tables[0], tables[i]); d != "" {
+			w.violate("decision tables of n1 and n%d differ: %s", i+1, d)
+			return
+		}
+	}
+	for _, id := range sortedKeys(w.txns) {
+		t := w.txns[id]
+		rec, ok := tables[0][id]
+		if !ok && len(t.parts) == 1 {
+			// One-phase: the outcome lives at the participant; recording it
+			// in the cluster afterwards is best effort.
+			w.checkParticipantsHold(t, w.told[id])
+			continue
+		}
+		if !ok {
+			w.violate("%s was never decided", id)
+			return
+		}
+		out := outcomeFromRecord(rec.Outcome)
+		if told, ok := w.told[id]; !ok || told != out {
+			w.violate("%s: client told %s, replicas hold %s", id, outcomeWord(told), outcomeWord(out))
+			return
+		}
+		w.checkParticipantsHold(t, out)
+	}
+}
+
+func diffTables(a, b map[string]*txlog.Record) string {
+	ids := sortedKeys(a)
+	for _, id := range sortedKeys(b) {
+		if _, ok := a[id]; !ok {
+			ids = append(ids, id)
+		}
+	}
+	for _, id := range ids {
+		x, y := a[id], b[id]
+		if x == nil || y == nil || x.Outcome != y.Outcome || x.Finished != y.Finished || !slices.Equal(x.Participants, y.Participants) {
+			return fmt.Sprintf("%s: %+v vs %+v", id, x, y)
+		}
+	}
+	return ""
+}
+
+func (w *world) checkParticipantsHold(t *simTxn, out decreev1.Outcome) {
+	for i, addr := range t.parts {
+		p := w.byAddr[addr]
+		rec, ok, _ := p.log.GetTxn(t.id)
+		st := "nothing"
+		if ok {
+			st = rec.State.String()
+		}
+		committed := ok && rec.State == txlog.PStateCommitted
+		readOnly := ok && rec.State == txlog.PStateReadOnly
+		if out == decreev1.Outcome_OUTCOME_COMMITTED && !committed && !readOnly {
+			w.violate("%s committed, but %s holds %s", t.id, addr, st)
+			return
+		}
+		if out == decreev1.Outcome_OUTCOME_ABORTED && (committed || (ok && rec.State == txlog.PStatePrepared)) {
+			w.violate("%s aborted, but %s holds %s", t.id, addr, st)
+			return
+		}
+		want := ""
+		if committed && strings.HasPrefix(t.payloads[i], "set ") {
+			_, v, _ := strings.Cut(t.payloads[i], "=")
+			want = v
+		}
+		got, _, _ := p.log.Get([]byte("data/" + t.id))
+		if string(got) != want {
+			w.violate("%s: %s holds data %q, want %q", t.id, addr, got, want)
+			return
+		}
+	}
+}
+
+// TestSimulation runs -sim.seeds seeds (30 by default; `make sim` runs many
+// more) in parallel, or replays -sim.seed.
+func TestSimulation(t *testing.T) {
+	if *simSeed != 0 {
+		replaySeed(t, *simSeed)
+		return
+	}
+	seeds := *simSeeds
+	if testing.Short() {
+		seeds = min(seeds, 10)
+	}
+	start := time.Now()
+	results := runSeeds(*simFirst, seeds)
+	total := map[string]int{}
+	txns := 0
+	for _, r := range results {
+		if r.failure != "" {
+			t.Fatal(r.failure)
+		}
+		for k, v := range r.faults {
+			total[k] += v
+		}
+		txns += r.txns
+	}
+	t.Logf("%d seeds (%d..%d) passed in %v (%.1f seeds/s), %d transactions; faults: %s",
+		seeds, *simFirst, *simFirst+uint64(seeds)-1, time.Since(start).Round(time.Millisecond),
+		float64(seeds)/time.Since(start).Seconds(), txns, formatCounts(total))
+}
+
+func runSeeds(first uint64, n int) []simResult {
+	results := make([]simResult, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			results[i] = runSim(first+uint64(i), false)
+			if *simVerify && results[i].failure == "" {
+				if again := runSim(first+uint64(i), false); again.hash != results[i].hash {
+					results[i].failure = fmt.Sprintf("seed %d is not deterministic: trace hashes %s and %s", first+uint64(i), results[i].hash, again.hash)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return results
+}
+
+func replaySeed(t *testing.T, seed uint64) {
+	r := runSim(seed, *simTrace)
+	again := runSim(seed, false)
+	if *simTrace {
+		for _, l := range r.fullTrace {
+			fmt.Println(l)
+		}
+	}
+	fmt.Printf("seed %d: trace hash %s (replayed: %s), %d transactions, %v virtual, faults: %s\n",
+		seed, r.hash, again.hash, r.txns, r.virtualDur.Round(time.Millisecond), formatCounts(r.faults))
+	if r.hash != again.hash {
+		t.Errorf("seed %d is not deterministic: trace hashes %s and %s", seed, r.hash, again.hash)
+	}
+	if r.failure != "" {
+		t.Fatal(r.failure)
+	}
+}
+
+// TestSimulationIsDeterministic: the same seed gives the same trace.
+func TestSimulationIsDeterministic(t *testing.T) {
+	for _, seed := range []uint64{7, 8} {
+		a, b := runSim(seed, false), runSim(seed, false)
+		if a.hash != b.hash {
+			t.Fatalf("seed %d: trace hashes %s and %s differ", seed, a.hash, b.hash)
+		}
+		if a.failure != "" {
+			t.Fatal(a.failure)
+		}
+	}
+}
+
+func formatCounts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
