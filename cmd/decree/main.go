@@ -26,6 +26,7 @@ func commands() []command {
 		{"start", "start a coordinator node", runStart},
 		{"status", "show each node's raft role, term, leader and indexes", runStatus},
 		{"txn", "query transactions: txn outcome ID, txn list", runTxn},
+		{"bench", "load a cluster (--endpoints) or an embedded one (--embedded); report throughput, latency, CPU, fsyncs", runBench},
 	}
 }
 

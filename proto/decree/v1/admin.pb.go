@@ -128,7 +128,10 @@ type StatusResponse struct {
 	// readies counts processed raft Ready structs since start.
 	Readies uint64 `protobuf:"varint,9,opt,name=readies,proto3" json:"readies,omitempty"`
 	// peers maps raft node id to its address, as configured.
-	Peers         map[uint64]string `protobuf:"bytes,10,rep,name=peers,proto3" json:"peers,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Peers map[uint64]string `protobuf:"bytes,10,rep,name=peers,proto3" json:"peers,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// cpu_seconds is the node process's user+system CPU time since it
+	// started (getrusage RUSAGE_SELF), for measuring CPU per transaction.
+	CpuSeconds    float64 `protobuf:"fixed64,11,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -233,12 +236,19 @@ func (x *StatusResponse) GetPeers() map[uint64]string {
 	return nil
 }
 
+func (x *StatusResponse) GetCpuSeconds() float64 {
+	if x != nil {
+		return x.CpuSeconds
+	}
+	return 0
+}
+
 var File_decree_v1_admin_proto protoreflect.FileDescriptor
 
 const file_decree_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x15decree/v1/admin.proto\x12\tdecree.v1\"\x0f\n" +
-	"\rStatusRequest\"\xea\x02\n" +
+	"\rStatusRequest\"\x8b\x03\n" +
 	"\x0eStatusResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x0f.decree.v1.RoleR\x04role\x12\x12\n" +
@@ -251,7 +261,9 @@ const file_decree_v1_admin_proto_rawDesc = "" +
 	"\x06fsyncs\x18\b \x01(\x04R\x06fsyncs\x12\x18\n" +
 	"\areadies\x18\t \x01(\x04R\areadies\x12:\n" +
 	"\x05peers\x18\n" +
-	" \x03(\v2$.decree.v1.StatusResponse.PeersEntryR\x05peers\x1a8\n" +
+	" \x03(\v2$.decree.v1.StatusResponse.PeersEntryR\x05peers\x12\x1f\n" +
+	"\vcpu_seconds\x18\v \x01(\x01R\n" +
+	"cpuSeconds\x1a8\n" +
 	"\n" +
 	"PeersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
