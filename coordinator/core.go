@@ -25,6 +25,11 @@ type CoreConfig struct {
 	// CollectEvery is how often the leader collects older ones (default 1m).
 	Retention    time.Duration
 	CollectEvery time.Duration
+	// ParallelCommit stages transactions of two or more participants in
+	// raft while they vote, and answers COMMITTED once the Staged record
+	// has applied and every vote is YES: one consensus round instead of
+	// two. Off: classic two-phase commit.
+	ParallelCommit bool
 	// RescanEvery is how often the leader looks for applied, unfinished
 	// decisions it is not driving (default 30s): one proposed by a deposed
 	// leader can apply after this leader's first scan.
@@ -78,6 +83,9 @@ const (
 	// phaseResolving: a one-phase prepare got no answer; the participant is
 	// asked (Resolve) whether it committed.
 	phaseResolving
+	// phaseRecovering: a staged transaction without a decision, found by
+	// this leader; every participant is asked (Resolve) for its vote.
+	phaseRecovering
 	phaseDeciding
 	phaseDelivering
 )
@@ -94,6 +102,9 @@ type coreTxn struct {
 	reason       string
 	retry        retryState // re-proposal of the decision, or re-Resolve
 	failure      string     // why a one-phase prepare got no answer
+	parallel     bool       // staged in raft while voting
+	staged       bool       // the Staged record applied, without a decision
+	resolved     map[string]decreev1.ParticipantState
 	outcome      decreev1.Outcome
 	replied      bool
 	waiters      []uint64
@@ -152,6 +163,10 @@ func (c *Core) Step(now time.Time, ev Event) []Action {
 		c.prepareFailed(e)
 	case ParticipantResolved:
 		c.participantResolved(e)
+	case StagedApplied:
+		c.stagedApplied(e)
+	case RecoverStaged:
+		c.recoverStaged(e.ID, e.Participants)
 	case DecisionApplied:
 		c.decisionApplied(e)
 	case ProposeFailed:
@@ -238,6 +253,10 @@ func (c *Core) clientCommit(e ClientCommit) {
 		c.emit(SendPrepare{ID: t.id, Participant: p, Payload: t.payloads[p],
 			Participants: slices.Clone(t.participants), OnePhase: t.onePhase, Term: c.term})
 	}
+	if c.cfg.ParallelCommit && !t.onePhase {
+		t.parallel = true
+		c.emit(ProposeStaged{ID: t.id, Participants: slices.Clone(t.participants), Term: c.term})
+	}
 }
 
 // voting returns the transaction if feedback for it is current.
@@ -268,6 +287,7 @@ func (c *Core) voteReceived(e VoteReceived) {
 	case decreev1.Vote_VOTE_YES, decreev1.Vote_VOTE_READ_ONLY:
 		if len(t.votes) == len(t.participants) {
 			c.decide(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
+			c.maybeImplicitCommit(t)
 		}
 	case decreev1.Vote_VOTE_COMMITTED:
 		if !t.onePhase {
@@ -313,6 +333,10 @@ func (c *Core) participantResolved(e ParticipantResolved) {
 		return
 	}
 	t, ok := c.txns[e.ID]
+	if ok && t.phase == phaseRecovering {
+		c.stagedResolved(t, e)
+		return
+	}
 	if !ok || t.phase != phaseResolving || t.participants[0] != e.Participant {
 		return
 	}
@@ -330,6 +354,96 @@ func (c *Core) participantResolved(e ParticipantResolved) {
 		// Prepared but not committed: abort it like a two-phase branch.
 		c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, t.failure)
 	}
+}
+
+// stagedApplied: with the Staged record applied, the transaction commits
+// as soon as every vote is YES. A decision that applied first wins.
+func (c *Core) stagedApplied(e StagedApplied) {
+	if !c.leader || e.Term != c.term {
+		return
+	}
+	t, ok := c.txns[e.ID]
+	if !ok || (t.phase != phaseVoting && t.phase != phaseDeciding) {
+		return
+	}
+	if e.Outcome != decreev1.Outcome_OUTCOME_UNSPECIFIED {
+		c.decisionApplied(DecisionApplied{ID: e.ID, Term: e.Term, Outcome: e.Outcome, Reason: e.Reason, Participants: t.participants})
+		return
+	}
+	t.staged = true
+	c.maybeImplicitCommit(t)
+}
+
+// maybeImplicitCommit answers COMMITTED once a parallel-commit transaction
+// is staged and every participant's YES (durable before it was sent) is
+// in: that is the commit point. Decide(COMMIT) is on its way already.
+func (c *Core) maybeImplicitCommit(t *coreTxn) {
+	if !t.parallel || !t.staged || t.replied || len(t.votes) != len(t.participants) {
+		return
+	}
+	for _, v := range t.votes {
+		if v != decreev1.Vote_VOTE_YES && v != decreev1.Vote_VOTE_READ_ONLY {
+			return
+		}
+	}
+	c.replyAll(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
+}
+
+// recoverStaged settles a staged transaction without a decision: every
+// participant is asked for its vote, and one that never voted aborts it
+// (so a late prepare cannot succeed). All prepared: commit; any aborted:
+// abort. No transaction aborts merely because the leader changed.
+func (c *Core) recoverStaged(id string, participants []string) {
+	if !c.leader {
+		return
+	}
+	if _, ok := c.txns[id]; ok || slices.Contains(c.finishing, id) {
+		return
+	}
+	t := &coreTxn{id: id, phase: phaseRecovering, participants: slices.Clone(participants), parallel: true,
+		staged: true, votes: map[string]decreev1.Vote{}, resolved: map[string]decreev1.ParticipantState{},
+		deliveries: make(map[string]*delivery)}
+	c.txns[id] = t
+	c.resolveUnanswered(t)
+}
+
+func (c *Core) resolveUnanswered(t *coreTxn) {
+	for _, p := range t.participants {
+		if _, ok := t.resolved[p]; !ok {
+			c.emit(ResolveAtParticipant{ID: t.id, Participant: p, Term: c.term})
+		}
+	}
+}
+
+func (c *Core) stagedResolved(t *coreTxn, e ParticipantResolved) {
+	if !slices.Contains(t.participants, e.Participant) {
+		return
+	}
+	if e.Err != "" {
+		t.retry.arm(c.now, c.cfg.RetryMin, c.cfg.RetryMax)
+		return
+	}
+	t.resolved[e.Participant] = e.State
+	if len(t.resolved) < len(t.participants) {
+		return
+	}
+	for _, p := range t.participants {
+		switch t.resolved[p] {
+		case decreev1.ParticipantState_PARTICIPANT_STATE_ABORTED:
+			t.votes[p] = decreev1.Vote_VOTE_NO
+		case decreev1.ParticipantState_PARTICIPANT_STATE_COMMITTED:
+			t.votes[p] = decreev1.Vote_VOTE_COMMITTED
+		default:
+			t.votes[p] = decreev1.Vote_VOTE_YES
+		}
+	}
+	for _, p := range t.participants {
+		if t.votes[p] == decreev1.Vote_VOTE_NO {
+			c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, "recovered a staged transaction: "+p+" had not voted yes")
+			return
+		}
+	}
+	c.decide(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
 }
 
 // decide stops voting and proposes the outcome. Whatever applies first for
@@ -499,6 +613,9 @@ func (c *Core) recovered(e Recovered) {
 	if !c.leader || e.Term != c.term {
 		return
 	}
+	for _, r := range e.Staged {
+		c.recoverStaged(r.ID, r.Participants)
+	}
 	for _, r := range e.Txns {
 		if _, ok := c.txns[r.ID]; ok || slices.Contains(c.finishing, r.ID) {
 			continue
@@ -549,6 +666,10 @@ func (c *Core) tickTxn(t *coreTxn) {
 	case phaseResolving:
 		if t.retry.fire(c.now) {
 			c.emit(ResolveAtParticipant{ID: t.id, Participant: t.participants[0], Term: c.term})
+		}
+	case phaseRecovering:
+		if t.retry.fire(c.now) {
+			c.resolveUnanswered(t)
 		}
 	case phaseDeciding:
 		if t.retry.fire(c.now) {

@@ -67,6 +67,22 @@ type DecisionApplied struct {
 	Participants []string
 }
 
+// StagedApplied reports that a transaction's Staged record applied
+// (parallel commit). Outcome is set if a decision had applied first.
+type StagedApplied struct {
+	ID      string
+	Term    uint64
+	Outcome decreev1.Outcome
+	Reason  string
+}
+
+// RecoverStaged asks the leader to settle a staged transaction that has no
+// decision and that it is not driving: found by an outcome query.
+type RecoverStaged struct {
+	ID           string
+	Participants []string
+}
+
 // ProposeFailed says a proposal did not apply in time; the core retries
 // what still matters. Finished lists the ids of a failed Finished batch.
 type ProposeFailed struct {
@@ -102,10 +118,12 @@ type RecoveredTxn struct {
 	Participants []string
 }
 
-// Recovered hands a new leader the decisions whose phase 2 it must finish.
+// Recovered hands a new leader the decisions whose phase 2 it must finish,
+// and the staged transactions without a decision it must settle.
 type Recovered struct {
-	Term uint64
-	Txns []RecoveredTxn
+	Term   uint64
+	Txns   []RecoveredTxn
+	Staged []RecoveredTxn
 }
 
 // Tick advances the core's time: timeouts, retries and batching.
@@ -154,6 +172,15 @@ type ProposeDecide struct {
 	Reason       string
 	Participants []string
 	DecidedAt    int64
+	Term         uint64
+}
+
+// ProposeStaged replicates, in parallel with the prepares, that the
+// transaction is voting under parallel commit; its result comes back as
+// StagedApplied.
+type ProposeStaged struct {
+	ID           string
+	Participants []string
 	Term         uint64
 }
 
@@ -223,6 +250,10 @@ func (a ProposeDecide) String() string {
 	return s
 }
 
+func (a ProposeStaged) String() string {
+	return fmt.Sprintf("propose staged %s [%s]", a.ID, strings.Join(a.Participants, " "))
+}
+
 func (a ProposeFinished) String() string {
 	return fmt.Sprintf("propose finished %s", strings.Join(a.IDs, " "))
 }
@@ -264,3 +295,7 @@ func decisionVerb(o decreev1.Outcome) string {
 	}
 	return "abort"
 }
+
+func (StagedApplied) event()  {}
+func (RecoverStaged) event()  {}
+func (ProposeStaged) action() {}

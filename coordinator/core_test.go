@@ -268,3 +268,60 @@ func TestParseTxnID(t *testing.T) {
 		t.Fatal("isForgotten compares the id's time with the horizon")
 	}
 }
+
+func TestCoreParallelCommit(t *testing.T) {
+	prepared := decreev1.ParticipantState_PARTICIPANT_STATE_PREPARED
+	abortedSt := decreev1.ParticipantState_PARTICIPANT_STATE_ABORTED
+	resolved := func(id, p string, st decreev1.ParticipantState) ParticipantResolved {
+		return ParticipantResolved{ID: id, Participant: p, Term: 2, State: st}
+	}
+	staged := func(id string) StagedApplied { return StagedApplied{ID: id, Term: 2} }
+	start := []coreStep{
+		becomeLeader,
+		{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)", "propose staged t1 [a b]"}},
+	}
+	for name, steps := range map[string][]coreStep{
+		"staged, then every yes: committed at once, the decision follows": append(start[:2:2],
+			coreStep{ev: staged("t1")},
+			coreStep{ev: vote("t1", "a", yes)},
+			coreStep{ev: vote("t1", "b", yes), want: []string{"propose decide t1 committed [a b]", "reply 1 t1 committed"}},
+			coreStep{ev: applied("t1", commitO, "", "a", "b"), want: []string{"commit t1 -> a (term 2)", "commit t1 -> b (term 2)"}},
+		),
+		"every yes, then staged: committed when the stage applies": append(start[:2:2],
+			coreStep{ev: vote("t1", "a", yes)},
+			coreStep{ev: vote("t1", "b", yes), want: []string{"propose decide t1 committed [a b]"}},
+			coreStep{ev: staged("t1"), want: []string{"reply 1 t1 committed"}},
+			coreStep{ev: applied("t1", commitO, "", "a", "b"), want: []string{"commit t1 -> a (term 2)", "commit t1 -> b (term 2)"}},
+		),
+		"a no vote aborts as in classic 2PC": append(start[:2:2],
+			coreStep{ev: staged("t1")},
+			coreStep{ev: vote("t1", "a", no), want: []string{"propose decide t1 aborted [a b]: a voted no: no funds"}},
+			coreStep{ev: applied("t1", abortO, "a voted no", "a", "b"), want: []string{"reply 1 t1 aborted: a voted no", "abort t1 -> b (term 2)"}},
+		),
+		"a decision applied before the stage wins": append(start[:2:2],
+			coreStep{ev: StagedApplied{ID: "t1", Term: 2, Outcome: abortO, Reason: "presumed abort"},
+				want: []string{"reply 1 t1 aborted: presumed abort", "abort t1 -> a (term 2)", "abort t1 -> b (term 2)"}},
+			coreStep{ev: vote("t1", "a", yes)},
+		),
+		"a new leader commits a staged transaction every participant prepared": {
+			becomeLeader,
+			{ev: Recovered{Term: 2, Staged: []RecoveredTxn{{ID: "t9", Participants: []string{"a", "b"}}}},
+				want: []string{"resolve t9 at a (term 2)", "resolve t9 at b (term 2)"}},
+			{ev: commitReq(5, "t9", "a", "b")},
+			{ev: resolved("t9", "a", prepared)},
+			{ev: resolved("t9", "b", prepared), want: []string{"propose decide t9 committed [a b]"}},
+			{ev: applied("t9", commitO, "", "a", "b"), want: []string{"reply 5 t9 committed", "commit t9 -> a (term 2)", "commit t9 -> b (term 2)"}},
+		},
+		"a new leader aborts a staged transaction a participant never voted on": {
+			becomeLeader,
+			{ev: RecoverStaged{ID: "t9", Participants: []string{"a", "b"}}, want: []string{"resolve t9 at a (term 2)", "resolve t9 at b (term 2)"}},
+			{ev: ParticipantResolved{ID: "t9", Participant: "b", Term: 2, Err: "unavailable"}},
+			{ev: resolved("t9", "a", prepared)},
+			{at: 50 * time.Millisecond, ev: Tick{}, want: []string{"resolve t9 at b (term 2)"}},
+			{ev: resolved("t9", "b", abortedSt), want: []string{"propose decide t9 aborted [a b]: recovered a staged transaction: b had not voted yes"}},
+			{ev: applied("t9", abortO, "recovered", "a", "b"), want: []string{"abort t9 -> a (term 2)"}},
+		},
+	} {
+		t.Run(name, func(t *testing.T) { runCore(t, CoreConfig{ParallelCommit: true}, steps) })
+	}
+}

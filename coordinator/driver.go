@@ -174,6 +174,8 @@ func (d *Driver) execute(a Action) {
 		d.async(func(ctx context.Context) { d.resolveOnePhase(ctx, a) })
 	case ProposeDecide:
 		d.async(func(ctx context.Context) { d.proposeDecide(ctx, a) })
+	case ProposeStaged:
+		d.async(func(ctx context.Context) { d.proposeStaged(ctx, a) })
 	case ProposeFinished:
 		d.async(func(ctx context.Context) { d.proposeFinished(ctx, a) })
 	case ProposeCollect:
@@ -250,6 +252,21 @@ func (d *Driver) proposeDecide(ctx context.Context, a ProposeDecide) {
 	d.feed(DecisionApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
 }
 
+// proposeStaged replicates the Staged record. If it fails, the transaction
+// still commits the classic way, when its Decide applies.
+func (d *Driver) proposeStaged(ctx context.Context, a ProposeStaged) {
+	res, err := d.propose(ctx, stagedCommand(a.ID, a.Participants))
+	if err != nil {
+		d.log.Debug().Err(err).Str("txn", a.ID).Msg("staged record not applied; the decision will commit it")
+		return
+	}
+	d.feed(StagedApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason})
+}
+
+func stagedCommand(id string, parts []string) *decreev1.Command {
+	return &decreev1.Command{Kind: &decreev1.Command_Staged{Staged: &decreev1.Staged{TxnId: id, Participants: parts}}}
+}
+
 func decideCommand(id string, o decreev1.Outcome, parts []string, reason string, at int64) *decreev1.Command {
 	return &decreev1.Command{Kind: &decreev1.Command_Decide{Decide: &decreev1.Decide{
 		TxnId: id, Outcome: o, Participants: parts, Reason: reason, DecidedAt: at}}}
@@ -303,21 +320,33 @@ func (d *Driver) loadUnfinished(ctx context.Context, a LoadUnfinished) {
 			return
 		}
 	}
-	var txns []RecoveredTxn
-	err := d.node.ScanRecords(func(r *txlog.Record) bool {
-		if r.Outcome != txlog.OutcomeUnknown && !r.Finished {
-			txns = append(txns, RecoveredTxn{ID: r.ID, Outcome: outcomeFromRecord(r.Outcome), Participants: r.Participants})
-		}
-		return true
-	})
+	txns, staged, err := scanUnfinished(d.node.store)
 	if err != nil {
 		d.log.Error().Err(err).Msg("cannot scan unfinished decisions")
 		return
 	}
-	if len(txns) > 0 {
-		d.log.Info().Int("unfinished", len(txns)).Uint64("term", a.Term).Msg("resuming phase 2")
+	if len(txns)+len(staged) > 0 {
+		d.log.Info().Int("unfinished", len(txns)).Int("staged", len(staged)).Uint64("term", a.Term).Msg("resuming phase 2")
 	}
-	d.feed(Recovered{Term: a.Term, Txns: txns})
+	d.feed(Recovered{Term: a.Term, Txns: txns, Staged: staged})
+}
+
+// scanUnfinished lists the applied decisions whose phase 2 has not
+// finished, and the staged transactions that have no decision yet.
+func scanUnfinished(s interface {
+	ScanRecords(func(*txlog.Record) bool) error
+}) (txns, staged []RecoveredTxn, err error) {
+	err = s.ScanRecords(func(r *txlog.Record) bool {
+		rt := RecoveredTxn{ID: r.ID, Outcome: outcomeFromRecord(r.Outcome), Participants: r.Participants}
+		switch {
+		case r.Outcome == txlog.OutcomeUnknown:
+			staged = append(staged, rt)
+		case !r.Finished:
+			txns = append(txns, rt)
+		}
+		return true
+	})
+	return txns, staged, err
 }
 
 // await registers a waiter for a Reply and returns its request id.

@@ -82,6 +82,8 @@ func (a *applier) apply(cmd *decreev1.Command, index uint64) (Result, error) {
 		return a.finished(k.Finished, index)
 	case *decreev1.Command_Collect:
 		return a.collect(k.Collect, index)
+	case *decreev1.Command_Staged:
+		return a.staged(k.Staged, index)
 	default:
 		return Result{Index: index, Err: fmt.Errorf("unknown command %T", k)}, nil
 	}
@@ -116,6 +118,11 @@ func (a *applier) decide(d *decreev1.Decide, index uint64) (Result, error) {
 			return res, nil
 		}
 	}
+	if r != nil && r.Outcome == txlog.OutcomeUnknown && d.GetPresumed() {
+		// Staged: only its participants' votes decide it (parallel commit).
+		res.Participants = r.Participants
+		return res, nil
+	}
 	if r == nil || r.Outcome == txlog.OutcomeUnknown {
 		r = &txlog.Record{
 			ID:           d.GetTxnId(),
@@ -124,6 +131,35 @@ func (a *applier) decide(d *decreev1.Decide, index uint64) (Result, error) {
 			DecidedAt:    d.GetDecidedAt(),
 			Reason:       d.GetReason(),
 		}
+		a.put(r)
+	}
+	res.Outcome, res.Reason, res.Participants = outcomeFromRecord(r.Outcome), r.Reason, r.Participants
+	return res, nil
+}
+
+// staged records a transaction as voting under parallel commit: a record
+// without an outcome. Its result is the outcome if one was already decided
+// (first decision wins), else OUTCOME_UNSPECIFIED: staged.
+func (a *applier) staged(st *decreev1.Staged, index uint64) (Result, error) {
+	res := Result{Index: index}
+	if st.GetTxnId() == "" {
+		res.Err = fmt.Errorf("staged: empty transaction id")
+		return res, nil
+	}
+	r, err := a.record(st.GetTxnId())
+	if err != nil {
+		return res, err
+	}
+	if r == nil {
+		forgotten, err := a.forgotten(st.GetTxnId())
+		if err != nil {
+			return res, err
+		}
+		if forgotten {
+			res.Err = fmt.Errorf("staged %q: %w", st.GetTxnId(), ErrForgotten)
+			return res, nil
+		}
+		r = &txlog.Record{ID: st.GetTxnId(), Participants: slices.Clone(st.GetParticipants())}
 		a.put(r)
 	}
 	res.Outcome, res.Reason, res.Participants = outcomeFromRecord(r.Outcome), r.Reason, r.Participants

@@ -93,6 +93,8 @@ func (s *coordinatorService) Outcome(ctx context.Context, req *decreev1.OutcomeR
 		return nil, status.Errorf(codes.Internal, "read record: %v", err)
 	} else if ok && r.Outcome != txlog.OutcomeUnknown {
 		return outcomeResponse(r), nil
+	} else if ok {
+		return nil, s.d.resolveStaged(id, r.Participants)
 	}
 	if forgotten, err := s.d.forgotten(id); err != nil || forgotten {
 		if err != nil {
@@ -107,11 +109,16 @@ func (s *coordinatorService) Outcome(ctx context.Context, req *decreev1.OutcomeR
 	if err != nil {
 		return nil, s.d.statusOf(ctx, err)
 	}
+	if res.Outcome == decreev1.Outcome_OUTCOME_UNSPECIFIED {
+		// Staged meanwhile (parallel commit): its participants' votes decide it.
+		return nil, s.d.resolveStaged(id, res.Participants)
+	}
 	return &decreev1.OutcomeResponse{TxnId: id, State: stateOfOutcome(res.Outcome), Reason: res.Reason,
 		Participants: res.Participants}, nil
 }
 
-// settle decides a transaction the cluster has no record of. Presumed
+// settle decides a transaction the cluster has no record of (an
+// unspecified outcome means it was staged meanwhile). Presumed
 // abort, made durable: the abort is applied before anyone hears it. A
 // one-phase transaction's outcome lives at its only participant, so that
 // one is asked (aborting there if it never heard of it) and its answer is
@@ -126,12 +133,21 @@ func (d *Driver) settle(ctx context.Context, id string, participants []string) (
 		}
 	}
 	outcome, reason := settleDecision(st)
-	res, err := d.propose(ctx, decideCommand(id, outcome, participants, reason, d.cfg.Clock.Now().UnixNano()))
-	if err != nil {
+	cmd := decideCommand(id, outcome, participants, reason, d.cfg.Clock.Now().UnixNano())
+	cmd.GetDecide().Presumed = st == decreev1.ParticipantState_PARTICIPANT_STATE_UNSPECIFIED
+	res, err := d.propose(ctx, cmd)
+	if err != nil || res.Outcome == decreev1.Outcome_OUTCOME_UNSPECIFIED {
 		return res, err
 	}
 	d.feed(DecisionApplied{ID: id, Term: term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
 	return res, nil
+}
+
+// resolveStaged hands a staged transaction without a decision to the core,
+// which asks its participants, and tells the caller to ask again.
+func (d *Driver) resolveStaged(id string, participants []string) error {
+	d.feed(RecoverStaged{ID: id, Participants: participants})
+	return status.Errorf(codes.Unavailable, "transaction %s is staged and being settled at its participants; ask again", id)
 }
 
 // settleDecision is the decision for an id the cluster has no record of:

@@ -118,10 +118,16 @@ func (o simOutcomes) Outcome(_ context.Context, id string, parts []string) (decr
 		if !n.up || n.paused || w.cut[[2]string{sp.name, n.name}] || w.cut[[2]string{n.name, sp.name}] || !n.leader {
 			continue
 		}
-		if r, ok, _ := n.store.GetRecord(id); ok && r.Outcome != txlog.OutcomeUnknown {
+		r, ok, _ := n.store.GetRecord(id)
+		if ok && r.Outcome != txlog.OutcomeUnknown {
 			out := outcomeFromRecord(r.Outcome)
 			w.noteDecision(id, out, fmt.Sprintf("n%d answered %s", n.id, sp.addr))
 			return stateOfOutcome(out), nil
+		}
+		if ok { // staged: its participants' votes decide it
+			inc, staged := n.inc, r.Participants
+			w.at(time.Millisecond, func() { n.run(inc, func() { n.coreStep(RecoverStaged{ID: id, Participants: staged}) }) })
+			return 0, errSimInProgress
 		}
 		if !n.settling[id] {
 			n.settling[id] = true

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -103,6 +102,7 @@ func (sn *simNode) boot() {
 	sn.core = NewCore(CoreConfig{
 		PrepareTimeout: 300 * time.Millisecond, RetryMin: 20 * time.Millisecond, RetryMax: 300 * time.Millisecond,
 		FinishDelay: 20 * time.Millisecond, RescanEvery: 2 * time.Second, CollectEvery: time.Hour,
+		ParallelCommit: w.plan.parallel,
 	})
 	sn.leader, sn.term = false, 0
 	sn.props, sn.reads, sn.inbox = nil, nil, nil
@@ -265,6 +265,10 @@ func (sn *simNode) execute(a Action) {
 			sn.w.noteDecision(a.ID, r.Outcome, fmt.Sprintf("n%d applied", sn.id))
 			sn.coreStep(DecisionApplied{ID: a.ID, Term: a.Term, Outcome: r.Outcome, Reason: r.Reason, Participants: r.Participants})
 		}, func(error) { sn.coreStep(ProposeFailed{ID: a.ID, Term: a.Term}) })
+	case ProposeStaged:
+		sn.propose(stagedCommand(a.ID, a.Participants), func(r Result) {
+			sn.coreStep(StagedApplied{ID: a.ID, Term: a.Term, Outcome: r.Outcome, Reason: r.Reason})
+		}, nil)
 	case ProposeFinished:
 		cmd := &decreev1.Command{Kind: &decreev1.Command_Finished{Finished: &decreev1.Finished{TxnIds: a.IDs, FinishedAt: a.At}}}
 		sn.propose(cmd, nil, func(error) { sn.coreStep(ProposeFailed{Term: a.Term, Finished: a.IDs}) })
@@ -348,7 +352,8 @@ func (sn *simNode) collectReads() bool {
 				sn.retryRead(sr.term)
 				continue
 			}
-			sn.coreStep(Recovered{Term: sr.term, Txns: sn.unfinished()})
+			txns, staged := sn.unfinished()
+			sn.coreStep(Recovered{Term: sr.term, Txns: txns, Staged: staged})
 		default:
 			keep = append(keep, sr)
 		}
@@ -371,17 +376,15 @@ func (sn *simNode) retryRead(term uint64) {
 	})
 }
 
-func (sn *simNode) unfinished() []RecoveredTxn {
-	var txns []RecoveredTxn
-	_ = sn.store.ScanRecords(func(r *txlog.Record) bool {
-		if r.Outcome != txlog.OutcomeUnknown && !r.Finished {
-			o := outcomeFromRecord(r.Outcome)
-			sn.w.noteDecision(r.ID, o, fmt.Sprintf("n%d recovered", sn.id))
-			txns = append(txns, RecoveredTxn{ID: r.ID, Outcome: o, Participants: slices.Clone(r.Participants)})
-		}
-		return true
-	})
-	return txns
+func (sn *simNode) unfinished() (txns, staged []RecoveredTxn) {
+	txns, staged, err := scanUnfinished(sn.store)
+	if err != nil {
+		sn.w.violate("n%d: scan records: %v", sn.id, err)
+	}
+	for _, t := range txns {
+		sn.w.noteDecision(t.ID, t.Outcome, fmt.Sprintf("n%d recovered", sn.id))
+	}
+	return txns, staged
 }
 
 // expire fails proposals and reads past their deadline.
@@ -542,6 +545,10 @@ func (sn *simNode) serveOutcome(id string, parts []string, respond func(decreev1
 		sn.w.noteDecision(id, o, fmt.Sprintf("n%d record", sn.id))
 		respond(o, r.Reason, nil)
 		return
+	} else if ok {
+		sn.coreStep(RecoverStaged{ID: id, Participants: r.Participants})
+		respond(0, "", errSimInProgress)
+		return
 	}
 	if len(parts) != 1 {
 		sn.settle(id, parts, decreev1.ParticipantState_PARTICIPANT_STATE_UNSPECIFIED, respond)
@@ -564,7 +571,14 @@ func (sn *simNode) serveOutcome(id string, parts []string, respond func(decreev1
 func (sn *simNode) settle(id string, parts []string, st decreev1.ParticipantState, respond func(decreev1.Outcome, string, error)) {
 	outcome, reason := settleDecision(st)
 	term := sn.term
-	sn.propose(decideCommand(id, outcome, parts, reason, sn.w.now.UnixNano()), func(r Result) {
+	cmd := decideCommand(id, outcome, parts, reason, sn.w.now.UnixNano())
+	cmd.GetDecide().Presumed = st == decreev1.ParticipantState_PARTICIPANT_STATE_UNSPECIFIED
+	sn.propose(cmd, func(r Result) {
+		if r.Outcome == decreev1.Outcome_OUTCOME_UNSPECIFIED {
+			sn.coreStep(RecoverStaged{ID: id, Participants: r.Participants})
+			respond(0, "", errSimInProgress)
+			return
+		}
 		sn.w.noteDecision(id, r.Outcome, fmt.Sprintf("n%d settled", sn.id))
 		sn.coreStep(DecisionApplied{ID: id, Term: term, Outcome: r.Outcome, Reason: r.Reason, Participants: r.Participants})
 		respond(r.Outcome, r.Reason, nil)

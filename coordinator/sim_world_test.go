@@ -74,10 +74,15 @@ type faultPlan struct {
 	clients     int
 	readOnlyPct float64
 	noPct       float64
+	parallel    bool
 }
 
 func (p faultPlan) String() string {
-	return fmt.Sprintf("drop=%.2f dup=%.2f delay<=%v crash-nodes=%v crash-participants=%v partitions=%v pauses=%v every~%v for %v, %d clients",
+	mode := "classic 2PC"
+	if p.parallel {
+		mode = "parallel commit"
+	}
+	return mode + fmt.Sprintf(", drop=%.2f dup=%.2f delay<=%v crash-nodes=%v crash-participants=%v partitions=%v pauses=%v every~%v for %v, %d clients",
 		p.drop, p.dup, p.maxDelay, p.crashNodes, p.crashParts, p.partitions, p.pauses, p.faultEvery, p.activeFor, p.clients)
 }
 
@@ -153,6 +158,7 @@ func (w *world) drawPlan() faultPlan {
 		clients:     2 + r.IntN(3),
 		readOnlyPct: pick(0, 0.05),
 		noPct:       pick(0.02, 0.1),
+		parallel:    r.IntN(2) == 0,
 	}
 }
 

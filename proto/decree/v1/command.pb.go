@@ -84,7 +84,11 @@ type Decide struct {
 	// decided_at is the proposer's wall clock, unix nanoseconds.
 	DecidedAt int64 `protobuf:"varint,4,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
 	// reason says why an abort was decided.
-	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// presumed marks a presumed abort (an id nobody decided): it does not
+	// apply to a staged transaction, whose outcome its participants' durable
+	// votes decide (parallel commit); it is then a no-op.
+	Presumed      bool `protobuf:"varint,6,opt,name=presumed,proto3" json:"presumed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -154,6 +158,69 @@ func (x *Decide) GetReason() string {
 	return ""
 }
 
+func (x *Decide) GetPresumed() bool {
+	if x != nil {
+		return x.Presumed
+	}
+	return false
+}
+
+// Staged records, in parallel with the prepares, that a transaction is
+// voting (parallel commit): once it has applied and every participant's YES
+// is durable, the transaction is committed. A new leader that finds it
+// without a decision asks every participant, aborting where none was cast.
+type Staged struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TxnId         string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Participants  []string               `protobuf:"bytes,2,rep,name=participants,proto3" json:"participants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Staged) Reset() {
+	*x = Staged{}
+	mi := &file_decree_v1_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Staged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Staged) ProtoMessage() {}
+
+func (x *Staged) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Staged.ProtoReflect.Descriptor instead.
+func (*Staged) Descriptor() ([]byte, []int) {
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Staged) GetTxnId() string {
+	if x != nil {
+		return x.TxnId
+	}
+	return ""
+}
+
+func (x *Staged) GetParticipants() []string {
+	if x != nil {
+		return x.Participants
+	}
+	return nil
+}
+
 // Collect deletes finished records whose finished_at is before `before`
 // and raises the retention horizon to it: ids minted earlier that have no
 // record are then FORGOTTEN rather than presumed aborted.
@@ -166,7 +233,7 @@ type Collect struct {
 
 func (x *Collect) Reset() {
 	*x = Collect{}
-	mi := &file_decree_v1_command_proto_msgTypes[1]
+	mi := &file_decree_v1_command_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -178,7 +245,7 @@ func (x *Collect) String() string {
 func (*Collect) ProtoMessage() {}
 
 func (x *Collect) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_command_proto_msgTypes[1]
+	mi := &file_decree_v1_command_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -191,7 +258,7 @@ func (x *Collect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Collect.ProtoReflect.Descriptor instead.
 func (*Collect) Descriptor() ([]byte, []int) {
-	return file_decree_v1_command_proto_rawDescGZIP(), []int{1}
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Collect) GetBefore() int64 {
@@ -212,7 +279,7 @@ type Finished struct {
 
 func (x *Finished) Reset() {
 	*x = Finished{}
-	mi := &file_decree_v1_command_proto_msgTypes[2]
+	mi := &file_decree_v1_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -224,7 +291,7 @@ func (x *Finished) String() string {
 func (*Finished) ProtoMessage() {}
 
 func (x *Finished) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_command_proto_msgTypes[2]
+	mi := &file_decree_v1_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -237,7 +304,7 @@ func (x *Finished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finished.ProtoReflect.Descriptor instead.
 func (*Finished) Descriptor() ([]byte, []int) {
-	return file_decree_v1_command_proto_rawDescGZIP(), []int{2}
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Finished) GetTxnIds() []string {
@@ -261,6 +328,7 @@ type Command struct {
 	//	*Command_Decide
 	//	*Command_Finished
 	//	*Command_Collect
+	//	*Command_Staged
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -268,7 +336,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_decree_v1_command_proto_msgTypes[3]
+	mi := &file_decree_v1_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +348,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_command_proto_msgTypes[3]
+	mi := &file_decree_v1_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +361,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_decree_v1_command_proto_rawDescGZIP(), []int{3}
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Command) GetKind() isCommand_Kind {
@@ -330,6 +398,15 @@ func (x *Command) GetCollect() *Collect {
 	return nil
 }
 
+func (x *Command) GetStaged() *Staged {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_Staged); ok {
+			return x.Staged
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -346,11 +423,17 @@ type Command_Collect struct {
 	Collect *Collect `protobuf:"bytes,3,opt,name=collect,proto3,oneof"`
 }
 
+type Command_Staged struct {
+	Staged *Staged `protobuf:"bytes,4,opt,name=staged,proto3,oneof"`
+}
+
 func (*Command_Decide) isCommand_Kind() {}
 
 func (*Command_Finished) isCommand_Kind() {}
 
 func (*Command_Collect) isCommand_Kind() {}
+
+func (*Command_Staged) isCommand_Kind() {}
 
 // Proposal is one caller's command, tagged so the proposing node can hand
 // the applied result back to the caller waiting for it.
@@ -367,7 +450,7 @@ type Proposal struct {
 
 func (x *Proposal) Reset() {
 	*x = Proposal{}
-	mi := &file_decree_v1_command_proto_msgTypes[4]
+	mi := &file_decree_v1_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +462,7 @@ func (x *Proposal) String() string {
 func (*Proposal) ProtoMessage() {}
 
 func (x *Proposal) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_command_proto_msgTypes[4]
+	mi := &file_decree_v1_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +475,7 @@ func (x *Proposal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Proposal.ProtoReflect.Descriptor instead.
 func (*Proposal) Descriptor() ([]byte, []int) {
-	return file_decree_v1_command_proto_rawDescGZIP(), []int{4}
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Proposal) GetId() uint64 {
@@ -427,7 +510,7 @@ type ProposalBatch struct {
 
 func (x *ProposalBatch) Reset() {
 	*x = ProposalBatch{}
-	mi := &file_decree_v1_command_proto_msgTypes[5]
+	mi := &file_decree_v1_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +522,7 @@ func (x *ProposalBatch) String() string {
 func (*ProposalBatch) ProtoMessage() {}
 
 func (x *ProposalBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_command_proto_msgTypes[5]
+	mi := &file_decree_v1_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +535,7 @@ func (x *ProposalBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposalBatch.ProtoReflect.Descriptor instead.
 func (*ProposalBatch) Descriptor() ([]byte, []int) {
-	return file_decree_v1_command_proto_rawDescGZIP(), []int{5}
+	return file_decree_v1_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ProposalBatch) GetProposals() []*Proposal {
@@ -466,24 +549,29 @@ var File_decree_v1_command_proto protoreflect.FileDescriptor
 
 const file_decree_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x17decree/v1/command.proto\x12\tdecree.v1\"\xa8\x01\n" +
+	"\x17decree/v1/command.proto\x12\tdecree.v1\"\xc4\x01\n" +
 	"\x06Decide\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12,\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x12.decree.v1.OutcomeR\aoutcome\x12\"\n" +
 	"\fparticipants\x18\x03 \x03(\tR\fparticipants\x12\x1d\n" +
 	"\n" +
 	"decided_at\x18\x04 \x01(\x03R\tdecidedAt\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"!\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bpresumed\x18\x06 \x01(\bR\bpresumed\"C\n" +
+	"\x06Staged\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12\"\n" +
+	"\fparticipants\x18\x02 \x03(\tR\fparticipants\"!\n" +
 	"\aCollect\x12\x16\n" +
 	"\x06before\x18\x01 \x01(\x03R\x06before\"D\n" +
 	"\bFinished\x12\x17\n" +
 	"\atxn_ids\x18\x01 \x03(\tR\x06txnIds\x12\x1f\n" +
 	"\vfinished_at\x18\x02 \x01(\x03R\n" +
-	"finishedAt\"\xa1\x01\n" +
+	"finishedAt\"\xce\x01\n" +
 	"\aCommand\x12+\n" +
 	"\x06decide\x18\x01 \x01(\v2\x11.decree.v1.DecideH\x00R\x06decide\x121\n" +
 	"\bfinished\x18\x02 \x01(\v2\x13.decree.v1.FinishedH\x00R\bfinished\x12.\n" +
-	"\acollect\x18\x03 \x01(\v2\x12.decree.v1.CollectH\x00R\acollectB\x06\n" +
+	"\acollect\x18\x03 \x01(\v2\x12.decree.v1.CollectH\x00R\acollect\x12+\n" +
+	"\x06staged\x18\x04 \x01(\v2\x11.decree.v1.StagedH\x00R\x06stagedB\x06\n" +
 	"\x04kind\"d\n" +
 	"\bProposal\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1a\n" +
@@ -509,28 +597,30 @@ func file_decree_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_decree_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_decree_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_decree_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_decree_v1_command_proto_goTypes = []any{
 	(Outcome)(0),          // 0: decree.v1.Outcome
 	(*Decide)(nil),        // 1: decree.v1.Decide
-	(*Collect)(nil),       // 2: decree.v1.Collect
-	(*Finished)(nil),      // 3: decree.v1.Finished
-	(*Command)(nil),       // 4: decree.v1.Command
-	(*Proposal)(nil),      // 5: decree.v1.Proposal
-	(*ProposalBatch)(nil), // 6: decree.v1.ProposalBatch
+	(*Staged)(nil),        // 2: decree.v1.Staged
+	(*Collect)(nil),       // 3: decree.v1.Collect
+	(*Finished)(nil),      // 4: decree.v1.Finished
+	(*Command)(nil),       // 5: decree.v1.Command
+	(*Proposal)(nil),      // 6: decree.v1.Proposal
+	(*ProposalBatch)(nil), // 7: decree.v1.ProposalBatch
 }
 var file_decree_v1_command_proto_depIdxs = []int32{
 	0, // 0: decree.v1.Decide.outcome:type_name -> decree.v1.Outcome
 	1, // 1: decree.v1.Command.decide:type_name -> decree.v1.Decide
-	3, // 2: decree.v1.Command.finished:type_name -> decree.v1.Finished
-	2, // 3: decree.v1.Command.collect:type_name -> decree.v1.Collect
-	4, // 4: decree.v1.Proposal.command:type_name -> decree.v1.Command
-	5, // 5: decree.v1.ProposalBatch.proposals:type_name -> decree.v1.Proposal
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	4, // 2: decree.v1.Command.finished:type_name -> decree.v1.Finished
+	3, // 3: decree.v1.Command.collect:type_name -> decree.v1.Collect
+	2, // 4: decree.v1.Command.staged:type_name -> decree.v1.Staged
+	5, // 5: decree.v1.Proposal.command:type_name -> decree.v1.Command
+	6, // 6: decree.v1.ProposalBatch.proposals:type_name -> decree.v1.Proposal
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_decree_v1_command_proto_init() }
@@ -538,10 +628,11 @@ func file_decree_v1_command_proto_init() {
 	if File_decree_v1_command_proto != nil {
 		return
 	}
-	file_decree_v1_command_proto_msgTypes[3].OneofWrappers = []any{
+	file_decree_v1_command_proto_msgTypes[4].OneofWrappers = []any{
 		(*Command_Decide)(nil),
 		(*Command_Finished)(nil),
 		(*Command_Collect)(nil),
+		(*Command_Staged)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -549,7 +640,7 @@ func file_decree_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_decree_v1_command_proto_rawDesc), len(file_decree_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
