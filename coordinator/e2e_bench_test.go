@@ -14,7 +14,12 @@ import (
 //
 //	go test ./coordinator -run xxx -bench Commit2PC -benchtime 1000x
 func BenchmarkCommit2PC(b *testing.B) {
-	e := newE2E(b, 2)
+	b.Run("classic", func(b *testing.B) { benchCommit(b, false) })
+	b.Run("parallel", func(b *testing.B) { benchCommit(b, true) })
+}
+
+func benchCommit(b *testing.B, parallel bool) {
+	e := newE2EWith(b, 2, parallel)
 	lead := e.leader()
 	syncs := func() (leader, all, parts uint64) {
 		for id, m := range e.members {

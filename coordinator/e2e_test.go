@@ -215,9 +215,15 @@ type e2e struct {
 
 func newE2E(t testing.TB, participants int) *e2e {
 	t.Helper()
+	return newE2EWith(t, participants, false)
+}
+
+func newE2EWith(t testing.TB, participants int, parallel bool) *e2e {
+	t.Helper()
 	c := newTestClusterWith(t, 3, nil, func(d *coordinator.DriverConfig) {
 		d.Core.PrepareTimeout = 2 * time.Second
 		d.Core.RetryMax = 200 * time.Millisecond
+		d.Core.ParallelCommit = parallel
 	})
 	var eps []string
 	for id := uint64(1); id <= 3; id++ {

@@ -35,6 +35,7 @@ const (
 type benchFlags struct {
 	endpoints    []string
 	embedded     bool
+	parallel     bool
 	clients      int
 	participants int
 	duration     time.Duration
@@ -98,6 +99,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchFlags, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.StringVar(&endpoints, "endpoints", "", "comma-separated host:port of a running cluster's nodes")
 	fs.BoolVar(&f.embedded, "embedded", false, "start a local 3-node cluster in this process and benchmark it")
+	fs.BoolVar(&f.parallel, "parallel-commit", false, "with --embedded: run the cluster with parallel commit (one consensus round)")
 	fs.IntVar(&f.clients, "clients", 16, "concurrent clients, each committing one transaction at a time")
 	fs.IntVar(&f.participants, "participants", 2, "participants (null participant servers in this process) per transaction")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long to run; with --count, a time limit (10m unless given)")
@@ -182,7 +184,7 @@ func setUpBench(ctx context.Context, f benchFlags, logger zerolog.Logger) (_ *be
 		}
 	}()
 	if f.embedded {
-		env.cluster, err = startEmbeddedCluster(filepath.Join(dir, "coordinators"), logger)
+		env.cluster, err = startEmbeddedCluster(filepath.Join(dir, "coordinators"), f.parallel, logger)
 		if err != nil {
 			return nil, err
 		}

@@ -39,7 +39,7 @@ type embeddedNode struct {
 
 const embeddedSize = 3
 
-func startEmbeddedCluster(dir string, logger zerolog.Logger) (_ *embeddedCluster, err error) {
+func startEmbeddedCluster(dir string, parallel bool, logger zerolog.Logger) (_ *embeddedCluster, err error) {
 	c := &embeddedCluster{}
 	defer func() {
 		if err != nil {
@@ -80,6 +80,7 @@ func startEmbeddedCluster(dir string, logger zerolog.Logger) (_ *embeddedCluster
 			return nil, fmt.Errorf("start node %d: %w", id, err)
 		}
 		m.drv = coordinator.NewDriver(m.node, coordinator.DriverConfig{
+			Core:        coordinator.CoreConfig{ParallelCommit: parallel},
 			MaxBranches: benchMaxParticipants, MaxPayload: benchMaxPayload, Logger: logger,
 		})
 		m.srv = grpc.NewServer(coordinator.ServerOptions()...)

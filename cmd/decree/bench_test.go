@@ -131,7 +131,7 @@ func TestBenchAbortRatio(t *testing.T) {
 // TestBenchEndpoints drives a cluster the bench did not start, and reads
 // its CPU and fsyncs over the Admin service.
 func TestBenchEndpoints(t *testing.T) {
-	cl, err := startEmbeddedCluster(t.TempDir(), zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+	cl, err := startEmbeddedCluster(t.TempDir(), true, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
 	if err != nil {
 		t.Fatal(err)
 	}

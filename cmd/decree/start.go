@@ -34,6 +34,7 @@ type startFlags struct {
 	retention     time.Duration
 	maxBranches   int
 	maxPayload    int
+	parallel      bool
 	logLevel      string
 	logFormat     string
 }
@@ -53,6 +54,7 @@ func runStart(args []string, _, stderr io.Writer) error {
 	fs.DurationVar(&f.retention, "retention", 24*time.Hour, "keep finished transaction records this long for outcome queries")
 	fs.IntVar(&f.maxBranches, "max-branches", 64, "most participants one transaction may have")
 	fs.IntVar(&f.maxPayload, "max-payload", 1<<20, "largest branch payload in bytes")
+	fs.BoolVar(&f.parallel, "parallel-commit", false, "stage transactions in raft while they vote: COMMITTED after one consensus round")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -132,7 +134,7 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 		return err
 	}
 	drv := coordinator.NewDriver(node, coordinator.DriverConfig{
-		Core:        coordinator.CoreConfig{PrepareTimeout: f.prepTimeout, Retention: f.retention},
+		Core:        coordinator.CoreConfig{PrepareTimeout: f.prepTimeout, Retention: f.retention, ParallelCommit: f.parallel},
 		MaxBranches: f.maxBranches,
 		MaxPayload:  f.maxPayload,
 		Logger:      logger,
