@@ -473,7 +473,7 @@ func (c *Core) decisionApplied(e DecisionApplied) {
 		return
 	}
 	if t.replied && e.Outcome != decreev1.Outcome_OUTCOME_COMMITTED {
-		c.emit(Conflict{ID: t.id, What: "one-phase commit acknowledged to the client, but " + outcomeWord(e.Outcome) + " applied first"})
+		c.emit(Conflict{ID: t.id, What: "COMMITTED was acknowledged to the client (one-phase or parallel commit), but " + outcomeWord(e.Outcome) + " applied first"})
 	}
 	t.outcome, t.reason = e.Outcome, e.Reason
 	c.replyAll(t, e.Outcome, e.Reason)
