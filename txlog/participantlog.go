@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
 )
 
@@ -52,18 +51,9 @@ type ParticipantLog struct {
 // directory is in use, the error wraps ErrLocked. A coordinator data
 // directory is refused.
 func OpenParticipantLog(dir string, opts Options) (*ParticipantLog, error) {
-	fsys := opts.FS
-	if fsys == nil {
-		fsys = vfs.Default
-	}
-	lock, err := lockDir(dir, fsys)
+	db, lock, err := openLocked(dir, opts)
 	if err != nil {
 		return nil, err
-	}
-	db, err := openPebble(dir, fsys, lock, opts)
-	if err != nil {
-		_ = lock.Close()
-		return nil, fmt.Errorf("open pebble in %s: %w", dir, err)
 	}
 	l := &ParticipantLog{db: db, lock: lock, log: opts.Logger.With().Str("component", "participantlog").Logger()}
 	if err := l.checkStamp(dir); err != nil {

@@ -78,18 +78,9 @@ var _ raft.Storage = (*Store)(nil)
 // id; an existing one must carry the same id, otherwise the error wraps
 // ErrIdentityMismatch. If the directory is in use, the error wraps ErrLocked.
 func Open(dir string, id Identity, opts Options) (*Store, error) {
-	fsys := opts.FS
-	if fsys == nil {
-		fsys = vfs.Default
-	}
-	lock, err := lockDir(dir, fsys)
+	db, lock, err := openLocked(dir, opts)
 	if err != nil {
 		return nil, err
-	}
-	db, err := openPebble(dir, fsys, lock, opts)
-	if err != nil {
-		_ = lock.Close()
-		return nil, fmt.Errorf("open pebble in %s: %w", dir, err)
 	}
 	s := &Store{db: db, lock: lock, log: opts.Logger}
 	if err := s.load(dir, id); err != nil {
@@ -103,6 +94,25 @@ func Open(dir string, id Identity, opts Options) (*Store, error) {
 
 // lockDir takes Pebble's directory lock before Pebble opens, so that a lock
 // conflict can be told apart from other open failures.
+// openLocked takes dir's lock (ErrLocked if another process or store holds
+// it) and opens Pebble there; on failure nothing stays held.
+func openLocked(dir string, opts Options) (*pebble.DB, *pebble.Lock, error) {
+	fsys := opts.FS
+	if fsys == nil {
+		fsys = vfs.Default
+	}
+	lock, err := lockDir(dir, fsys)
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := openPebble(dir, fsys, lock, opts)
+	if err != nil {
+		_ = lock.Close()
+		return nil, nil, fmt.Errorf("open pebble in %s: %w", dir, err)
+	}
+	return db, lock, nil
+}
+
 func lockDir(dir string, fsys vfs.FS) (*pebble.Lock, error) {
 	if err := fsys.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
