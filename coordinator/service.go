@@ -265,6 +265,8 @@ func (d *Driver) forwarder(ctx context.Context) (decreev1.CoordinatorClient, err
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "cannot reach leader %d at %s: %v", st.Leader, addr, err)
 	}
+	// Name the leader so the client goes there directly next time.
+	_ = grpc.SetHeader(ctx, metadata.Pairs(LeaderHintKey, addr))
 	return decreev1.NewCoordinatorClient(conn), nil
 }
 

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
@@ -71,6 +73,29 @@ func TestClientCommitFollowsLeaderHint(t *testing.T) {
 	}
 	if d := clock.delays(); len(d) != 0 {
 		t.Errorf("waited %v before following a hint", d)
+	}
+}
+
+// A follower that forwarded a call names the leader in a header; the
+// client goes straight to the leader from then on.
+func TestClientMovesToTheLeaderAFollowerNamed(t *testing.T) {
+	leader := startFake(t, func(f *fakeNode) { f.onCommit = committed })
+	follower := startFake(t, func(f *fakeNode) {
+		f.onCommit = func(ctx context.Context, n int, req *decreev1.CommitRequest) (*decreev1.CommitResponse, error) {
+			if err := grpc.SetHeader(ctx, metadata.Pairs(LeaderHintKey, leader.addr)); err != nil {
+				return nil, err
+			}
+			return committed(ctx, n, req)
+		}
+	})
+	c := dialTest(t, &instantClock{}, follower.addr, leader.addr)
+	for range 3 {
+		if res, err := c.Commit(testCtx(t), transfer); err != nil || res.State != StateCommitted {
+			t.Fatalf("Commit = %+v, %v", res, err)
+		}
+	}
+	if f, l := len(follower.commitCalls()), len(leader.commitCalls()); f != 1 || l != 2 {
+		t.Fatalf("follower got %d commits, leader %d; want 1 and 2", f, l)
 	}
 }
 

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -80,7 +81,9 @@ func (c *Client) until(ctx context.Context, op string, retryAmbiguous bool, call
 		addr := c.current()
 		hint, err := c.attempt(ctx, addr, call)
 		if err == nil {
-			c.worked(addr)
+			// A node that forwarded the call names the leader: go there
+			// next time and save the hop.
+			c.worked(cmp.Or(hint, addr))
 			return nil
 		}
 		class := classify(err)
@@ -106,8 +109,8 @@ func (c *Client) until(ctx context.Context, op string, retryAmbiguous bool, call
 	}
 }
 
-// attempt makes one call on addr and returns, on failure, the leader hint the
-// node sent, if it is a valid address.
+// attempt makes one call on addr and returns the leader hint the node sent
+// (with a refusal, or with an answer it forwarded), if it is a valid address.
 func (c *Client) attempt(ctx context.Context, addr string, call rpc) (string, error) {
 	cc, err := c.conn(addr)
 	if err != nil {
@@ -115,9 +118,6 @@ func (c *Client) attempt(ctx context.Context, addr string, call rpc) (string, er
 	}
 	var header, trailer metadata.MD
 	err = call(ctx, decreev1.NewCoordinatorClient(cc), grpc.Header(&header), grpc.Trailer(&trailer))
-	if err == nil {
-		return "", nil
-	}
 	return c.leaderHint(header, trailer), err
 }
 
