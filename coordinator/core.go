@@ -104,6 +104,7 @@ type coreTxn struct {
 	failure      string     // why a one-phase prepare got no answer
 	parallel     bool       // staged in raft while voting
 	staged       bool       // the Staged record applied, without a decision
+	presumed     bool       // the decision in flight yields to a staged record
 	resolved     map[string]decreev1.ParticipantState
 	outcome      decreev1.Outcome
 	replied      bool
@@ -225,6 +226,13 @@ func (c *Core) clientCommit(e ClientCommit) {
 		c.emit(Reply{Req: e.Req, ID: e.ID, Err: ErrNotLeader})
 		return
 	}
+	if _, ok := c.txns[e.ID]; !ok && e.Staged {
+		parts := make([]string, len(e.Branches))
+		for i, b := range e.Branches {
+			parts[i] = b.Participant
+		}
+		c.recoverStaged(e.ID, parts)
+	}
 	if t, ok := c.txns[e.ID]; ok {
 		// A retry of a transaction in flight joins it.
 		if t.phase == phaseDelivering {
@@ -318,6 +326,15 @@ func (c *Core) prepareFailed(e PrepareFailed) {
 		return
 	}
 	t.votes[e.Participant] = decreev1.Vote_VOTE_UNSPECIFIED
+	c.abortFailed(t, reason)
+}
+
+// abortFailed aborts a transaction a participant did not vote on (an
+// error or a timeout, not a NO). Under parallel commit the abort yields
+// to a staged record: the transaction may have committed through another
+// leader, so only its participants' votes can decide it.
+func (c *Core) abortFailed(t *coreTxn, reason string) {
+	t.presumed = t.parallel
 	c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, reason)
 }
 
@@ -456,7 +473,7 @@ func (c *Core) decide(t *coreTxn, o decreev1.Outcome, reason string) {
 
 func (c *Core) proposeDecision(t *coreTxn) {
 	c.emit(ProposeDecide{ID: t.id, Outcome: t.proposed, Reason: t.reason,
-		Participants: slices.Clone(t.participants), DecidedAt: c.now.UnixNano(), Term: c.term})
+		Participants: slices.Clone(t.participants), DecidedAt: c.now.UnixNano(), Term: c.term, Presumed: t.presumed})
 }
 
 func (c *Core) decisionApplied(e DecisionApplied) {
@@ -464,6 +481,15 @@ func (c *Core) decisionApplied(e DecisionApplied) {
 		return
 	}
 	t, ok := c.txns[e.ID]
+	if e.Outcome == decreev1.Outcome_OUTCOME_UNSPECIFIED {
+		// A presumed abort met a staged record: settle it by the votes.
+		if ok && t.phase == phaseDeciding && t.presumed {
+			t.phase, t.presumed = phaseRecovering, false
+			t.votes, t.resolved = map[string]decreev1.Vote{}, map[string]decreev1.ParticipantState{}
+			c.resolveUnanswered(t)
+		}
+		return
+	}
 	if !ok {
 		// A decision the driver proposed itself (presumed abort for an
 		// outcome query): run its phase 2 like any other.
@@ -661,7 +687,7 @@ func (c *Core) tickTxn(t *coreTxn) {
 		if !c.now.Before(t.deadline) && t.onePhase {
 			c.resolveOnePhase(t, c.silentReason(t))
 		} else if !c.now.Before(t.deadline) {
-			c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, c.silentReason(t))
+			c.abortFailed(t, c.silentReason(t))
 		}
 	case phaseResolving:
 		if t.retry.fire(c.now) {

@@ -30,6 +30,10 @@ type ClientCommit struct {
 	Req      uint64
 	ID       string
 	Branches []BranchSpec
+	// Staged says the cluster holds a Staged record for the id without a
+	// decision: its participants' votes decide it, so the leader settles
+	// it (recovery) rather than voting again.
+	Staged bool
 }
 
 // VoteReceived is a participant's answer to Prepare.
@@ -173,6 +177,9 @@ type ProposeDecide struct {
 	Participants []string
 	DecidedAt    int64
 	Term         uint64
+	// Presumed makes it a no-op on a staged record (parallel commit): an
+	// abort for a failure, not a NO vote. It then applies as unspecified.
+	Presumed bool
 }
 
 // ProposeStaged replicates, in parallel with the prepares, that the
@@ -244,6 +251,9 @@ func (a ResolveAtParticipant) String() string {
 
 func (a ProposeDecide) String() string {
 	s := fmt.Sprintf("propose decide %s %s [%s]", a.ID, outcomeWord(a.Outcome), strings.Join(a.Participants, " "))
+	if a.Presumed {
+		s += " (presumed)"
+	}
 	if a.Reason != "" {
 		s += ": " + a.Reason
 	}

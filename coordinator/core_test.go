@@ -325,3 +325,31 @@ func TestCoreParallelCommit(t *testing.T) {
 		t.Run(name, func(t *testing.T) { runCore(t, CoreConfig{ParallelCommit: true}, steps) })
 	}
 }
+
+func TestCoreParallelCommitNeverAbortsAStagedTransactionOnAFailure(t *testing.T) {
+	prepared := decreev1.ParticipantState_PARTICIPANT_STATE_PREPARED
+	staged := DecisionApplied{ID: "t1", Term: 2, Outcome: decreev1.Outcome_OUTCOME_UNSPECIFIED, Participants: []string{"a", "b"}}
+	for name, steps := range map[string][]coreStep{
+		"a prepare timeout aborts only if nothing was staged; else the votes decide": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)", "propose staged t1 [a b]"}},
+			{ev: StagedApplied{ID: "t1", Term: 2}},
+			{ev: vote("t1", "a", yes)},
+			{at: 5 * time.Second, ev: Tick{}, want: []string{"propose decide t1 aborted [a b] (presumed): prepare timed out after 5s waiting for [b]"}},
+			{ev: staged, want: []string{"resolve t1 at a (term 2)", "resolve t1 at b (term 2)"}},
+			{ev: ParticipantResolved{ID: "t1", Participant: "a", Term: 2, State: prepared}},
+			{ev: ParticipantResolved{ID: "t1", Participant: "b", Term: 2, State: prepared}, want: []string{"propose decide t1 committed [a b]"}},
+			{ev: applied("t1", commitO, "", "a", "b"), want: []string{"reply 1 t1 committed", "commit t1 -> a (term 2)", "commit t1 -> b (term 2)"}},
+		},
+		"a commit of a staged transaction joins its recovery instead of voting again": {
+			becomeLeader,
+			{ev: ClientCommit{Req: 1, ID: "t1", Branches: []BranchSpec{{Participant: "a"}, {Participant: "b"}}, Staged: true},
+				want: []string{"resolve t1 at a (term 2)", "resolve t1 at b (term 2)"}},
+			{ev: ParticipantResolved{ID: "t1", Participant: "a", Term: 2, State: prepared}},
+			{ev: ParticipantResolved{ID: "t1", Participant: "b", Term: 2, State: prepared}, want: []string{"propose decide t1 committed [a b]"}},
+			{ev: applied("t1", commitO, "", "a", "b"), want: []string{"reply 1 t1 committed", "commit t1 -> a (term 2)", "commit t1 -> b (term 2)"}},
+		},
+	} {
+		t.Run(name, func(t *testing.T) { runCore(t, CoreConfig{ParallelCommit: true}, steps) })
+	}
+}

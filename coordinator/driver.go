@@ -243,7 +243,9 @@ func (d *Driver) propose(ctx context.Context, cmd *decreev1.Command) (Result, er
 }
 
 func (d *Driver) proposeDecide(ctx context.Context, a ProposeDecide) {
-	res, err := d.propose(ctx, decideCommand(a.ID, a.Outcome, a.Participants, a.Reason, a.DecidedAt))
+	cmd := decideCommand(a.ID, a.Outcome, a.Participants, a.Reason, a.DecidedAt)
+	cmd.GetDecide().Presumed = a.Presumed
+	res, err := d.propose(ctx, cmd)
 	if err != nil {
 		d.log.Warn().Err(err).Str("txn", a.ID).Msg("decision not applied; will retry")
 		d.feed(ProposeFailed{ID: a.ID, Term: a.Term, Err: err.Error()})
@@ -309,7 +311,10 @@ func (d *Driver) sendDecision(ctx context.Context, a SendDecision) {
 // loadUnfinished catches up with everything committed before this
 // leadership (ReadIndex), then reports applied, unfinished decisions.
 func (d *Driver) loadUnfinished(ctx context.Context, a LoadUnfinished) {
-	for ctx.Err() == nil && d.term.Load() == a.Term {
+	for {
+		if ctx.Err() != nil || d.term.Load() != a.Term || !d.leader.Load() {
+			return // the leadership ended; the next one scans again
+		}
 		rctx, cancel := context.WithTimeout(ctx, d.cfg.CallTimeout)
 		err := d.node.ReadIndex(rctx)
 		cancel()
@@ -319,6 +324,7 @@ func (d *Driver) loadUnfinished(ctx context.Context, a LoadUnfinished) {
 		if errors.Is(err, ErrStopped) {
 			return
 		}
+		d.pause(ctx, d.cfg.Core.RetryMin)
 	}
 	txns, staged, err := scanUnfinished(d.node.store)
 	if err != nil {
@@ -347,6 +353,16 @@ func scanUnfinished(s interface {
 		return true
 	})
 	return txns, staged, err
+}
+
+// pause waits about d (one tick of the injected clock) or until ctx ends.
+func (d *Driver) pause(ctx context.Context, dur time.Duration) {
+	tick, stop := d.cfg.Clock.NewTicker(dur)
+	defer stop()
+	select {
+	case <-tick:
+	case <-ctx.Done():
+	}
 }
 
 // await registers a waiter for a Reply and returns its request id.

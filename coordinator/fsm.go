@@ -177,7 +177,12 @@ func (a *applier) collect(c *decreev1.Collect, index uint64) (Result, error) {
 	if c.GetBefore() <= cur {
 		return res, nil
 	}
-	expired := func(r *txlog.Record) bool { return r != nil && r.Finished && r.FinishedAt < c.GetBefore() }
+	// A record goes only once its id is below the new horizon too, so an
+	// outcome query for it answers FORGOTTEN, never a presumed abort (the
+	// id's time comes from the client's clock, FinishedAt from the leader's).
+	expired := func(r *txlog.Record) bool {
+		return r != nil && r.Finished && r.FinishedAt < c.GetBefore() && isForgotten(r.ID, c.GetBefore())
+	}
 	drop := make(map[string]bool)
 	err = a.store.ScanRecords(func(r *txlog.Record) bool {
 		drop[r.ID] = expired(r)

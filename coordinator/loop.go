@@ -249,10 +249,11 @@ func (n *Node) handleReady(rd raft.Ready) error {
 // still is in it: only then are its messages appends and heartbeats of the
 // current term, safe to send before persisting.
 func (n *Node) isLeading(rd raft.Ready) bool {
-	if n.status.Load().Role != raft.StateLeader {
-		return false
+	was := n.role == raft.StateLeader
+	if rd.SoftState != nil {
+		n.role = rd.RaftState
 	}
-	return rd.SoftState == nil || rd.RaftState == raft.StateLeader
+	return was && n.role == raft.StateLeader
 }
 
 func (n *Node) installedSnapshot(snap *raftpb.Snapshot) {

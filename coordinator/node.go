@@ -65,6 +65,7 @@ type Node struct {
 	applied      uint64
 	snapIndex    uint64
 	ticks        uint64
+	role         raft.StateType // as of the last Ready handled
 }
 
 // Status is a node's view of its raft group.
@@ -186,6 +187,7 @@ func (n *Node) initRaft() error {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	n.rn = rn
+	n.role = rn.BasicStatus().RaftState
 	fresh := raft.IsEmptyHardState(hs) && last == 0 && raft.IsEmptySnap(snap)
 	if fresh {
 		peers := make([]raft.Peer, 0, len(n.cfg.Peers))

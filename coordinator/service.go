@@ -45,10 +45,13 @@ func (s *coordinatorService) Commit(ctx context.Context, req *decreev1.CommitReq
 		}
 		return fwd.Commit(forwardCtx(ctx), req)
 	}
+	staged := false
 	if r, ok, err := s.d.node.Record(req.GetTxnId()); err != nil {
 		return nil, status.Errorf(codes.Internal, "read record: %v", err)
 	} else if ok && r.Outcome != txlog.OutcomeUnknown {
 		return &decreev1.CommitResponse{TxnId: r.ID, State: stateOf(r.Outcome), Reason: r.Reason}, nil
+	} else if ok {
+		staged = true // settle it by its votes; never vote again
 	}
 	if forgotten, err := s.d.forgotten(req.GetTxnId()); err != nil || forgotten {
 		if err != nil {
@@ -56,7 +59,7 @@ func (s *coordinatorService) Commit(ctx context.Context, req *decreev1.CommitReq
 		}
 		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s is older than the retention horizon", req.GetTxnId())
 	}
-	r, err := s.d.runCommit(ctx, req.GetTxnId(), branches)
+	r, err := s.d.runCommit(ctx, req.GetTxnId(), branches, staged)
 	if err != nil {
 		return nil, s.d.statusOf(ctx, err)
 	}
@@ -64,10 +67,10 @@ func (s *coordinatorService) Commit(ctx context.Context, req *decreev1.CommitReq
 }
 
 // runCommit hands the transaction to the core and waits for its reply.
-func (d *Driver) runCommit(ctx context.Context, id string, branches []BranchSpec) (Reply, error) {
+func (d *Driver) runCommit(ctx context.Context, id string, branches []BranchSpec, staged bool) (Reply, error) {
 	req, ch := d.await()
 	defer d.forget(req)
-	d.feed(ClientCommit{Req: req, ID: id, Branches: branches})
+	d.feed(ClientCommit{Req: req, ID: id, Branches: branches, Staged: staged})
 	select {
 	case r := <-ch:
 		return r, r.Err
@@ -102,6 +105,12 @@ func (s *coordinatorService) Outcome(ctx context.Context, req *decreev1.OutcomeR
 		}
 		return &decreev1.OutcomeResponse{TxnId: id, State: decreev1.TxnState_TXN_STATE_FORGOTTEN}, nil
 	}
+	if len(req.GetParticipants()) == 0 {
+		// It may be a one-phase transaction that committed at its only
+		// participant: presuming abort without asking could contradict it.
+		return nil, status.Errorf(codes.InvalidArgument,
+			"transaction %s has no record here: name its participants to settle it (a one-phase transaction's outcome lives at its participant)", id)
+	}
 	res, err := s.d.settle(ctx, id, req.GetParticipants())
 	if errors.Is(err, ErrForgotten) {
 		return &decreev1.OutcomeResponse{TxnId: id, State: decreev1.TxnState_TXN_STATE_FORGOTTEN}, nil
@@ -134,7 +143,9 @@ func (d *Driver) settle(ctx context.Context, id string, participants []string) (
 	}
 	outcome, reason := settleDecision(st)
 	cmd := decideCommand(id, outcome, participants, reason, d.cfg.Clock.Now().UnixNano())
-	cmd.GetDecide().Presumed = st == decreev1.ParticipantState_PARTICIPANT_STATE_UNSPECIFIED
+	// Presumed either way: a staged record (parallel commit) must be
+	// decided by all its participants' votes, never by one caller's list.
+	cmd.GetDecide().Presumed = true
 	res, err := d.propose(ctx, cmd)
 	if err != nil || res.Outcome == decreev1.Outcome_OUTCOME_UNSPECIFIED {
 		return res, err

@@ -202,9 +202,21 @@ func TestOutcomeOfUnknownIDPresumesAbortDurably(t *testing.T) {
 	id := newTxnID(4)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := coordClient(t, c.peers[follower]).Outcome(ctx, &decreev1.OutcomeRequest{TxnId: id}, grpc.WaitForReady(true))
+	a, b := newFakeParticipant(t, decreev1.Vote_VOTE_YES), newFakeParticipant(t, decreev1.Vote_VOTE_YES)
+	// Without its participants an unknown id is not settled: it might be a
+	// one-phase transaction that committed at its only participant.
+	if _, err := coordClient(t, c.peers[follower]).Outcome(ctx, &decreev1.OutcomeRequest{TxnId: id}, grpc.WaitForReady(true)); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("outcome without participants: %v, want InvalidArgument", err)
+	}
+	resp, err := coordClient(t, c.peers[follower]).Outcome(ctx, &decreev1.OutcomeRequest{TxnId: id, Participants: []string{a.addr, b.addr}}, grpc.WaitForReady(true))
 	if err != nil || resp.GetState() != decreev1.TxnState_TXN_STATE_ABORTED {
 		t.Fatalf("outcome: %v %v", resp, err)
+	}
+	for _, p := range []*fakeParticipant{a, b} {
+		waitFor(t, 5*time.Second, "the presumed abort reaches "+p.addr, func() bool {
+			d := p.decisionsFor(id)
+			return len(d) > 0 && d[0] == "abort"
+		})
 	}
 	for nid, m := range c.members {
 		waitFor(t, 5*time.Second, "abort applied everywhere", func() bool {
@@ -267,7 +279,7 @@ func TestBadRequestsAreRefused(t *testing.T) {
 		t.Errorf("outcome of a bad id: %v", err)
 	}
 	// Nothing accepted before is lost: a good transaction still works.
-	if _, err := cc.Outcome(ctx, &decreev1.OutcomeRequest{TxnId: ok}); err != nil {
+	if _, err := cc.Outcome(ctx, &decreev1.OutcomeRequest{TxnId: ok, Participants: []string{"127.0.0.1:9", "127.0.0.1:10"}}); err != nil {
 		t.Errorf("good request after bad ones: %v", err)
 	}
 }
@@ -282,6 +294,16 @@ func TestCollectForgetsOldFinishedRecords(t *testing.T) {
 	if _, err := c.propose(lead, finished(old)); err != nil {
 		t.Fatal(err)
 	}
+	// Finished long ago by the leader's clock, but with an id from a
+	// client clock that runs ahead: it must stay, or its outcome query
+	// would be presumed aborted rather than answered FORGOTTEN.
+	skewed := newTxnID(9)
+	if _, err := c.propose(lead, decide(skewed, committed)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.propose(lead, finished(skewed)); err != nil {
+		t.Fatal(err)
+	}
 	before := time.Now().Add(-24 * time.Hour).UnixNano()
 	res, err := c.propose(lead, &decreev1.Command{Kind: &decreev1.Command_Collect{Collect: &decreev1.Collect{Before: before}}})
 	if err != nil {
@@ -291,6 +313,9 @@ func TestCollectForgetsOldFinishedRecords(t *testing.T) {
 	for _, m := range c.members {
 		if _, ok, _ := m.node.Record(old); ok {
 			t.Fatal("collected record still present")
+		}
+		if _, ok, _ := m.node.Record(skewed); !ok {
+			t.Fatal("a record whose id is above the horizon was collected")
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -261,7 +261,9 @@ func (sn *simNode) execute(a Action) {
 			sn.coreStep(ev)
 		})
 	case ProposeDecide:
-		sn.propose(decideCommand(a.ID, a.Outcome, a.Participants, a.Reason, a.DecidedAt), func(r Result) {
+		cmd := decideCommand(a.ID, a.Outcome, a.Participants, a.Reason, a.DecidedAt)
+		cmd.GetDecide().Presumed = a.Presumed
+		sn.propose(cmd, func(r Result) {
 			sn.w.noteDecision(a.ID, r.Outcome, fmt.Sprintf("n%d applied", sn.id))
 			sn.coreStep(DecisionApplied{ID: a.ID, Term: a.Term, Outcome: r.Outcome, Reason: r.Reason, Participants: r.Participants})
 		}, func(error) { sn.coreStep(ProposeFailed{ID: a.ID, Term: a.Term}) })
@@ -517,7 +519,8 @@ func (sn *simNode) serveCommit(t *simTxn, respond func(decreev1.Outcome, string,
 		respond(0, "", errSimNotLeader)
 		return
 	}
-	if r, ok, _ := sn.store.GetRecord(t.id); ok && r.Outcome != txlog.OutcomeUnknown {
+	r, staged, _ := sn.store.GetRecord(t.id)
+	if staged && r.Outcome != txlog.OutcomeUnknown {
 		o := outcomeFromRecord(r.Outcome)
 		sn.w.noteDecision(t.id, o, fmt.Sprintf("n%d record", sn.id))
 		respond(o, r.Reason, nil)
@@ -530,7 +533,7 @@ func (sn *simNode) serveCommit(t *simTxn, respond func(decreev1.Outcome, string,
 	for i, p := range t.parts {
 		branches[i] = BranchSpec{Participant: p, Payload: []byte(t.payloads[i])}
 	}
-	sn.coreStep(ClientCommit{Req: req, ID: t.id, Branches: branches})
+	sn.coreStep(ClientCommit{Req: req, ID: t.id, Branches: branches, Staged: staged})
 }
 
 // serveOutcome is the Coordinator service's Outcome on this node: the
@@ -572,7 +575,7 @@ func (sn *simNode) settle(id string, parts []string, st decreev1.ParticipantStat
 	outcome, reason := settleDecision(st)
 	term := sn.term
 	cmd := decideCommand(id, outcome, parts, reason, sn.w.now.UnixNano())
-	cmd.GetDecide().Presumed = st == decreev1.ParticipantState_PARTICIPANT_STATE_UNSPECIFIED
+	cmd.GetDecide().Presumed = true // as the service does
 	sn.propose(cmd, func(r Result) {
 		if r.Outcome == decreev1.Outcome_OUTCOME_UNSPECIFIED {
 			sn.coreStep(RecoverStaged{ID: id, Participants: r.Participants})

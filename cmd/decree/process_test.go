@@ -328,6 +328,11 @@ func checkTxnCommands(t *testing.T, c *procCluster, lead uint64) {
 		t.Fatal(err)
 	}
 	out, err := exec.Command(c.bin, "txn", "outcome", "--endpoints", c.endpoints(), id.String()).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "name its participants") {
+		t.Fatalf("decree txn outcome of an unknown id without participants: %v\n%s", err, out)
+	}
+	out, err = exec.Command(c.bin, "txn", "outcome", "--endpoints", c.endpoints(),
+		"--participants", "127.0.0.1:1,127.0.0.1:2", id.String()).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "aborted") {
 		t.Fatalf("decree txn outcome: %v\n%s", err, out)
 	}
