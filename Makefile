@@ -45,6 +45,19 @@ endif
 test-short:
 	$(GO) test -race -short -count=1 ./...
 
+## chaos: 5 minutes of seeded faults on a real 3-node cluster and 3 banks:
+## kills, pauses, iptables partitions (need root; skipped with a message
+## otherwise) and a slow/lossy fault proxy; then a full audit and a
+## linearizability check (CHAOS_FLAGS="-seed N" replays a schedule)
+CHAOS_FLAGS ?=
+.PHONY: chaos chaos-short
+chaos:
+	$(GO) test ./test/chaos -run 'TestChaos$$' -count=1 -v -timeout 20m -args -chaos -duration 5m -nemeses all $(CHAOS_FLAGS)
+
+## chaos-short: about 60 s of process-level faults (kill -9, SIGSTOP); what CI runs
+chaos-short:
+	$(GO) test ./test/chaos -run 'TestChaos$$' -count=1 -v -timeout 10m -args -chaos -duration 60s -nemeses process $(CHAOS_FLAGS)
+
 ## proto: regenerate the committed protobuf code
 proto:
 	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler" >&2; exit 1; }
