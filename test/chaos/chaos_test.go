@@ -30,6 +30,7 @@ var (
 	flagOut      = flag.String("out", "", "directory for the report, the history and the logs (default: a new one under $TMPDIR)")
 	flagKeep     = flag.Bool("keep", false, "keep the data dirs after a passing run")
 	flagBinDir   = flag.String("bin-dir", "", "use the decree and bank binaries in this directory instead of building them")
+	flagParallel = flag.Bool("parallel-commit", false, "run the coordinators with --parallel-commit")
 )
 
 const (

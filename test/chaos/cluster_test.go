@@ -182,6 +182,9 @@ func (c *cluster) newProc(m *member, i int) *proc {
 		p.bin = c.cfg.bins.decree
 		p.args = []string{"start", "--id", fmt.Sprint(m.id), "--peers", c.peersFlag, "--listen", m.addr,
 			"--data-dir", m.dataDir, "--prepare-timeout", "2s", "--log-level", "info", "--log-format", "json"}
+		if *flagParallel {
+			p.args = append(p.args, "--parallel-commit")
+		}
 		return p
 	}
 	p.bin = c.cfg.bins.bank
