@@ -224,7 +224,7 @@ func (c *simClient) issue() {
 	attempt, txn := c.attempt, c.txn
 	n := w.nodes[w.rng.IntN(len(w.nodes))]
 	answer := func(o decreev1.Outcome, reason string, err error) {
-		w.send(n.name, c.name, func() { c.answer(txn, o, reason, err) }, nil)
+		w.send(n.name, c.name, func() { c.answer(txn, attempt, o, reason, err) }, nil)
 	}
 	asking := c.asking
 	w.send(c.name, n.name, func() {
@@ -247,7 +247,7 @@ func (c *simClient) issue() {
 	})
 }
 
-func (c *simClient) answer(txn *simTxn, o decreev1.Outcome, reason string, err error) {
+func (c *simClient) answer(txn *simTxn, attempt int, o decreev1.Outcome, reason string, err error) {
 	w := c.w
 	if c.txn != txn {
 		// A late answer to a finished transaction must still agree.
@@ -255,6 +255,9 @@ func (c *simClient) answer(txn *simTxn, o decreev1.Outcome, reason string, err e
 			w.noteTold(txn.id, o)
 		}
 		return
+	}
+	if err != nil && attempt != c.attempt {
+		return // a newer attempt is in flight; one retry chain per client
 	}
 	if err != nil {
 		w.at(time.Duration(5+w.rng.IntN(30))*time.Millisecond, func() {

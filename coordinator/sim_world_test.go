@@ -168,12 +168,19 @@ func (w *world) at(d time.Duration, fn func()) {
 	heap.Push(&w.q, &simEvent{at: w.now.Add(d), seq: w.seq, fn: fn})
 }
 
+// simMaxEvents bounds one seed's work: a run that needs more is stuck in
+// a retry storm, which is a failure of its own.
+const simMaxEvents = 3_000_000
+
 // runUntil processes events up to t, stopping at the first violation.
 func (w *world) runUntil(t time.Time) {
 	for w.q.Len() > 0 && !w.q[0].at.After(t) && len(w.violations) == 0 {
 		ev := heap.Pop(&w.q).(*simEvent)
 		w.now = ev.at
 		ev.fn()
+		if w.seq > simMaxEvents {
+			w.violate("more than %d events: a retry storm or livelock (%d queued)", simMaxEvents, w.q.Len())
+		}
 	}
 	if len(w.violations) == 0 {
 		w.now = t
