@@ -293,9 +293,8 @@ func (c *Core) voteReceived(e VoteReceived) {
 	t.votes[e.Participant] = e.Vote
 	switch e.Vote {
 	case decreev1.Vote_VOTE_YES, decreev1.Vote_VOTE_READ_ONLY:
-		if len(t.votes) == len(t.participants) {
+		if len(t.votes) == len(t.participants) && !c.maybeImplicitCommit(t) {
 			c.decide(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
-			c.maybeImplicitCommit(t)
 		}
 	case decreev1.Vote_VOTE_COMMITTED:
 		if !t.onePhase {
@@ -391,19 +390,27 @@ func (c *Core) stagedApplied(e StagedApplied) {
 	c.maybeImplicitCommit(t)
 }
 
-// maybeImplicitCommit answers COMMITTED once a parallel-commit transaction
-// is staged and every participant's YES (durable before it was sent) is
-// in: that is the commit point. Decide(COMMIT) is on its way already.
-func (c *Core) maybeImplicitCommit(t *coreTxn) {
+// maybeImplicitCommit commits a parallel-commit transaction once it is
+// staged and every participant's YES (durable before it was sent) is in:
+// that is the commit point. The client hears it at once. If no Decide was
+// proposed yet, none is: phase 2 starts now and the batched Finished
+// records the commit (a Finished of a staged record means committed). A
+// Decide already in flight (the votes came before the stage) just lands.
+func (c *Core) maybeImplicitCommit(t *coreTxn) bool {
 	if !t.parallel || !t.staged || t.replied || len(t.votes) != len(t.participants) {
-		return
+		return false
 	}
 	for _, v := range t.votes {
 		if v != decreev1.Vote_VOTE_YES && v != decreev1.Vote_VOTE_READ_ONLY {
-			return
+			return false
 		}
 	}
 	c.replyAll(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
+	if t.phase == phaseVoting {
+		t.outcome = decreev1.Outcome_OUTCOME_COMMITTED
+		c.startDelivery(t)
+	}
+	return true
 }
 
 // recoverStaged settles a staged transaction without a decision: every

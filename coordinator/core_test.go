@@ -281,11 +281,13 @@ func TestCoreParallelCommit(t *testing.T) {
 		{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)", "propose staged t1 [a b]"}},
 	}
 	for name, steps := range map[string][]coreStep{
-		"staged, then every yes: committed at once, the decision follows": append(start[:2:2],
+		"staged, then every yes: committed at once, phase 2 at once, no second round": append(start[:2:2],
 			coreStep{ev: staged("t1")},
 			coreStep{ev: vote("t1", "a", yes)},
-			coreStep{ev: vote("t1", "b", yes), want: []string{"propose decide t1 committed [a b]", "reply 1 t1 committed"}},
-			coreStep{ev: applied("t1", commitO, "", "a", "b"), want: []string{"commit t1 -> a (term 2)", "commit t1 -> b (term 2)"}},
+			coreStep{ev: vote("t1", "b", yes), want: []string{"reply 1 t1 committed", "commit t1 -> a (term 2)", "commit t1 -> b (term 2)"}},
+			coreStep{ev: Acked{ID: "t1", Participant: "a", Term: 2}},
+			coreStep{ev: Acked{ID: "t1", Participant: "b", Term: 2}},
+			coreStep{at: 20 * time.Millisecond, ev: Tick{}, want: []string{"propose finished t1"}},
 		),
 		"every yes, then staged: committed when the stage applies": append(start[:2:2],
 			coreStep{ev: vote("t1", "a", yes)},

@@ -232,18 +232,25 @@ func readHorizon(s stateReader) (int64, error) {
 	return int64(binary.BigEndian.Uint64(v)), nil
 }
 
-// finished marks decided transactions finished; unknown or undecided ids are
-// skipped, so a repeated or reordered Finished changes nothing.
+// finished marks decided transactions finished; unknown ids are skipped,
+// so a repeated or reordered Finished changes nothing. A staged record
+// (parallel commit, no decision) is finished only by the leader that
+// committed it implicitly (staged, and every YES durable), so Finished
+// records its commit; any other leader could only decide COMMIT for it,
+// since presumed aborts do not apply to staged records.
 func (a *applier) finished(f *decreev1.Finished, index uint64) (Result, error) {
 	for _, id := range f.GetTxnIds() {
 		r, err := a.record(id)
 		if err != nil {
 			return Result{Index: index}, err
 		}
-		if r == nil || r.Outcome == txlog.OutcomeUnknown || r.Finished {
+		if r == nil || r.Finished {
 			continue
 		}
 		done := *r
+		if done.Outcome == txlog.OutcomeUnknown {
+			done.Outcome, done.DecidedAt = txlog.OutcomeCommitted, f.GetFinishedAt()
+		}
 		done.Finished = true
 		done.FinishedAt = f.GetFinishedAt()
 		done.Acked = slices.Clone(r.Participants)
