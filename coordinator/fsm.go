@@ -28,7 +28,6 @@ type Result struct {
 type stateReader interface {
 	GetRecord(id string) (*txlog.Record, bool, error)
 	ScanRecords(fn func(*txlog.Record) bool) error
-	GetState(key []byte) ([]byte, bool, error)
 }
 
 // horizonKey holds the retention horizon (unix nanos, big-endian): records
@@ -46,11 +45,14 @@ type applier struct {
 	store   stateReader
 	batch   *txlog.StateBatch
 	dirty   map[string]*txlog.Record
-	horizon *int64 // written in this batch
+	base    int64  // the retention horizon before this batch
+	horizon *int64 // a new one written in this batch
 }
 
-func newApplier(store stateReader, batch *txlog.StateBatch) *applier {
-	return &applier{store: store, batch: batch, dirty: make(map[string]*txlog.Record)}
+// newApplier starts a batch on top of the committed state, whose retention
+// horizon the node keeps in memory (it changes only when Collect applies).
+func newApplier(store stateReader, batch *txlog.StateBatch, horizon int64) *applier {
+	return &applier{store: store, batch: batch, dirty: make(map[string]*txlog.Record), base: horizon}
 }
 
 func (a *applier) record(id string) (*txlog.Record, error) {
@@ -109,11 +111,7 @@ func (a *applier) decide(d *decreev1.Decide, index uint64) (Result, error) {
 	if r == nil {
 		// An id minted before the retention horizon may have been decided
 		// and collected: deciding it again could contradict that.
-		forgotten, err := a.forgotten(d.GetTxnId())
-		if err != nil {
-			return res, err
-		}
-		if forgotten {
+		if isForgotten(d.GetTxnId(), a.currentHorizon()) {
 			res.Err = fmt.Errorf("decide %q: %w", d.GetTxnId(), ErrForgotten)
 			return res, nil
 		}
@@ -151,11 +149,7 @@ func (a *applier) staged(st *decreev1.Staged, index uint64) (Result, error) {
 		return res, err
 	}
 	if r == nil {
-		forgotten, err := a.forgotten(st.GetTxnId())
-		if err != nil {
-			return res, err
-		}
-		if forgotten {
+		if isForgotten(st.GetTxnId(), a.currentHorizon()) {
 			res.Err = fmt.Errorf("staged %q: %w", st.GetTxnId(), ErrForgotten)
 			return res, nil
 		}
@@ -170,11 +164,7 @@ func (a *applier) staged(st *decreev1.Staged, index uint64) (Result, error) {
 // retention horizon to it (never lowers it).
 func (a *applier) collect(c *decreev1.Collect, index uint64) (Result, error) {
 	res := Result{Index: index}
-	cur, err := a.currentHorizon()
-	if err != nil {
-		return res, err
-	}
-	if c.GetBefore() <= cur {
+	if c.GetBefore() <= a.currentHorizon() {
 		return res, nil
 	}
 	// A record goes only once its id is below the new horizon too, so an
@@ -184,7 +174,7 @@ func (a *applier) collect(c *decreev1.Collect, index uint64) (Result, error) {
 		return r != nil && r.Finished && r.FinishedAt < c.GetBefore() && isForgotten(r.ID, c.GetBefore())
 	}
 	drop := make(map[string]bool)
-	err = a.store.ScanRecords(func(r *txlog.Record) bool {
+	err := a.store.ScanRecords(func(r *txlog.Record) bool {
 		drop[r.ID] = expired(r)
 		return true
 	})
@@ -206,22 +196,17 @@ func (a *applier) collect(c *decreev1.Collect, index uint64) (Result, error) {
 	return res, nil
 }
 
-func (a *applier) forgotten(id string) (bool, error) {
-	h, err := a.currentHorizon()
-	if err != nil {
-		return false, err
-	}
-	return isForgotten(id, h), nil
-}
-
-func (a *applier) currentHorizon() (int64, error) {
+func (a *applier) currentHorizon() int64 {
 	if a.horizon != nil {
-		return *a.horizon, nil
+		return *a.horizon
 	}
-	return readHorizon(a.store)
+	return a.base
 }
 
-func readHorizon(s stateReader) (int64, error) {
+// readHorizon reads the committed retention horizon from the store.
+func readHorizon(s interface {
+	GetState(key []byte) ([]byte, bool, error)
+}) (int64, error) {
 	v, ok, err := s.GetState(horizonKey)
 	if err != nil || !ok {
 		return 0, err

@@ -225,7 +225,9 @@ func (n *Node) handleReady(rd raft.Ready) error {
 		return fmt.Errorf("persist ready: %w", err)
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		n.installedSnapshot(rd.Snapshot)
+		if err := n.installedSnapshot(rd.Snapshot); err != nil {
+			return err
+		}
 	}
 	if !leading {
 		// Only now may others learn of what we persisted (votes above all).
@@ -256,12 +258,26 @@ func (n *Node) isLeading(rd raft.Ready) bool {
 	return was && n.role == raft.StateLeader
 }
 
-func (n *Node) installedSnapshot(snap *raftpb.Snapshot) {
+func (n *Node) installedSnapshot(snap *raftpb.Snapshot) error {
 	md := snap.GetMetadata()
 	n.confState = proto.Clone(md.GetConfState()).(*raftpb.ConfState)
 	n.applied = md.GetIndex()
 	n.snapIndex = md.GetIndex()
+	if err := n.loadHorizon(); err != nil {
+		return err
+	}
 	n.log.Info().Uint64("index", md.GetIndex()).Uint64("term", md.GetTerm()).Msg("installed snapshot from leader")
+	return nil
+}
+
+// loadHorizon reads the retention horizon of the stored state into memory.
+func (n *Node) loadHorizon() error {
+	h, err := readHorizon(n.store)
+	if err != nil {
+		return fmt.Errorf("load retention horizon: %w", err)
+	}
+	n.horizon.Store(h)
+	return nil
 }
 
 // apply applies committed entries in one state batch and tells waiting
@@ -275,7 +291,7 @@ func (n *Node) apply(ents []*raftpb.Entry) error {
 	}
 	stored := n.store.Applied()
 	batch := n.store.NewStateBatch()
-	ap := newApplier(n.store, batch)
+	ap := newApplier(n.store, batch, n.horizon.Load())
 	var results []applyResult
 	last := n.applied
 	for _, e := range ents {
@@ -298,6 +314,9 @@ func (n *Node) apply(ents []*raftpb.Entry) error {
 	if last > stored {
 		if err := n.store.CommitState(batch, last); err != nil {
 			return fmt.Errorf("apply entries up to %d: %w", last, err)
+		}
+		if ap.horizon != nil {
+			n.horizon.Store(*ap.horizon)
 		}
 	}
 	n.applied = last

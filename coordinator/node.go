@@ -54,6 +54,9 @@ type Node struct {
 
 	status  atomic.Pointer[Status]
 	readies atomic.Uint64
+	// horizon is the applied retention horizon (unix nanos): written by the
+	// loop after the batch that raised it commits, read by any goroutine.
+	horizon atomic.Int64
 
 	// Owned by the loop goroutine.
 	nextProposal uint64
@@ -167,6 +170,9 @@ func (n *Node) initRaft() error {
 	last, err := n.store.LastIndex()
 	if err != nil {
 		return fmt.Errorf("load last index: %w", err)
+	}
+	if err := n.loadHorizon(); err != nil {
+		return err
 	}
 	n.confState = cs
 	n.snapIndex = snap.GetMetadata().GetIndex()

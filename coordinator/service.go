@@ -53,10 +53,7 @@ func (s *coordinatorService) Commit(ctx context.Context, req *decreev1.CommitReq
 	} else if ok {
 		staged = true // settle it by its votes; never vote again
 	}
-	if forgotten, err := s.d.forgotten(req.GetTxnId()); err != nil || forgotten {
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "read retention horizon: %v", err)
-		}
+	if s.d.forgotten(req.GetTxnId()) {
 		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s is older than the retention horizon", req.GetTxnId())
 	}
 	r, err := s.d.runCommit(ctx, req.GetTxnId(), branches, staged)
@@ -99,10 +96,7 @@ func (s *coordinatorService) Outcome(ctx context.Context, req *decreev1.OutcomeR
 	} else if ok {
 		return nil, s.d.resolveStaged(id, r.Participants)
 	}
-	if forgotten, err := s.d.forgotten(id); err != nil || forgotten {
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "read retention horizon: %v", err)
-		}
+	if s.d.forgotten(id) {
 		return &decreev1.OutcomeResponse{TxnId: id, State: decreev1.TxnState_TXN_STATE_FORGOTTEN}, nil
 	}
 	if len(req.GetParticipants()) == 0 {
@@ -246,13 +240,7 @@ func matches(f decreev1.TxnFilter, r *txlog.Record) bool {
 	}
 }
 
-func (d *Driver) forgotten(id string) (bool, error) {
-	h, err := readHorizon(d.node.store)
-	if err != nil {
-		return false, err
-	}
-	return isForgotten(id, h), nil
-}
+func (d *Driver) forgotten(id string) bool { return isForgotten(id, d.node.horizon.Load()) }
 
 // forwarder returns a client for the leader when this node is not the
 // leader, nil when it should serve the call itself, or an Unavailable
