@@ -3,6 +3,7 @@ package coordinator
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
@@ -199,7 +200,7 @@ func (c *Core) Undecided() []UndecidedTxn {
 			out = append(out, UndecidedTxn{ID: t.id, Participants: slices.Clone(t.participants)})
 		}
 	}
-	slices.SortFunc(out, func(a, b UndecidedTxn) int { return compareStrings(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b UndecidedTxn) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -207,16 +208,6 @@ func (c *Core) Undecided() []UndecidedTxn {
 type UndecidedTxn struct {
 	ID           string
 	Participants []string
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func (c *Core) emit(a Action) { c.out = append(c.out, a) }
