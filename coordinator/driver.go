@@ -63,14 +63,16 @@ func (c DriverConfig) withDefaults() DriverConfig {
 
 // Driver runs the 2PC Core on a Node: it feeds the core events from the
 // network, raft and the clock on one goroutine, and carries out the core's
-// actions (participant RPCs and proposals run on their own goroutines, which
-// end with the call). It also serves the Coordinator gRPC service.
+// actions: participant calls go through the callMux (one coalescing stream
+// per participant) and come back as events; proposals run on their own
+// goroutines, which end with the call. It also serves the Coordinator gRPC service.
 type Driver struct {
 	cfg   DriverConfig
 	log   zerolog.Logger
 	node  *Node
 	core  *Core
 	conns *connPool
+	mux   *callMux // participant calls
 
 	evc    chan Event
 	listc  chan chan []UndecidedTxn
@@ -105,6 +107,7 @@ func NewDriver(node *Node, cfg DriverConfig) *Driver {
 		waiting: make(map[uint64]chan Reply),
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.mux = newCallMux(d.ctx, d.conns, cfg.Clock, cfg.CallTimeout, d.log)
 	go d.run()
 	return d
 }
@@ -115,6 +118,7 @@ func (d *Driver) Stop() {
 	d.stop.Do(func() { close(d.stopc); d.cancel() })
 	<-d.donec
 	d.calls.Wait()
+	d.mux.wait()
 	d.conns.close()
 }
 
@@ -169,9 +173,9 @@ func (d *Driver) feed(ev Event) {
 func (d *Driver) execute(a Action) {
 	switch a := a.(type) {
 	case SendPrepare:
-		d.async(func(ctx context.Context) { d.prepare(ctx, a) })
+		d.prepare(a)
 	case ResolveAtParticipant:
-		d.async(func(ctx context.Context) { d.resolveOnePhase(ctx, a) })
+		d.resolveOnePhase(a)
 	case ProposeDecide:
 		d.async(func(ctx context.Context) { d.proposeDecide(ctx, a) })
 	case ProposeStaged:
@@ -181,7 +185,7 @@ func (d *Driver) execute(a Action) {
 	case ProposeCollect:
 		d.async(func(ctx context.Context) { d.proposeCollect(ctx, a) })
 	case SendDecision:
-		d.async(func(ctx context.Context) { d.sendDecision(ctx, a) })
+		d.sendDecision(a)
 	case LoadUnfinished:
 		d.async(func(ctx context.Context) { d.loadUnfinished(ctx, a) })
 	case Reply:
@@ -199,37 +203,27 @@ func (d *Driver) async(f func(ctx context.Context)) {
 	d.calls.Go(func() { f(d.ctx) })
 }
 
-func (d *Driver) participant(addr string) (decreev1.ParticipantClient, error) {
-	c, err := d.conns.get(addr)
-	if err != nil {
-		return nil, err
-	}
-	return decreev1.NewParticipantClient(c), nil
-}
-
-func (d *Driver) prepare(ctx context.Context, a SendPrepare) {
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.Core.PrepareTimeout)
-	defer cancel()
-	pc, err := d.participant(a.Participant)
-	if err == nil {
-		var resp *decreev1.PrepareResponse
-		resp, err = pc.Prepare(ctx, &decreev1.PrepareRequest{TxnId: a.ID, Payload: a.Payload,
-			Participants: a.Participants, OnePhase: a.OnePhase, Term: a.Term})
-		if err == nil {
-			d.feed(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: resp.GetVote(), Reason: resp.GetReason()})
+// prepare asks a participant for its vote; the answer, or the failure,
+// comes back to the loop as an event.
+func (d *Driver) prepare(a SendPrepare) {
+	d.mux.call(a.Participant, prepareCall(a), d.cfg.Core.PrepareTimeout, func(r *decreev1.Reply, err error) {
+		if err != nil {
+			d.feed(PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
 			return
 		}
-	}
-	d.feed(PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
+		vote := r.GetPrepare()
+		d.feed(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: vote.GetVote(), Reason: vote.GetReason()})
+	})
 }
 
-func (d *Driver) resolveOnePhase(ctx context.Context, a ResolveAtParticipant) {
-	st, err := d.resolveAt(ctx, a.Participant, a.ID, a.Term)
-	ev := ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: st}
-	if err != nil {
-		ev.Err = err.Error()
-	}
-	d.feed(ev)
+func (d *Driver) resolveOnePhase(a ResolveAtParticipant) {
+	d.mux.call(a.Participant, resolveCall(a.ID, a.Term), d.cfg.CallTimeout, func(r *decreev1.Reply, err error) {
+		ev := ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: r.GetResolve().GetState()}
+		if err != nil {
+			ev.Err = err.Error()
+		}
+		d.feed(ev)
+	})
 }
 
 func (d *Driver) propose(ctx context.Context, cmd *decreev1.Command) (Result, error) {
@@ -288,24 +282,17 @@ func (d *Driver) proposeCollect(ctx context.Context, a ProposeCollect) {
 	}
 }
 
-func (d *Driver) sendDecision(ctx context.Context, a SendDecision) {
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.CallTimeout)
-	defer cancel()
-	pc, err := d.participant(a.Participant)
-	if err == nil {
-		req := &decreev1.DecisionRequest{TxnId: a.ID, Term: a.Term}
-		if a.Outcome == decreev1.Outcome_OUTCOME_COMMITTED {
-			_, err = pc.Commit(ctx, req)
-		} else {
-			_, err = pc.Abort(ctx, req)
+// sendDecision delivers the applied decision to a participant; its
+// acknowledgement, or the failure, comes back to the loop as an event.
+func (d *Driver) sendDecision(a SendDecision) {
+	d.mux.call(a.Participant, decisionCall(a), d.cfg.CallTimeout, func(_ *decreev1.Reply, err error) {
+		if err != nil {
+			d.log.Debug().Err(err).Str("txn", a.ID).Str("participant", a.Participant).Msg("decision delivery failed; will retry")
+			d.feed(DeliveryFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
+			return
 		}
-	}
-	if err != nil {
-		d.log.Debug().Err(err).Str("txn", a.ID).Str("participant", a.Participant).Msg("decision delivery failed; will retry")
-		d.feed(DeliveryFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
-		return
-	}
-	d.feed(Acked{ID: a.ID, Participant: a.Participant, Term: a.Term})
+		d.feed(Acked{ID: a.ID, Participant: a.Participant, Term: a.Term})
+	})
 }
 
 // loadUnfinished catches up with everything committed before this

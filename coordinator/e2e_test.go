@@ -96,40 +96,90 @@ func (g *gate) holdCalls(method string) (release func()) {
 	}
 }
 
-func (g *gate) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
-	method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
+// pass runs a call of method through the gate: refused, held, or let by.
+func (g *gate) pass(method string) error {
 	g.mu.Lock()
 	refuse, hold := g.refuse[method], g.hold[method]
 	g.mu.Unlock()
 	if refuse {
-		return nil, status.Error(codes.Unavailable, "gated by test")
+		return status.Error(codes.Unavailable, "gated by test")
 	}
 	if hold != nil {
 		g.held <- method
 		<-hold
 	}
-	return next(ctx, req)
+	return nil
+}
+
+// gatedService wraps a participant's service so that every call, unary or
+// carried by the Calls stream, passes the gate first.
+type gatedService struct {
+	decreev1.ParticipantServer
+	gate      *gate
+	unaryOnly bool // refuse the Calls stream, as a participant that predates it
+}
+
+func (s gatedService) Prepare(ctx context.Context, req *decreev1.PrepareRequest) (*decreev1.PrepareResponse, error) {
+	if err := s.gate.pass("Prepare"); err != nil {
+		return nil, err
+	}
+	return s.ParticipantServer.Prepare(ctx, req)
+}
+
+func (s gatedService) Commit(ctx context.Context, req *decreev1.DecisionRequest) (*decreev1.DecisionResponse, error) {
+	if err := s.gate.pass("Commit"); err != nil {
+		return nil, err
+	}
+	return s.ParticipantServer.Commit(ctx, req)
+}
+
+func (s gatedService) Abort(ctx context.Context, req *decreev1.DecisionRequest) (*decreev1.DecisionResponse, error) {
+	if err := s.gate.pass("Abort"); err != nil {
+		return nil, err
+	}
+	return s.ParticipantServer.Abort(ctx, req)
+}
+
+func (s gatedService) Resolve(ctx context.Context, req *decreev1.ResolveRequest) (*decreev1.ResolveResponse, error) {
+	if err := s.gate.pass("Resolve"); err != nil {
+		return nil, err
+	}
+	return s.ParticipantServer.Resolve(ctx, req)
+}
+
+func (s gatedService) Calls(stream decreev1.Participant_CallsServer) error {
+	if s.unaryOnly {
+		return status.Error(codes.Unimplemented, "test participant serves unary calls only")
+	}
+	return participant.ServeCalls(stream, s)
 }
 
 type testParticipant struct {
-	t      testing.TB
-	addr   string
-	dir    string
-	gate   *gate
-	res    *setResource
-	log    *txlog.ParticipantLog
-	p      *participant.Participant
-	srv    *grpc.Server
-	coords []string
+	t    testing.TB
+	addr string
+	dir  string
+	gate *gate
+	// unaryOnly makes the participant refuse the Calls stream.
+	unaryOnly bool
+	res       *setResource
+	log       *txlog.ParticipantLog
+	p         *participant.Participant
+	srv       *grpc.Server
+	coords    []string
 }
 
 func startParticipant(t testing.TB, coords []string) *testParticipant {
+	t.Helper()
+	return startParticipantWith(t, coords, false)
+}
+
+func startParticipantWith(t testing.TB, coords []string, unaryOnly bool) *testParticipant {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tp := &testParticipant{t: t, addr: lis.Addr().String(), dir: t.TempDir(), gate: newGate(), res: &setResource{}, coords: coords}
+	tp := &testParticipant{t: t, addr: lis.Addr().String(), dir: t.TempDir(), gate: newGate(), res: &setResource{}, coords: coords, unaryOnly: unaryOnly}
 	tp.serve(lis)
 	t.Cleanup(tp.stop)
 	return tp
@@ -149,8 +199,8 @@ func (tp *testParticipant) serve(lis net.Listener) {
 	if err != nil {
 		tp.t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.UnaryInterceptor(tp.gate.intercept))
-	p.Register(srv)
+	srv := grpc.NewServer()
+	decreev1.RegisterParticipantServer(srv, gatedService{ParticipantServer: p.Service(), gate: tp.gate, unaryOnly: tp.unaryOnly})
 	go srv.Serve(lis)
 	p.Start(context.Background())
 	tp.log, tp.p, tp.srv = l, p, srv
@@ -268,6 +318,30 @@ func TestE2EAllCommit(t *testing.T) {
 		t.Fatalf("got %+v", res)
 	}
 	waitFor(t, 5*time.Second, "both applied", func() bool { return e.parts[0].value("x") == "1" && e.parts[1].value("y") == "2" })
+}
+
+// A participant that does not serve the Calls stream is called with the
+// unary methods, next to one that does, in both outcomes and in phase 2
+// retries.
+func TestE2EUnaryOnlyParticipant(t *testing.T) {
+	e := newE2E(t, 1)
+	e.parts = append(e.parts, startParticipantWith(t, e.parts[0].coords, true))
+	old := e.parts[1]
+	old.gate.set("Commit", true)
+	if res := e.commit(e.txn(newTxnID(1), "set x=1", "set y=2")); res.State != client.StateCommitted {
+		t.Fatalf("got %+v", res)
+	}
+	waitFor(t, 5*time.Second, "the unary participant refuses commits", func() bool { return len(old.inDoubt()) == 1 })
+	old.gate.set("Commit", false)
+	waitFor(t, 5*time.Second, "both applied", func() bool { return e.parts[0].value("x") == "1" && old.value("y") == "2" })
+	res := e.commit(e.txn(newTxnID(2), "set x=3", "no"))
+	if res.State != client.StateAborted || !strings.Contains(res.Reason, old.addr+" voted no") {
+		t.Fatalf("got %+v", res)
+	}
+	e.parts[0].waitSettled()
+	if v := e.parts[0].value("x"); v != "1" {
+		t.Fatalf("aborted write applied: x=%q", v)
+	}
 }
 
 func TestE2EParticipantVotesNo(t *testing.T) {

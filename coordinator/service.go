@@ -170,17 +170,11 @@ func settleDecision(st decreev1.ParticipantState) (decreev1.Outcome, string) {
 }
 
 func (d *Driver) resolveAt(ctx context.Context, participant, id string, term uint64) (decreev1.ParticipantState, error) {
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.CallTimeout)
-	defer cancel()
-	pc, err := d.participant(participant)
+	r, err := d.mux.callSync(ctx, participant, resolveCall(id, term), d.cfg.CallTimeout)
 	if err != nil {
 		return 0, err
 	}
-	resp, err := pc.Resolve(ctx, &decreev1.ResolveRequest{TxnId: id, Term: term})
-	if err != nil {
-		return 0, err
-	}
-	return resp.GetState(), nil
+	return r.GetResolve().GetState(), nil
 }
 
 func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1.ListTransactionsRequest) (*decreev1.ListTransactionsResponse, error) {

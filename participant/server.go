@@ -57,6 +57,11 @@ func (s *server) Resolve(_ context.Context, req *decreev1.ResolveRequest) (*decr
 	return &decreev1.ResolveResponse{State: state}, nil
 }
 
+// Calls serves the coalesced form of the four calls above.
+func (s *server) Calls(stream decreev1.Participant_CallsServer) error {
+	return ServeCalls(stream, s)
+}
+
 func validateID(id string) error {
 	switch {
 	case id == "":

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,6 +47,7 @@ type benchFlags struct {
 	jsonPath     string
 	plotPath     string
 	cpuProfile   string
+	traceFile    string
 	logLevel     string
 }
 
@@ -110,6 +112,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchFlags, error) {
 	fs.StringVar(&f.jsonPath, "json", "", "also write the results as JSON to this file")
 	fs.StringVar(&f.plotPath, "plot", "", "write latency-over-time and latency-histogram charts to this .png or .svg file")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the load phase (this process) to this file")
+	fs.StringVar(&f.traceFile, "trace", "", "write a Go execution trace of the load phase (this process) to this file")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level of the embedded cluster and participants")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return f, err
@@ -327,6 +330,17 @@ func (e *benchEnv) run(ctx context.Context, f benchFlags, stderr io.Writer) (*be
 			return nil, fmt.Errorf("start cpu profile: %w", err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if f.traceFile != "" {
+		tf, err := os.Create(f.traceFile)
+		if err != nil {
+			return nil, fmt.Errorf("create trace: %w", err)
+		}
+		defer tf.Close()
+		if err := trace.Start(tf); err != nil {
+			return nil, fmt.Errorf("start trace: %w", err)
+		}
+		defer trace.Stop()
 	}
 
 	rec := newRecorder()

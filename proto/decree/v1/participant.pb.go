@@ -134,6 +134,393 @@ func (ParticipantState) EnumDescriptor() ([]byte, []int) {
 	return file_decree_v1_participant_proto_rawDescGZIP(), []int{1}
 }
 
+type Call struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seq is chosen by the caller, unique on the stream; the reply names it.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*Call_Prepare
+	//	*Call_Commit
+	//	*Call_Abort
+	//	*Call_Resolve
+	Kind          isCall_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Call) Reset() {
+	*x = Call{}
+	mi := &file_decree_v1_participant_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Call) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Call) ProtoMessage() {}
+
+func (x *Call) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_participant_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Call.ProtoReflect.Descriptor instead.
+func (*Call) Descriptor() ([]byte, []int) {
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Call) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Call) GetKind() isCall_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *Call) GetPrepare() *PrepareRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*Call_Prepare); ok {
+			return x.Prepare
+		}
+	}
+	return nil
+}
+
+func (x *Call) GetCommit() *DecisionRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*Call_Commit); ok {
+			return x.Commit
+		}
+	}
+	return nil
+}
+
+func (x *Call) GetAbort() *DecisionRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*Call_Abort); ok {
+			return x.Abort
+		}
+	}
+	return nil
+}
+
+func (x *Call) GetResolve() *ResolveRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*Call_Resolve); ok {
+			return x.Resolve
+		}
+	}
+	return nil
+}
+
+type isCall_Kind interface {
+	isCall_Kind()
+}
+
+type Call_Prepare struct {
+	Prepare *PrepareRequest `protobuf:"bytes,2,opt,name=prepare,proto3,oneof"`
+}
+
+type Call_Commit struct {
+	Commit *DecisionRequest `protobuf:"bytes,3,opt,name=commit,proto3,oneof"`
+}
+
+type Call_Abort struct {
+	Abort *DecisionRequest `protobuf:"bytes,4,opt,name=abort,proto3,oneof"`
+}
+
+type Call_Resolve struct {
+	Resolve *ResolveRequest `protobuf:"bytes,5,opt,name=resolve,proto3,oneof"`
+}
+
+func (*Call_Prepare) isCall_Kind() {}
+
+func (*Call_Commit) isCall_Kind() {}
+
+func (*Call_Abort) isCall_Kind() {}
+
+func (*Call_Resolve) isCall_Kind() {}
+
+type CallBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Calls         []*Call                `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallBatch) Reset() {
+	*x = CallBatch{}
+	mi := &file_decree_v1_participant_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallBatch) ProtoMessage() {}
+
+func (x *CallBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_participant_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallBatch.ProtoReflect.Descriptor instead.
+func (*CallBatch) Descriptor() ([]byte, []int) {
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CallBatch) GetCalls() []*Call {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
+type Reply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*Reply_Prepare
+	//	*Reply_Decision
+	//	*Reply_Resolve
+	//	*Reply_Error
+	Kind          isReply_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reply) Reset() {
+	*x = Reply{}
+	mi := &file_decree_v1_participant_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reply) ProtoMessage() {}
+
+func (x *Reply) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_participant_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reply.ProtoReflect.Descriptor instead.
+func (*Reply) Descriptor() ([]byte, []int) {
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Reply) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Reply) GetKind() isReply_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *Reply) GetPrepare() *PrepareResponse {
+	if x != nil {
+		if x, ok := x.Kind.(*Reply_Prepare); ok {
+			return x.Prepare
+		}
+	}
+	return nil
+}
+
+func (x *Reply) GetDecision() *DecisionResponse {
+	if x != nil {
+		if x, ok := x.Kind.(*Reply_Decision); ok {
+			return x.Decision
+		}
+	}
+	return nil
+}
+
+func (x *Reply) GetResolve() *ResolveResponse {
+	if x != nil {
+		if x, ok := x.Kind.(*Reply_Resolve); ok {
+			return x.Resolve
+		}
+	}
+	return nil
+}
+
+func (x *Reply) GetError() *CallError {
+	if x != nil {
+		if x, ok := x.Kind.(*Reply_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isReply_Kind interface {
+	isReply_Kind()
+}
+
+type Reply_Prepare struct {
+	Prepare *PrepareResponse `protobuf:"bytes,2,opt,name=prepare,proto3,oneof"`
+}
+
+type Reply_Decision struct {
+	Decision *DecisionResponse `protobuf:"bytes,3,opt,name=decision,proto3,oneof"`
+}
+
+type Reply_Resolve struct {
+	Resolve *ResolveResponse `protobuf:"bytes,4,opt,name=resolve,proto3,oneof"`
+}
+
+type Reply_Error struct {
+	// error is the call's failure, as the unary method's gRPC status.
+	Error *CallError `protobuf:"bytes,5,opt,name=error,proto3,oneof"`
+}
+
+func (*Reply_Prepare) isReply_Kind() {}
+
+func (*Reply_Decision) isReply_Kind() {}
+
+func (*Reply_Resolve) isReply_Kind() {}
+
+func (*Reply_Error) isReply_Kind() {}
+
+// CallError is a failed call's gRPC status code and message.
+type CallError struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          uint32                 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallError) Reset() {
+	*x = CallError{}
+	mi := &file_decree_v1_participant_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallError) ProtoMessage() {}
+
+func (x *CallError) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_participant_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallError.ProtoReflect.Descriptor instead.
+func (*CallError) Descriptor() ([]byte, []int) {
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CallError) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CallError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type ReplyBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Replies       []*Reply               `protobuf:"bytes,1,rep,name=replies,proto3" json:"replies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplyBatch) Reset() {
+	*x = ReplyBatch{}
+	mi := &file_decree_v1_participant_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplyBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplyBatch) ProtoMessage() {}
+
+func (x *ReplyBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_participant_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplyBatch.ProtoReflect.Descriptor instead.
+func (*ReplyBatch) Descriptor() ([]byte, []int) {
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ReplyBatch) GetReplies() []*Reply {
+	if x != nil {
+		return x.Replies
+	}
+	return nil
+}
+
 type PrepareRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	TxnId   string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
@@ -149,7 +536,7 @@ type PrepareRequest struct {
 
 func (x *PrepareRequest) Reset() {
 	*x = PrepareRequest{}
-	mi := &file_decree_v1_participant_proto_msgTypes[0]
+	mi := &file_decree_v1_participant_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -161,7 +548,7 @@ func (x *PrepareRequest) String() string {
 func (*PrepareRequest) ProtoMessage() {}
 
 func (x *PrepareRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_participant_proto_msgTypes[0]
+	mi := &file_decree_v1_participant_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -174,7 +561,7 @@ func (x *PrepareRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareRequest.ProtoReflect.Descriptor instead.
 func (*PrepareRequest) Descriptor() ([]byte, []int) {
-	return file_decree_v1_participant_proto_rawDescGZIP(), []int{0}
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PrepareRequest) GetTxnId() string {
@@ -223,7 +610,7 @@ type PrepareResponse struct {
 
 func (x *PrepareResponse) Reset() {
 	*x = PrepareResponse{}
-	mi := &file_decree_v1_participant_proto_msgTypes[1]
+	mi := &file_decree_v1_participant_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -235,7 +622,7 @@ func (x *PrepareResponse) String() string {
 func (*PrepareResponse) ProtoMessage() {}
 
 func (x *PrepareResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_participant_proto_msgTypes[1]
+	mi := &file_decree_v1_participant_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -248,7 +635,7 @@ func (x *PrepareResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareResponse.ProtoReflect.Descriptor instead.
 func (*PrepareResponse) Descriptor() ([]byte, []int) {
-	return file_decree_v1_participant_proto_rawDescGZIP(), []int{1}
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PrepareResponse) GetVote() Vote {
@@ -275,7 +662,7 @@ type DecisionRequest struct {
 
 func (x *DecisionRequest) Reset() {
 	*x = DecisionRequest{}
-	mi := &file_decree_v1_participant_proto_msgTypes[2]
+	mi := &file_decree_v1_participant_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -287,7 +674,7 @@ func (x *DecisionRequest) String() string {
 func (*DecisionRequest) ProtoMessage() {}
 
 func (x *DecisionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_participant_proto_msgTypes[2]
+	mi := &file_decree_v1_participant_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -300,7 +687,7 @@ func (x *DecisionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionRequest.ProtoReflect.Descriptor instead.
 func (*DecisionRequest) Descriptor() ([]byte, []int) {
-	return file_decree_v1_participant_proto_rawDescGZIP(), []int{2}
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DecisionRequest) GetTxnId() string {
@@ -325,7 +712,7 @@ type DecisionResponse struct {
 
 func (x *DecisionResponse) Reset() {
 	*x = DecisionResponse{}
-	mi := &file_decree_v1_participant_proto_msgTypes[3]
+	mi := &file_decree_v1_participant_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +724,7 @@ func (x *DecisionResponse) String() string {
 func (*DecisionResponse) ProtoMessage() {}
 
 func (x *DecisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_participant_proto_msgTypes[3]
+	mi := &file_decree_v1_participant_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +737,7 @@ func (x *DecisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionResponse.ProtoReflect.Descriptor instead.
 func (*DecisionResponse) Descriptor() ([]byte, []int) {
-	return file_decree_v1_participant_proto_rawDescGZIP(), []int{3}
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{8}
 }
 
 type ResolveRequest struct {
@@ -363,7 +750,7 @@ type ResolveRequest struct {
 
 func (x *ResolveRequest) Reset() {
 	*x = ResolveRequest{}
-	mi := &file_decree_v1_participant_proto_msgTypes[4]
+	mi := &file_decree_v1_participant_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +762,7 @@ func (x *ResolveRequest) String() string {
 func (*ResolveRequest) ProtoMessage() {}
 
 func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_participant_proto_msgTypes[4]
+	mi := &file_decree_v1_participant_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +775,7 @@ func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveRequest.ProtoReflect.Descriptor instead.
 func (*ResolveRequest) Descriptor() ([]byte, []int) {
-	return file_decree_v1_participant_proto_rawDescGZIP(), []int{4}
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResolveRequest) GetTxnId() string {
@@ -414,7 +801,7 @@ type ResolveResponse struct {
 
 func (x *ResolveResponse) Reset() {
 	*x = ResolveResponse{}
-	mi := &file_decree_v1_participant_proto_msgTypes[5]
+	mi := &file_decree_v1_participant_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -426,7 +813,7 @@ func (x *ResolveResponse) String() string {
 func (*ResolveResponse) ProtoMessage() {}
 
 func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_participant_proto_msgTypes[5]
+	mi := &file_decree_v1_participant_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -439,7 +826,7 @@ func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveResponse.ProtoReflect.Descriptor instead.
 func (*ResolveResponse) Descriptor() ([]byte, []int) {
-	return file_decree_v1_participant_proto_rawDescGZIP(), []int{5}
+	return file_decree_v1_participant_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ResolveResponse) GetState() ParticipantState {
@@ -453,7 +840,29 @@ var File_decree_v1_participant_proto protoreflect.FileDescriptor
 
 const file_decree_v1_participant_proto_rawDesc = "" +
 	"\n" +
-	"\x1bdecree/v1/participant.proto\x12\tdecree.v1\"\x96\x01\n" +
+	"\x1bdecree/v1/participant.proto\x12\tdecree.v1\"\xf8\x01\n" +
+	"\x04Call\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x125\n" +
+	"\aprepare\x18\x02 \x01(\v2\x19.decree.v1.PrepareRequestH\x00R\aprepare\x124\n" +
+	"\x06commit\x18\x03 \x01(\v2\x1a.decree.v1.DecisionRequestH\x00R\x06commit\x122\n" +
+	"\x05abort\x18\x04 \x01(\v2\x1a.decree.v1.DecisionRequestH\x00R\x05abort\x125\n" +
+	"\aresolve\x18\x05 \x01(\v2\x19.decree.v1.ResolveRequestH\x00R\aresolveB\x06\n" +
+	"\x04kind\"2\n" +
+	"\tCallBatch\x12%\n" +
+	"\x05calls\x18\x01 \x03(\v2\x0f.decree.v1.CallR\x05calls\"\xfa\x01\n" +
+	"\x05Reply\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x126\n" +
+	"\aprepare\x18\x02 \x01(\v2\x1a.decree.v1.PrepareResponseH\x00R\aprepare\x129\n" +
+	"\bdecision\x18\x03 \x01(\v2\x1b.decree.v1.DecisionResponseH\x00R\bdecision\x126\n" +
+	"\aresolve\x18\x04 \x01(\v2\x1a.decree.v1.ResolveResponseH\x00R\aresolve\x12,\n" +
+	"\x05error\x18\x05 \x01(\v2\x14.decree.v1.CallErrorH\x00R\x05errorB\x06\n" +
+	"\x04kind\"9\n" +
+	"\tCallError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"8\n" +
+	"\n" +
+	"ReplyBatch\x12*\n" +
+	"\areplies\x18\x01 \x03(\v2\x10.decree.v1.ReplyR\areplies\"\x96\x01\n" +
 	"\x0ePrepareRequest\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\"\n" +
@@ -482,12 +891,13 @@ const file_decree_v1_participant_proto_rawDesc = "" +
 	"\x1dPARTICIPANT_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aPARTICIPANT_STATE_PREPARED\x10\x01\x12\x1f\n" +
 	"\x1bPARTICIPANT_STATE_COMMITTED\x10\x02\x12\x1d\n" +
-	"\x19PARTICIPANT_STATE_ABORTED\x10\x032\x96\x02\n" +
+	"\x19PARTICIPANT_STATE_ABORTED\x10\x032\xd0\x02\n" +
 	"\vParticipant\x12@\n" +
 	"\aPrepare\x12\x19.decree.v1.PrepareRequest\x1a\x1a.decree.v1.PrepareResponse\x12A\n" +
 	"\x06Commit\x12\x1a.decree.v1.DecisionRequest\x1a\x1b.decree.v1.DecisionResponse\x12@\n" +
 	"\x05Abort\x12\x1a.decree.v1.DecisionRequest\x1a\x1b.decree.v1.DecisionResponse\x12@\n" +
-	"\aResolve\x12\x19.decree.v1.ResolveRequest\x1a\x1a.decree.v1.ResolveResponseB6Z4github.com/decree-tx/decree/proto/decree/v1;decreev1b\x06proto3"
+	"\aResolve\x12\x19.decree.v1.ResolveRequest\x1a\x1a.decree.v1.ResolveResponse\x128\n" +
+	"\x05Calls\x12\x14.decree.v1.CallBatch\x1a\x15.decree.v1.ReplyBatch(\x010\x01B6Z4github.com/decree-tx/decree/proto/decree/v1;decreev1b\x06proto3"
 
 var (
 	file_decree_v1_participant_proto_rawDescOnce sync.Once
@@ -502,33 +912,50 @@ func file_decree_v1_participant_proto_rawDescGZIP() []byte {
 }
 
 var file_decree_v1_participant_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_decree_v1_participant_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_decree_v1_participant_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_decree_v1_participant_proto_goTypes = []any{
 	(Vote)(0),                // 0: decree.v1.Vote
 	(ParticipantState)(0),    // 1: decree.v1.ParticipantState
-	(*PrepareRequest)(nil),   // 2: decree.v1.PrepareRequest
-	(*PrepareResponse)(nil),  // 3: decree.v1.PrepareResponse
-	(*DecisionRequest)(nil),  // 4: decree.v1.DecisionRequest
-	(*DecisionResponse)(nil), // 5: decree.v1.DecisionResponse
-	(*ResolveRequest)(nil),   // 6: decree.v1.ResolveRequest
-	(*ResolveResponse)(nil),  // 7: decree.v1.ResolveResponse
+	(*Call)(nil),             // 2: decree.v1.Call
+	(*CallBatch)(nil),        // 3: decree.v1.CallBatch
+	(*Reply)(nil),            // 4: decree.v1.Reply
+	(*CallError)(nil),        // 5: decree.v1.CallError
+	(*ReplyBatch)(nil),       // 6: decree.v1.ReplyBatch
+	(*PrepareRequest)(nil),   // 7: decree.v1.PrepareRequest
+	(*PrepareResponse)(nil),  // 8: decree.v1.PrepareResponse
+	(*DecisionRequest)(nil),  // 9: decree.v1.DecisionRequest
+	(*DecisionResponse)(nil), // 10: decree.v1.DecisionResponse
+	(*ResolveRequest)(nil),   // 11: decree.v1.ResolveRequest
+	(*ResolveResponse)(nil),  // 12: decree.v1.ResolveResponse
 }
 var file_decree_v1_participant_proto_depIdxs = []int32{
-	0, // 0: decree.v1.PrepareResponse.vote:type_name -> decree.v1.Vote
-	1, // 1: decree.v1.ResolveResponse.state:type_name -> decree.v1.ParticipantState
-	2, // 2: decree.v1.Participant.Prepare:input_type -> decree.v1.PrepareRequest
-	4, // 3: decree.v1.Participant.Commit:input_type -> decree.v1.DecisionRequest
-	4, // 4: decree.v1.Participant.Abort:input_type -> decree.v1.DecisionRequest
-	6, // 5: decree.v1.Participant.Resolve:input_type -> decree.v1.ResolveRequest
-	3, // 6: decree.v1.Participant.Prepare:output_type -> decree.v1.PrepareResponse
-	5, // 7: decree.v1.Participant.Commit:output_type -> decree.v1.DecisionResponse
-	5, // 8: decree.v1.Participant.Abort:output_type -> decree.v1.DecisionResponse
-	7, // 9: decree.v1.Participant.Resolve:output_type -> decree.v1.ResolveResponse
-	6, // [6:10] is the sub-list for method output_type
-	2, // [2:6] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	7,  // 0: decree.v1.Call.prepare:type_name -> decree.v1.PrepareRequest
+	9,  // 1: decree.v1.Call.commit:type_name -> decree.v1.DecisionRequest
+	9,  // 2: decree.v1.Call.abort:type_name -> decree.v1.DecisionRequest
+	11, // 3: decree.v1.Call.resolve:type_name -> decree.v1.ResolveRequest
+	2,  // 4: decree.v1.CallBatch.calls:type_name -> decree.v1.Call
+	8,  // 5: decree.v1.Reply.prepare:type_name -> decree.v1.PrepareResponse
+	10, // 6: decree.v1.Reply.decision:type_name -> decree.v1.DecisionResponse
+	12, // 7: decree.v1.Reply.resolve:type_name -> decree.v1.ResolveResponse
+	5,  // 8: decree.v1.Reply.error:type_name -> decree.v1.CallError
+	4,  // 9: decree.v1.ReplyBatch.replies:type_name -> decree.v1.Reply
+	0,  // 10: decree.v1.PrepareResponse.vote:type_name -> decree.v1.Vote
+	1,  // 11: decree.v1.ResolveResponse.state:type_name -> decree.v1.ParticipantState
+	7,  // 12: decree.v1.Participant.Prepare:input_type -> decree.v1.PrepareRequest
+	9,  // 13: decree.v1.Participant.Commit:input_type -> decree.v1.DecisionRequest
+	9,  // 14: decree.v1.Participant.Abort:input_type -> decree.v1.DecisionRequest
+	11, // 15: decree.v1.Participant.Resolve:input_type -> decree.v1.ResolveRequest
+	3,  // 16: decree.v1.Participant.Calls:input_type -> decree.v1.CallBatch
+	8,  // 17: decree.v1.Participant.Prepare:output_type -> decree.v1.PrepareResponse
+	10, // 18: decree.v1.Participant.Commit:output_type -> decree.v1.DecisionResponse
+	10, // 19: decree.v1.Participant.Abort:output_type -> decree.v1.DecisionResponse
+	12, // 20: decree.v1.Participant.Resolve:output_type -> decree.v1.ResolveResponse
+	6,  // 21: decree.v1.Participant.Calls:output_type -> decree.v1.ReplyBatch
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_decree_v1_participant_proto_init() }
@@ -536,13 +963,25 @@ func file_decree_v1_participant_proto_init() {
 	if File_decree_v1_participant_proto != nil {
 		return
 	}
+	file_decree_v1_participant_proto_msgTypes[0].OneofWrappers = []any{
+		(*Call_Prepare)(nil),
+		(*Call_Commit)(nil),
+		(*Call_Abort)(nil),
+		(*Call_Resolve)(nil),
+	}
+	file_decree_v1_participant_proto_msgTypes[2].OneofWrappers = []any{
+		(*Reply_Prepare)(nil),
+		(*Reply_Decision)(nil),
+		(*Reply_Resolve)(nil),
+		(*Reply_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_decree_v1_participant_proto_rawDesc), len(file_decree_v1_participant_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   6,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	Participant_Commit_FullMethodName  = "/decree.v1.Participant/Commit"
 	Participant_Abort_FullMethodName   = "/decree.v1.Participant/Abort"
 	Participant_Resolve_FullMethodName = "/decree.v1.Participant/Resolve"
+	Participant_Calls_FullMethodName   = "/decree.v1.Participant/Calls"
 )
 
 // ParticipantClient is the client API for Participant service.
@@ -44,6 +45,13 @@ type ParticipantClient interface {
 	// aborting it durably if the participant has never heard of it ("abort if
 	// you do not know it"), so a late Prepare can no longer succeed.
 	Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ResolveResponse, error)
+	// Calls carries the four calls above, many per message, on one long-lived
+	// stream: the leader coalesces every call it has for this participant
+	// into one CallBatch, and the participant answers each (in any order,
+	// coalesced too) in a ReplyBatch naming the call's seq. Each call means
+	// exactly what its unary form means. A participant that does not
+	// implement it (Unimplemented) is called with the unary methods.
+	Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallBatch, ReplyBatch], error)
 }
 
 type participantClient struct {
@@ -94,6 +102,19 @@ func (c *participantClient) Resolve(ctx context.Context, in *ResolveRequest, opt
 	return out, nil
 }
 
+func (c *participantClient) Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallBatch, ReplyBatch], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Participant_ServiceDesc.Streams[0], Participant_Calls_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CallBatch, ReplyBatch]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Participant_CallsClient = grpc.BidiStreamingClient[CallBatch, ReplyBatch]
+
 // ParticipantServer is the server API for Participant service.
 // All implementations must embed UnimplementedParticipantServer
 // for forward compatibility.
@@ -110,6 +131,13 @@ type ParticipantServer interface {
 	// aborting it durably if the participant has never heard of it ("abort if
 	// you do not know it"), so a late Prepare can no longer succeed.
 	Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error)
+	// Calls carries the four calls above, many per message, on one long-lived
+	// stream: the leader coalesces every call it has for this participant
+	// into one CallBatch, and the participant answers each (in any order,
+	// coalesced too) in a ReplyBatch naming the call's seq. Each call means
+	// exactly what its unary form means. A participant that does not
+	// implement it (Unimplemented) is called with the unary methods.
+	Calls(grpc.BidiStreamingServer[CallBatch, ReplyBatch]) error
 	mustEmbedUnimplementedParticipantServer()
 }
 
@@ -131,6 +159,9 @@ func (UnimplementedParticipantServer) Abort(context.Context, *DecisionRequest) (
 }
 func (UnimplementedParticipantServer) Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Resolve not implemented")
+}
+func (UnimplementedParticipantServer) Calls(grpc.BidiStreamingServer[CallBatch, ReplyBatch]) error {
+	return status.Error(codes.Unimplemented, "method Calls not implemented")
 }
 func (UnimplementedParticipantServer) mustEmbedUnimplementedParticipantServer() {}
 func (UnimplementedParticipantServer) testEmbeddedByValue()                     {}
@@ -225,6 +256,13 @@ func _Participant_Resolve_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Participant_Calls_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ParticipantServer).Calls(&grpc.GenericServerStream[CallBatch, ReplyBatch]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Participant_CallsServer = grpc.BidiStreamingServer[CallBatch, ReplyBatch]
+
 // Participant_ServiceDesc is the grpc.ServiceDesc for Participant service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -249,6 +287,13 @@ var Participant_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Participant_Resolve_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Calls",
+			Handler:       _Participant_Calls_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "decree/v1/participant.proto",
 }

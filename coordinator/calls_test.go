@@ -1,0 +1,270 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+)
+
+// stepClock is a Clock whose time moves only when the test says, and whose
+// tickers fire only when the test ticks them.
+type stepClock struct {
+	mu    sync.Mutex
+	now   time.Time
+	ticks []chan time.Time
+}
+
+func (c *stepClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *stepClock) NewTicker(time.Duration) (<-chan time.Time, func()) {
+	ch := make(chan time.Time, 1)
+	c.mu.Lock()
+	c.ticks = append(c.ticks, ch)
+	c.mu.Unlock()
+	return ch, func() {}
+}
+
+// advance moves time on by d and ticks every ticker.
+func (c *stepClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	now, ticks := c.now, c.ticks
+	c.mu.Unlock()
+	for _, ch := range ticks {
+		select {
+		case ch <- now:
+		default:
+		}
+	}
+}
+
+// scriptedParticipant serves Calls with a test-chosen behaviour per call.
+type scriptedParticipant struct {
+	decreev1.UnimplementedParticipantServer
+	mu      sync.Mutex
+	batches []int // sizes of the CallBatches received
+	// answer decides a call's reply; nil means never answer it.
+	answer func(*decreev1.Call) *decreev1.Reply
+	// hangUp, when set, ends the stream after the first batch.
+	hangUp bool
+	// release, when set, makes the server wait before reading anything.
+	release chan struct{}
+}
+
+func (s *scriptedParticipant) Calls(stream decreev1.Participant_CallsServer) error {
+	if s.release != nil {
+		<-s.release
+	}
+	for {
+		b, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.batches = append(s.batches, len(b.GetCalls()))
+		s.mu.Unlock()
+		if s.hangUp {
+			return status.Error(codes.Internal, "hung up by test")
+		}
+		var out decreev1.ReplyBatch
+		for _, c := range b.GetCalls() {
+			if r := s.answer(c); r != nil {
+				out.Replies = append(out.Replies, r)
+			}
+		}
+		if len(out.Replies) > 0 {
+			if err := stream.Send(&out); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func voteYes(c *decreev1.Call) *decreev1.Reply {
+	return &decreev1.Reply{Seq: c.GetSeq(), Kind: &decreev1.Reply_Prepare{Prepare: &decreev1.PrepareResponse{Vote: decreev1.Vote_VOTE_YES}}}
+}
+
+func serveScripted(t *testing.T, s *scriptedParticipant) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	decreev1.RegisterParticipantServer(srv, s)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return lis.Addr().String()
+}
+
+func newTestMux(t *testing.T, clock Clock) *callMux {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var d net.Dialer
+	conns := newConnPool(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) })
+	m := newCallMux(ctx, conns, clock, 5*time.Second, zerolog.New(zerolog.NewTestWriter(t)))
+	t.Cleanup(func() { cancel(); m.wait(); conns.close() })
+	return m
+}
+
+type callResult struct {
+	id  string
+	r   *decreev1.Reply
+	err error
+}
+
+func prepareN(m *callMux, addr string, n int, timeout time.Duration) chan callResult {
+	out := make(chan callResult, n)
+	for i := range n {
+		id := fmt.Sprintf("txn-%d", i)
+		m.call(addr, prepareCall(SendPrepare{ID: id, Participants: []string{addr}}), timeout,
+			func(r *decreev1.Reply, err error) { out <- callResult{id, r, err} })
+	}
+	return out
+}
+
+func collect(t *testing.T, ch chan callResult, n int) map[string]callResult {
+	t.Helper()
+	got := map[string]callResult{}
+	deadline := time.After(10 * time.Second)
+	for len(got) < n {
+		select {
+		case r := <-ch:
+			if _, dup := got[r.id]; dup {
+				t.Fatalf("call %s ended twice", r.id)
+			}
+			got[r.id] = r
+		case <-deadline:
+			t.Fatalf("%d of %d calls ended", len(got), n)
+		}
+	}
+	return got
+}
+
+// Calls queued while the stream is busy go out together, and each gets
+// its own reply.
+func TestCallMuxCoalescesCalls(t *testing.T) {
+	release := make(chan struct{})
+	p := &scriptedParticipant{answer: voteYes, release: release}
+	addr := serveScripted(t, p)
+	m := newTestMux(t, WallClock{})
+	const n = 200
+	ch := prepareN(m, addr, n, 5*time.Second)
+	close(release)
+	for id, r := range collect(t, ch, n) {
+		if r.err != nil || r.r.GetPrepare().GetVote() != decreev1.Vote_VOTE_YES {
+			t.Fatalf("%s: reply %v, err %v", id, r.r, r.err)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.batches) >= n {
+		t.Fatalf("%d calls took %d batches: nothing was coalesced", n, len(p.batches))
+	}
+}
+
+// Calls without a reply end with DeadlineExceeded once their deadline has
+// passed, and a reply of another kind is an error.
+func TestCallMuxDeadlineAndWrongReply(t *testing.T) {
+	p := &scriptedParticipant{answer: func(c *decreev1.Call) *decreev1.Reply {
+		if c.GetPrepare().GetTxnId() == "txn-0" {
+			return &decreev1.Reply{Seq: c.GetSeq(), Kind: &decreev1.Reply_Decision{Decision: &decreev1.DecisionResponse{}}}
+		}
+		return nil
+	}}
+	addr := serveScripted(t, p)
+	clock := &stepClock{now: time.Unix(1000, 0)}
+	m := newTestMux(t, clock)
+	ch := prepareN(m, addr, 2, time.Second)
+	first := <-ch
+	if first.id != "txn-0" || status.Code(first.err) != codes.Internal {
+		t.Fatalf("first end %+v, want txn-0 failing Internal", first)
+	}
+	select {
+	case r := <-ch:
+		t.Fatalf("%s ended before its deadline: %v", r.id, r.err)
+	default:
+	}
+	waitUntil(t, "call in flight", func() bool { return inFlight(m, addr) == 1 })
+	clock.advance(2 * time.Second)
+	if r := collect(t, ch, 1)["txn-1"]; status.Code(r.err) != codes.DeadlineExceeded {
+		t.Fatalf("txn-1 ended with %v, want DeadlineExceeded", r.err)
+	}
+}
+
+// When the stream dies, every call in flight on it ends with Unavailable,
+// and later calls open a new stream.
+func TestCallMuxStreamDeath(t *testing.T) {
+	p := &scriptedParticipant{answer: voteYes, hangUp: true}
+	addr := serveScripted(t, p)
+	m := newTestMux(t, WallClock{})
+	for id, r := range collect(t, prepareN(m, addr, 10, 5*time.Second), 10) {
+		if status.Code(r.err) != codes.Unavailable {
+			t.Fatalf("%s ended with %v, want Unavailable", id, r.err)
+		}
+	}
+	p.mu.Lock()
+	p.hangUp = false
+	p.mu.Unlock()
+	for id, r := range collect(t, prepareN(m, addr, 10, 5*time.Second), 10) {
+		if r.err != nil {
+			t.Fatalf("%s after reconnecting: %v", id, r.err)
+		}
+	}
+}
+
+// A participant that cannot be reached fails the calls at once.
+func TestCallMuxUnreachable(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	m := newTestMux(t, WallClock{})
+	for id, r := range collect(t, prepareN(m, addr, 3, 5*time.Second), 3) {
+		if status.Code(r.err) != codes.Unavailable {
+			t.Fatalf("%s ended with %v, want Unavailable", id, r.err)
+		}
+	}
+}
+
+func inFlight(m *callMux, addr string) int {
+	m.mu.Lock()
+	l := m.links[addr]
+	m.mu.Unlock()
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cur == nil {
+		return 0
+	}
+	return len(l.cur.inflight)
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

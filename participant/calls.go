@@ -1,0 +1,165 @@
+package participant
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// maxCallsInFlight bounds the calls of one Calls stream being served at
+// once. When it is reached the stream is not read until a call finishes,
+// so gRPC flow control slows the coordinator down instead of this process
+// growing without bound.
+const maxCallsInFlight = 4096
+
+// ServeCalls serves a Calls stream by running every call it carries
+// through unary's Prepare, Commit, Abort and Resolve, each on its own
+// goroutine, so that the calls of a batch proceed together (their synced
+// log writes share fsyncs). Replies are coalesced: whatever has finished
+// while the previous batch was being sent goes in the next one.
+//
+// It returns when the coordinator closes its side and every call has been
+// answered, or when the stream fails. Participant.Register serves it; it is
+// exported for services that wrap the SDK's unary methods (middleware,
+// tests) and want their wrapping to apply to streamed calls too.
+func ServeCalls(stream decreev1.Participant_CallsServer, unary decreev1.ParticipantServer) error {
+	ctx := stream.Context()
+	out := newReplyQueue()
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- out.sendAll(stream) }()
+
+	sem := make(chan struct{}, maxCallsInFlight)
+	var calls sync.WaitGroup
+	recvErr := receiveCalls(ctx, stream, sem, func(c *decreev1.Call) {
+		calls.Go(func() {
+			out.push(runCall(ctx, unary, c))
+			<-sem
+		})
+	})
+	calls.Wait()
+	out.close()
+	if err := <-sendErr; err != nil {
+		return err
+	}
+	if errors.Is(recvErr, io.EOF) {
+		return nil
+	}
+	return recvErr
+}
+
+// receiveCalls reads batches until the stream ends and hands each call to
+// start, holding a slot of sem for it.
+func receiveCalls(ctx context.Context, stream decreev1.Participant_CallsServer, sem chan struct{}, start func(*decreev1.Call)) error {
+	for {
+		b, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		for _, c := range b.GetCalls() {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			start(c)
+		}
+	}
+}
+
+// runCall runs one call through unary and turns its result into a Reply.
+func runCall(ctx context.Context, unary decreev1.ParticipantServer, c *decreev1.Call) *decreev1.Reply {
+	r := &decreev1.Reply{Seq: c.GetSeq()}
+	var err error
+	switch k := c.GetKind().(type) {
+	case *decreev1.Call_Prepare:
+		var resp *decreev1.PrepareResponse
+		if resp, err = unary.Prepare(ctx, k.Prepare); err == nil {
+			r.Kind = &decreev1.Reply_Prepare{Prepare: resp}
+		}
+	case *decreev1.Call_Commit:
+		var resp *decreev1.DecisionResponse
+		if resp, err = unary.Commit(ctx, k.Commit); err == nil {
+			r.Kind = &decreev1.Reply_Decision{Decision: resp}
+		}
+	case *decreev1.Call_Abort:
+		var resp *decreev1.DecisionResponse
+		if resp, err = unary.Abort(ctx, k.Abort); err == nil {
+			r.Kind = &decreev1.Reply_Decision{Decision: resp}
+		}
+	case *decreev1.Call_Resolve:
+		var resp *decreev1.ResolveResponse
+		if resp, err = unary.Resolve(ctx, k.Resolve); err == nil {
+			r.Kind = &decreev1.Reply_Resolve{Resolve: resp}
+		}
+	default:
+		err = status.Error(codes.InvalidArgument, "call of unknown kind")
+	}
+	if err != nil {
+		st := status.Convert(err)
+		r.Kind = &decreev1.Reply_Error{Error: &decreev1.CallError{Code: uint32(st.Code()), Message: st.Message()}}
+	}
+	return r
+}
+
+// replyQueue collects finished replies for the single goroutine allowed to
+// Send on the stream.
+type replyQueue struct {
+	mu      sync.Mutex
+	pending []*decreev1.Reply
+	closed  bool
+	wake    chan struct{}
+}
+
+func newReplyQueue() *replyQueue { return &replyQueue{wake: make(chan struct{}, 1)} }
+
+func (q *replyQueue) push(r *decreev1.Reply) {
+	q.mu.Lock()
+	q.pending = append(q.pending, r)
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *replyQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *replyQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns everything pending, and whether the queue is closed.
+func (q *replyQueue) take() ([]*decreev1.Reply, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	rs := q.pending
+	q.pending = nil
+	return rs, q.closed
+}
+
+// sendAll sends the pending replies as batches until the queue is closed
+// and drained. After a send fails it keeps draining (the calls still finish
+// and must not block) and returns the error.
+func (q *replyQueue) sendAll(stream decreev1.Participant_CallsServer) error {
+	var failed error
+	for range q.wake {
+		rs, closed := q.take()
+		if len(rs) > 0 && failed == nil {
+			failed = stream.Send(&decreev1.ReplyBatch{Replies: rs})
+		}
+		if closed {
+			return failed
+		}
+	}
+	return failed
+}

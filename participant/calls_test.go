@@ -1,0 +1,115 @@
+package participant_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/decree-tx/decree/participant"
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+)
+
+func openCalls(t *testing.T, p *participant.Participant) decreev1.Participant_CallsClient {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	p.Register(srv)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	stream, err := decreev1.NewParticipantClient(conn).Calls(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
+// exchange sends one batch and reads replies until every call of it is
+// answered, keyed by seq.
+func exchange(t *testing.T, s decreev1.Participant_CallsClient, calls ...*decreev1.Call) map[uint64]*decreev1.Reply {
+	t.Helper()
+	if err := s.Send(&decreev1.CallBatch{Calls: calls}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]*decreev1.Reply{}
+	for len(got) < len(calls) {
+		b, err := s.Recv()
+		if err != nil {
+			t.Fatalf("recv after %d of %d replies: %v", len(got), len(calls), err)
+		}
+		for _, r := range b.GetReplies() {
+			if got[r.GetSeq()] != nil {
+				t.Fatalf("call %d answered twice", r.GetSeq())
+			}
+			got[r.GetSeq()] = r
+		}
+	}
+	return got
+}
+
+func prepareCall(seq uint64, req *decreev1.PrepareRequest) *decreev1.Call {
+	return &decreev1.Call{Seq: seq, Kind: &decreev1.Call_Prepare{Prepare: req}}
+}
+
+// The Calls stream runs each call as its unary form would, answers each
+// by seq (errors as their status), and ends cleanly when the caller does.
+func TestCallsStream(t *testing.T) {
+	log := openLog(t, t.TempDir())
+	p := newParticipant(t, &kvResource{}, participant.Options{Log: log})
+	s := openCalls(t, p)
+
+	got := exchange(t, s,
+		prepareCall(1, prepareReq("t1", "set a=1", 1, "me:1", "you:1")),
+		prepareCall(2, prepareReq("t2", "no broke", 1, "me:1", "you:1")),
+		prepareCall(3, prepareReq("", "set b=1", 1, "me:1")),
+		&decreev1.Call{Seq: 4, Kind: &decreev1.Call_Commit{Commit: &decreev1.DecisionRequest{TxnId: "t3", Term: 1}}},
+	)
+	if v := got[1].GetPrepare().GetVote(); v != decreev1.Vote_VOTE_YES {
+		t.Errorf("t1 voted %v, want YES", v)
+	}
+	if r := got[2].GetPrepare(); r.GetVote() != decreev1.Vote_VOTE_NO || r.GetReason() != "broke" {
+		t.Errorf("t2 answered %v, want NO broke", r)
+	}
+	if c := codes.Code(got[3].GetError().GetCode()); c != codes.InvalidArgument {
+		t.Errorf("empty id answered %v, want InvalidArgument", got[3])
+	}
+	if c := codes.Code(got[4].GetError().GetCode()); c != codes.FailedPrecondition {
+		t.Errorf("commit of a never prepared txn answered %v, want FailedPrecondition", got[4])
+	}
+
+	got = exchange(t, s,
+		&decreev1.Call{Seq: 5, Kind: &decreev1.Call_Commit{Commit: &decreev1.DecisionRequest{TxnId: "t1", Term: 1}}},
+		&decreev1.Call{Seq: 6, Kind: &decreev1.Call_Abort{Abort: &decreev1.DecisionRequest{TxnId: "t2", Term: 1}}},
+		&decreev1.Call{Seq: 7, Kind: &decreev1.Call_Resolve{Resolve: &decreev1.ResolveRequest{TxnId: "t9", Term: 1}}},
+	)
+	for seq := uint64(5); seq <= 6; seq++ {
+		if got[seq].GetDecision() == nil {
+			t.Errorf("call %d answered %v, want a decision reply", seq, got[seq])
+		}
+	}
+	if st := got[7].GetResolve().GetState(); st != decreev1.ParticipantState_PARTICIPANT_STATE_ABORTED {
+		t.Errorf("resolve of an unknown txn: %v, want ABORTED", st)
+	}
+	if v := userValue(t, log, "data/a"); v != "1" {
+		t.Errorf("committed write: a=%q, want 1", v)
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the caller closed: %v, want EOF", err)
+	}
+}
