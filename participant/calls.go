@@ -33,15 +33,9 @@ func ServeCalls(stream decreev1.Participant_CallsServer, unary decreev1.Particip
 	sendErr := make(chan error, 1)
 	go func() { sendErr <- out.sendAll(stream) }()
 
-	sem := make(chan struct{}, maxCallsInFlight)
-	var calls sync.WaitGroup
-	recvErr := receiveCalls(ctx, stream, sem, func(c *decreev1.Call) {
-		calls.Go(func() {
-			out.push(runCall(ctx, unary, c))
-			<-sem
-		})
-	})
-	calls.Wait()
+	w := newCallWorkers(ctx, unary, out)
+	recvErr := w.receive(stream)
+	w.wait()
 	out.close()
 	if err := <-sendErr; err != nil {
 		return err
@@ -52,9 +46,30 @@ func ServeCalls(stream decreev1.Participant_CallsServer, unary decreev1.Particip
 	return recvErr
 }
 
-// receiveCalls reads batches until the stream ends and hands each call to
-// start, holding a slot of sem for it.
-func receiveCalls(ctx context.Context, stream decreev1.Participant_CallsServer, sem chan struct{}, start func(*decreev1.Call)) error {
+// callWorkers runs the calls of one stream on a pool of goroutines that
+// lives as long as the stream: a call hands itself to an idle worker, or
+// starts a new one while fewer than maxCallsInFlight run. Long-lived
+// workers keep the stacks they grew (the log's reads and writes run deep),
+// where a goroutine per call would grow and copy a fresh stack every time.
+type callWorkers struct {
+	ctx   context.Context
+	unary decreev1.ParticipantServer
+	out   *replyQueue
+	work  chan *decreev1.Call // unbuffered: a send succeeds only to an idle worker
+	slots chan struct{}       // one per call being run
+	wg    sync.WaitGroup
+	done  chan struct{} // closed when the stream's calls have all been handed out
+}
+
+func newCallWorkers(ctx context.Context, unary decreev1.ParticipantServer, out *replyQueue) *callWorkers {
+	return &callWorkers{ctx: ctx, unary: unary, out: out, work: make(chan *decreev1.Call),
+		slots: make(chan struct{}, maxCallsInFlight), done: make(chan struct{})}
+}
+
+// receive reads batches until the stream ends and starts their calls. When
+// maxCallsInFlight calls are running it stops reading until one finishes.
+func (w *callWorkers) receive(stream decreev1.Participant_CallsServer) error {
+	defer close(w.done)
 	for {
 		b, err := stream.Recv()
 		if err != nil {
@@ -62,14 +77,38 @@ func receiveCalls(ctx context.Context, stream decreev1.Participant_CallsServer, 
 		}
 		for _, c := range b.GetCalls() {
 			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
+			case w.slots <- struct{}{}:
+			case <-w.ctx.Done():
+				return w.ctx.Err()
 			}
-			start(c)
+			w.start(c)
 		}
 	}
 }
+
+func (w *callWorkers) start(c *decreev1.Call) {
+	select {
+	case w.work <- c:
+	default:
+		w.wg.Go(func() { w.loop(c) })
+	}
+}
+
+// loop runs c, then whatever calls it is handed, until the stream is done.
+func (w *callWorkers) loop(c *decreev1.Call) {
+	for {
+		w.out.push(runCall(w.ctx, w.unary, c))
+		<-w.slots
+		select {
+		case c = <-w.work:
+		case <-w.done:
+			return
+		}
+	}
+}
+
+// wait returns when every call handed out has been answered.
+func (w *callWorkers) wait() { w.wg.Wait() }
 
 // runCall runs one call through unary and turns its result into a Reply.
 func runCall(ctx context.Context, unary decreev1.ParticipantServer, c *decreev1.Call) *decreev1.Reply {

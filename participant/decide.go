@@ -42,9 +42,12 @@ const tombstoneReason = "aborted before prepare"
 // only once the outcome is durable.
 func (p *Participant) decide(ctx context.Context, id string, d decision, f fence) error {
 	defer p.locks.lock(id)()
-	rec, found, err := p.plog.GetTxn(id)
-	if err != nil {
-		return storageError(err)
+	rec, found := p.preparedRecord(id)
+	if !found {
+		var err error
+		if rec, found, err = p.plog.GetTxn(id); err != nil {
+			return storageError(err)
+		}
 	}
 	if !found {
 		return p.decideUnknown(id, d, f)
@@ -174,6 +177,7 @@ func (p *Participant) raiseTerm(rec *txlog.PTxn, f fence) error {
 	if err := p.plog.Commit(b); err != nil {
 		return storageError(err)
 	}
+	p.raiseInDoubtTerm(rec.ID, f.term)
 	return nil
 }
 

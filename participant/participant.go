@@ -45,6 +45,9 @@ type Participant struct {
 
 // inDoubt is the recovery loop's view of one prepared transaction.
 type inDoubt struct {
+	// rec is the durable Prepared record, kept so that the outcome is
+	// applied without reading it back from the log.
+	rec          txlog.PTxn
 	participants []string
 	preparedAt   time.Time
 	// due is when to ask the coordinators next; attempts counts the
@@ -87,7 +90,7 @@ func New(r Resource, opts Options) (*Participant, error) {
 func (p *Participant) loadInDoubt() error {
 	err := p.plog.ScanTxns(func(t *txlog.PTxn) bool {
 		if t.State == txlog.PStatePrepared {
-			p.inDoubt[t.ID] = &inDoubt{participants: t.Participants, preparedAt: time.Unix(0, t.PreparedAt)}
+			p.inDoubt[t.ID] = &inDoubt{rec: *t, participants: t.Participants, preparedAt: time.Unix(0, t.PreparedAt)}
 		}
 		return true
 	})
@@ -177,11 +180,34 @@ func (p *Participant) addInDoubt(t *txlog.PTxn) {
 	at := time.Unix(0, t.PreparedAt)
 	due := at.Add(p.opts.InDoubtTimeout)
 	p.mu.Lock()
-	p.inDoubt[t.ID] = &inDoubt{participants: t.Participants, preparedAt: at, due: due}
+	p.inDoubt[t.ID] = &inDoubt{rec: *t, participants: t.Participants, preparedAt: at, due: due}
 	wake := p.sleeping && (p.sleepUntil.IsZero() || due.Before(p.sleepUntil))
 	p.mu.Unlock()
 	if wake {
 		p.notify()
+	}
+}
+
+// preparedRecord returns a copy of id's Prepared record if id is in doubt.
+// Under id's key lock the answer matches the log: entries come and go, and
+// their term is raised, only after the log write, under that lock.
+func (p *Participant) preparedRecord(id string) (*txlog.PTxn, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.inDoubt[id]
+	if d == nil {
+		return nil, false
+	}
+	rec := d.rec
+	return &rec, true
+}
+
+// raiseInDoubtTerm mirrors a raised term into id's in-doubt entry.
+func (p *Participant) raiseInDoubtTerm(id string, term uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if d := p.inDoubt[id]; d != nil {
+		d.rec.Term = max(d.rec.Term, term)
 	}
 }
 

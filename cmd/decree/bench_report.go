@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sort"
 	"sync"
 	"text/tabwriter"
@@ -226,6 +227,7 @@ type benchResult struct {
 	Participants    int      `json:"participants"`
 	PayloadBytes    int      `json:"payload_bytes"`
 	AbortRatio      float64  `json:"abort_ratio"`
+	GoMaxProcs      int      `json:"gomaxprocs"`
 	DurationS       float64  `json:"duration_s"`
 	Committed       int64    `json:"committed"`
 	Aborted         int64    `json:"aborted"`
@@ -332,6 +334,7 @@ func printBenchTable(w io.Writer, r *benchResult) error {
 	row := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{k}, a...)...) }
 	row("cluster", "%s", mode)
 	row("load", "clients %d, participants/txn %d, payload %d B, abort ratio %g", r.Clients, r.Participants, r.PayloadBytes, r.AbortRatio)
+	row("process", "GOMAXPROCS %d on %d CPUs", r.GoMaxProcs, runtime.NumCPU())
 	row("duration", "%.2f s", r.DurationS)
 	row("committed", "%d", r.Committed)
 	row("aborted", "%d", r.Aborted)
