@@ -41,3 +41,33 @@ func BenchmarkCommitState(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkGetRecordMiss measures looking up an id that has no record (a
+// new transaction's first Decide or Staged) in a store whose 200k records
+// have been flushed to a table.
+func BenchmarkGetRecordMiss(b *testing.B) {
+	s := openStore(b, b.TempDir(), nil)
+	r := &Record{Outcome: OutcomeCommitted, Participants: []string{"p1:7000", "p2:7000"}, DecidedAt: 1}
+	const n = 200_000
+	for i := 0; i < n; i += 1000 {
+		batch := s.NewStateBatch()
+		for j := i; j < i+1000; j++ {
+			r.ID = fmt.Sprintf("tx-%08d", j)
+			batch.PutRecord(r)
+		}
+		if err := s.CommitState(batch, uint64(i/1000+1)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	var i int
+	for b.Loop() {
+		i++
+		if _, ok, err := s.GetRecord(fmt.Sprintf("tx-%08d-new", i%n)); err != nil || ok {
+			b.Fatalf("found %v, err %v", ok, err)
+		}
+	}
+}
+

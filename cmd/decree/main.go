@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/rs/zerolog"
@@ -30,7 +31,18 @@ func commands() []command {
 	}
 }
 
+// gcPercent is the GOGC that decree runs with unless GOGC is set. A node's
+// live Go heap is small (Pebble keeps its caches off the heap), so
+// collecting at 5x the live heap instead of 2x costs tens of megabytes and
+// saves the collector's CPU: at 256 embedded clients GC marking was about
+// 7% of CPU, and GOGC=400 raised throughput from about 7,000 to 8,200 tx/s
+// (resident memory 150 to 295 MB for the whole embedded cluster).
+const gcPercent = 400
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
