@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"google.golang.org/grpc/codes"
@@ -94,13 +95,23 @@ func (w *callWorkers) start(c *decreev1.Call) {
 	}
 }
 
-// loop runs c, then whatever calls it is handed, until the stream is done.
+// workerIdle is how long a worker waits for another call before it ends,
+// so that a stream's pool shrinks back after a burst.
+const workerIdle = 10 * time.Second
+
+// loop runs c, then whatever calls it is handed, until the stream is done
+// or no call came for workerIdle.
 func (w *callWorkers) loop(c *decreev1.Call) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
 	for {
 		w.out.push(runCall(w.ctx, w.unary, c))
 		<-w.slots
+		idle.Reset(workerIdle)
 		select {
 		case c = <-w.work:
+		case <-idle.C:
+			return
 		case <-w.done:
 			return
 		}

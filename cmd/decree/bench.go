@@ -67,7 +67,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 
 	procs := benchProcs(f, os.Getenv("GOMAXPROCS") != "")
-	runtime.GOMAXPROCS(procs)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
 	env, err := setUpBench(ctx, f, logger)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -35,7 +36,7 @@ func runBenchJSON(t *testing.T, args ...string) map[string]any {
 		t.Fatalf("bad JSON: %v\n%s", err, b)
 	}
 	for _, k := range []string{"tx_per_sec", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "committed", "aborted", "errors",
-		"clients", "participants", "duration_s", "cpu_s_per_tx", "fsyncs_per_tx", "coordinator_fsyncs_per_tx", "participant_fsyncs_per_tx"} {
+		"clients", "participants", "duration_s", "cpu_s_per_tx", "fsyncs_per_tx", "coordinator_fsyncs_per_tx", "participant_fsyncs_per_tx", "gomaxprocs"} {
 		if _, ok := res[k]; !ok {
 			t.Errorf("JSON lacks key %q", k)
 		}
@@ -205,6 +206,25 @@ func TestBenchVotesNo(t *testing.T) {
 		}
 		if got := float64(no) / n; got < ratio-0.02 || got > ratio+0.02 {
 			t.Errorf("ratio %v: %v of votes were NO", ratio, got)
+		}
+	}
+}
+
+// The bench process gets a P per store it hosts on top of the CPUs, unless
+// the user chose GOMAXPROCS.
+func TestBenchProcs(t *testing.T) {
+	cpus := runtime.NumCPU()
+	for _, c := range []struct {
+		f       benchFlags
+		userSet bool
+		want    int
+	}{
+		{benchFlags{embedded: true, participants: 2}, false, cpus + 5},
+		{benchFlags{participants: 3}, false, cpus + 3},
+		{benchFlags{embedded: true, participants: 2}, true, runtime.GOMAXPROCS(0)},
+	} {
+		if got := benchProcs(c.f, c.userSet); got != c.want {
+			t.Errorf("benchProcs(%+v, user set %v) = %d, want %d", c.f, c.userSet, got, c.want)
 		}
 	}
 }
