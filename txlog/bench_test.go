@@ -70,4 +70,3 @@ func BenchmarkGetRecordMiss(b *testing.B) {
 		}
 	}
 }
-
