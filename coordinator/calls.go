@@ -151,8 +151,16 @@ type callStream struct {
 	inflight map[uint64]*pendingCall
 }
 
+// enqueue queues pc for the sender. Once the mux has stopped it ends pc at
+// once: stop, which drains the queue for the last time, runs after the
+// context is cancelled and under the same lock.
 func (l *callLink) enqueue(pc *pendingCall) {
 	l.mu.Lock()
+	if l.mux.ctx.Err() != nil {
+		l.mu.Unlock()
+		pc.done(nil, ErrStopped)
+		return
+	}
 	l.queue = append(l.queue, pc)
 	l.mu.Unlock()
 	select {
@@ -161,18 +169,31 @@ func (l *callLink) enqueue(pc *pendingCall) {
 	}
 }
 
+// run sends what is queued. Deadlines are swept by another goroutine
+// (sweep): a Send blocked by a participant that stopped reading must not
+// hold them up.
 func (l *callLink) run() {
-	tick, stop := l.mux.clock.NewTicker(l.mux.sweep)
-	defer stop()
+	l.mux.wg.Go(l.sweep)
 	for {
 		select {
 		case <-l.mux.ctx.Done():
 			l.stop()
 			return
-		case <-tick:
-			l.expire(l.mux.clock.Now())
 		case <-l.wake:
 			l.flush()
+		}
+	}
+}
+
+func (l *callLink) sweep() {
+	tick, stop := l.mux.clock.NewTicker(l.mux.sweep)
+	defer stop()
+	for {
+		select {
+		case <-l.mux.ctx.Done():
+			return
+		case <-tick:
+			l.expire(l.mux.clock.Now())
 		}
 	}
 }
@@ -221,9 +242,11 @@ func (l *callLink) take() ([]*pendingCall, *callStream, bool) {
 	if l.unary {
 		return batch, nil, true
 	}
+	now := l.mux.clock.Now()
 	for _, pc := range batch {
 		l.nextSeq++
 		pc.call.Seq = l.nextSeq
+		pc.call.TimeoutMicros = max(pc.deadline.Sub(now).Microseconds(), 1)
 		l.cur.inflight[pc.call.Seq] = pc
 	}
 	return batch, l.cur, false
@@ -345,15 +368,24 @@ func (l *callLink) expire(now time.Time) {
 	}
 	clear(l.queue[len(kept):])
 	l.queue = kept
+	var stuck *callStream
 	if l.cur != nil {
 		for seq, pc := range l.cur.inflight {
 			if !now.Before(pc.deadline) {
 				delete(l.cur.inflight, seq)
 				late = append(late, pc)
+				stuck = l.cur
 			}
 		}
 	}
 	l.mu.Unlock()
+	if stuck != nil {
+		// A call sent on it got no answer in its whole deadline: the
+		// participant is stuck or not reading. Cancelling frees a blocked
+		// Send; the receiver ends the rest and the next call reconnects.
+		l.log.Warn().Msg("participant call timed out on the calls stream; resetting the stream")
+		stuck.cancel()
+	}
 	endAll(late, status.Error(codes.DeadlineExceeded, "participant call timed out"))
 }
 

@@ -121,8 +121,14 @@ func (w *callWorkers) loop(c *decreev1.Call) {
 // wait returns when every call handed out has been answered.
 func (w *callWorkers) wait() { w.wg.Wait() }
 
-// runCall runs one call through unary and turns its result into a Reply.
+// runCall runs one call through unary, within the caller's deadline, and
+// turns its result into a Reply.
 func runCall(ctx context.Context, unary decreev1.ParticipantServer, c *decreev1.Call) *decreev1.Reply {
+	if t := c.GetTimeoutMicros(); t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(t)*time.Microsecond)
+		defer cancel()
+	}
 	r := &decreev1.Reply{Seq: c.GetSeq()}
 	var err error
 	switch k := c.GetKind().(type) {

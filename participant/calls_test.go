@@ -113,3 +113,25 @@ func TestCallsStream(t *testing.T) {
 		t.Fatalf("after the caller closed: %v, want EOF", err)
 	}
 }
+
+// waitingResource blocks every Prepare until its context ends.
+type waitingResource struct{ kvResource }
+
+func (r *waitingResource) Prepare(ctx context.Context, _ participant.Txn, _ participant.Writer) (participant.Vote, string, error) {
+	<-ctx.Done()
+	return 0, "", ctx.Err()
+}
+
+// A streamed call is cancelled when the deadline it carries passes, as a
+// unary call's would be.
+func TestCallsStreamDeadline(t *testing.T) {
+	log := openLog(t, t.TempDir())
+	p := newParticipant(t, &waitingResource{}, participant.Options{Log: log})
+	s := openCalls(t, p)
+	call := prepareCall(1, prepareReq("t1", "set a=1", 1, "me:1", "you:1"))
+	call.TimeoutMicros = 20_000
+	got := exchange(t, s, call)
+	if c := codes.Code(got[1].GetError().GetCode()); c != codes.DeadlineExceeded {
+		t.Fatalf("blocked prepare answered %v, want DeadlineExceeded", got[1])
+	}
+}

@@ -144,7 +144,11 @@ type Call struct {
 	//	*Call_Commit
 	//	*Call_Abort
 	//	*Call_Resolve
-	Kind          isCall_Kind `protobuf_oneof:"kind"`
+	Kind isCall_Kind `protobuf_oneof:"kind"`
+	// timeout_micros is what is left of the caller's deadline for this call
+	// when it was sent; the participant cancels the call's context after it,
+	// as a unary call's deadline would. 0: no deadline.
+	TimeoutMicros int64 `protobuf:"varint,6,opt,name=timeout_micros,json=timeoutMicros,proto3" json:"timeout_micros,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -227,6 +231,13 @@ func (x *Call) GetResolve() *ResolveRequest {
 		}
 	}
 	return nil
+}
+
+func (x *Call) GetTimeoutMicros() int64 {
+	if x != nil {
+		return x.TimeoutMicros
+	}
+	return 0
 }
 
 type isCall_Kind interface {
@@ -840,13 +851,14 @@ var File_decree_v1_participant_proto protoreflect.FileDescriptor
 
 const file_decree_v1_participant_proto_rawDesc = "" +
 	"\n" +
-	"\x1bdecree/v1/participant.proto\x12\tdecree.v1\"\xf8\x01\n" +
+	"\x1bdecree/v1/participant.proto\x12\tdecree.v1\"\x9f\x02\n" +
 	"\x04Call\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x125\n" +
 	"\aprepare\x18\x02 \x01(\v2\x19.decree.v1.PrepareRequestH\x00R\aprepare\x124\n" +
 	"\x06commit\x18\x03 \x01(\v2\x1a.decree.v1.DecisionRequestH\x00R\x06commit\x122\n" +
 	"\x05abort\x18\x04 \x01(\v2\x1a.decree.v1.DecisionRequestH\x00R\x05abort\x125\n" +
-	"\aresolve\x18\x05 \x01(\v2\x19.decree.v1.ResolveRequestH\x00R\aresolveB\x06\n" +
+	"\aresolve\x18\x05 \x01(\v2\x19.decree.v1.ResolveRequestH\x00R\aresolve\x12%\n" +
+	"\x0etimeout_micros\x18\x06 \x01(\x03R\rtimeoutMicrosB\x06\n" +
 	"\x04kind\"2\n" +
 	"\tCallBatch\x12%\n" +
 	"\x05calls\x18\x01 \x03(\v2\x0f.decree.v1.CallR\x05calls\"\xfa\x01\n" +
