@@ -378,6 +378,9 @@ func (l *callLink) expire(now time.Time) {
 			}
 		}
 	}
+	if stuck != nil {
+		l.cur = nil // new calls go to a new stream; the receiver ends the rest
+	}
 	l.mu.Unlock()
 	if stuck != nil {
 		// A call sent on it got no answer in its whole deadline: the
