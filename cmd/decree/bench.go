@@ -345,33 +345,42 @@ func (e *benchEnv) run(ctx context.Context, f benchFlags, stderr io.Writer) (*be
 	}
 	before := e.quiesce(ctx, 5*time.Second)
 
-	if f.cpuProfile != "" {
-		pf, err := os.Create(f.cpuProfile)
+	for _, r := range []struct {
+		path, what string
+		start      func(io.Writer) error
+		stop       func()
+	}{
+		{f.cpuProfile, "cpu profile", pprof.StartCPUProfile, pprof.StopCPUProfile},
+		{f.traceFile, "trace", trace.Start, trace.Stop},
+	} {
+		stop, err := record(r.path, r.what, r.start, r.stop)
 		if err != nil {
-			return nil, fmt.Errorf("create cpu profile: %w", err)
+			return nil, err
 		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return nil, fmt.Errorf("start cpu profile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
-	}
-	if f.traceFile != "" {
-		tf, err := os.Create(f.traceFile)
-		if err != nil {
-			return nil, fmt.Errorf("create trace: %w", err)
-		}
-		defer tf.Close()
-		if err := trace.Start(tf); err != nil {
-			return nil, fmt.Errorf("start trace: %w", err)
-		}
-		defer trace.Stop()
+		defer stop()
 	}
 
 	rec := newRecorder()
 	elapsed := e.load(ctx, f, branches, rec, stderr)
 	after := e.quiesce(ctx, 10*time.Second)
 	return summarize(f, e.endpoints, e.cluster != nil, rec, elapsed, before, after), nil
+}
+
+// record starts a recording of the load phase (a CPU profile, a trace)
+// into path, unless path is empty, and returns what ends it.
+func record(path, what string, start func(io.Writer) error, stop func()) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", what, err)
+	}
+	if err := start(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", what, err)
+	}
+	return func() { stop(); f.Close() }, nil
 }
 
 // load runs f.clients workers until f.count transactions have been
