@@ -1,0 +1,59 @@
+package coordinator
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// NodeStats counts the background work of a node, for `decree status` and
+// long-running measurements (make soak). Counters only grow.
+type NodeStats struct {
+	// SnapshotsSent and SnapshotBytesSent count state transfers streamed to
+	// lagging peers; SnapshotSendTime is their total duration.
+	SnapshotsSent     uint64
+	SnapshotBytesSent uint64
+	SnapshotSendTime  time.Duration
+	// SnapshotsReceived and SnapshotBytesReceived count state transfers
+	// installed from the leader; SnapshotReceiveTime is their total
+	// duration, from the first chunk to the switch.
+	SnapshotsReceived     uint64
+	SnapshotBytesReceived uint64
+	SnapshotReceiveTime   time.Duration
+	// Collects counts applied Collect commands; CollectTime is the time
+	// they spent on the apply path, CollectMaxTime the longest one.
+	Collects         uint64
+	CollectedRecords uint64
+	CollectTime      time.Duration
+	CollectMaxTime   time.Duration
+	// LeaderChanges counts the times this node saw the group's leader
+	// change (including to none).
+	LeaderChanges uint64
+}
+
+// nodeStats is the concurrent form of NodeStats: each field is written by
+// one owner (the raft loop, or a transfer goroutine) and read by anyone.
+type nodeStats struct {
+	snapshotsSent, snapshotBytesSent, snapshotSendNanos            atomic.Uint64
+	snapshotsReceived, snapshotBytesReceived, snapshotReceiveNanos atomic.Uint64
+	collects, collectedRecords, collectNanos, collectMaxNanos      atomic.Uint64
+	leaderChanges                                                  atomic.Uint64
+}
+
+func (s *nodeStats) snapshot() NodeStats {
+	return NodeStats{
+		SnapshotsSent:         s.snapshotsSent.Load(),
+		SnapshotBytesSent:     s.snapshotBytesSent.Load(),
+		SnapshotSendTime:      time.Duration(s.snapshotSendNanos.Load()),
+		SnapshotsReceived:     s.snapshotsReceived.Load(),
+		SnapshotBytesReceived: s.snapshotBytesReceived.Load(),
+		SnapshotReceiveTime:   time.Duration(s.snapshotReceiveNanos.Load()),
+		Collects:              s.collects.Load(),
+		CollectedRecords:      s.collectedRecords.Load(),
+		CollectTime:           time.Duration(s.collectNanos.Load()),
+		CollectMaxTime:        time.Duration(s.collectMaxNanos.Load()),
+		LeaderChanges:         s.leaderChanges.Load(),
+	}
+}
+
+// Stats returns the node's counters so far.
+func (n *Node) Stats() NodeStats { return n.stats.snapshot() }
