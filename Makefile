@@ -21,12 +21,14 @@ DEMO_FLAGS ?=
 demo: build
 	$(BIN)/bank demo --decree $(BIN)/decree $(DEMO_FLAGS)
 
-## test: the whole suite with the race detector, then 500 simulation seeds
-## (the simulation is single-goroutine; it runs fast without -race)
+## test: the whole suite with the race detector, then the tests too slow
+## under it (a two-million-record snapshot transfer) and 500 simulation
+## seeds (single-goroutine; fast without -race)
 SIM_TEST_SEEDS ?= 500
 test:
 	$(GO) vet ./...
 	$(GO) test -race -timeout $(TEST_TIMEOUT) -count=1 ./...
+	$(GO) test -count=1 -run 'TestSnapshotTransferBoundedMemory' ./coordinator
 	$(GO) test -count=1 -run 'TestSimulation$$' -v ./coordinator -args -sim.seeds=$(SIM_TEST_SEEDS) | grep -E '^(---|ok|FAIL|PASS)|seeds \(|FAILED'
 
 ## sim: deterministic simulation. SEED=N replays one seed and prints its

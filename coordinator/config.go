@@ -40,6 +40,9 @@ type Config struct {
 	// CatchUpEntries is how many entries the log keeps below a snapshot so
 	// a slightly lagging follower catches up without a snapshot (default 5000).
 	CatchUpEntries uint64
+	// SnapshotChunkBytes is how much state one chunk of a snapshot
+	// transfer carries (default DefaultSnapshotChunkBytes).
+	SnapshotChunkBytes int
 	// MaxBatch caps the proposals packed into one raft entry (default 512).
 	MaxBatch int
 
@@ -76,6 +79,9 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.CatchUpEntries == 0 {
 		cfg.CatchUpEntries = 5000
+	}
+	if cfg.SnapshotChunkBytes <= 0 {
+		cfg.SnapshotChunkBytes = DefaultSnapshotChunkBytes
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 512

@@ -6,6 +6,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
@@ -32,6 +33,8 @@ func (n *Node) run() {
 			for i := 0; i < drainLimit && len(n.recvc) > 0; i++ {
 				n.step(<-n.recvc)
 			}
+		case m := <-n.snapc:
+			n.stepSnap(m)
 		case p := <-n.propc:
 			n.propose(p)
 		case r := <-n.readc:
@@ -61,6 +64,21 @@ func (n *Node) tick() {
 }
 
 func (n *Node) step(m *raftpb.Message) {
+	if m.GetType() == raftpb.MsgSnap {
+		// Its state would be missing: snapshots arrive by stepSnap, after
+		// their state is staged.
+		n.log.Warn().Uint64("from", m.GetFrom()).Msg("dropping snapshot message that came without its state")
+		return
+	}
+	n.stepRaft(m)
+}
+
+// stepSnap steps a MsgSnap whose state the store has staged.
+func (n *Node) stepSnap(m *raftpb.Message) {
+	n.stepRaft(m)
+}
+
+func (n *Node) stepRaft(m *raftpb.Message) {
 	if _, known := n.cfg.Peers[m.GetFrom()]; !known && !n.isVoter(m.GetFrom()) {
 		n.log.Warn().Uint64("from", m.GetFrom()).Msg("dropping raft message from unknown peer")
 		return
@@ -210,6 +228,10 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	n.readies.Add(1)
 	if rd.SoftState != nil {
 		n.log.Debug().Stringer("role", rd.RaftState).Uint64("leader", rd.Lead).Msg("raft role changed")
+		if rd.Lead != n.lead {
+			n.lead = rd.Lead
+			n.stats.leaderChanges.Add(1)
+		}
 	}
 	// A leader may send its appends before persisting them (Raft thesis
 	// 10.2.1): raft counts the leader's own copy only after Advance, so an
@@ -399,7 +421,8 @@ func (n *Node) releaseReads() {
 
 // maybeSnapshot snapshots the state machine every SnapshotEvery applied
 // entries and compacts the log below it, keeping CatchUpEntries so a
-// follower that is only a little behind needs no snapshot.
+// follower that is only a little behind needs no snapshot. A snapshot is a
+// descriptor (txlog): taking one writes a few bytes, whatever the state.
 func (n *Node) maybeSnapshot() error {
 	if n.applied < n.snapIndex+n.cfg.SnapshotEvery {
 		return nil
@@ -409,17 +432,34 @@ func (n *Node) maybeSnapshot() error {
 	}
 	n.snapIndex = n.applied
 	if n.applied > n.cfg.CatchUpEntries {
-		compact := n.applied - n.cfg.CatchUpEntries
-		first, err := n.store.FirstIndex()
-		if err != nil {
-			return fmt.Errorf("first index: %w", err)
-		}
-		if compact > first {
-			if err := n.store.Compact(compact); err != nil && !errors.Is(err, raft.ErrCompacted) {
-				return fmt.Errorf("compact log below %d: %w", compact, err)
-			}
+		if err := n.compact(n.applied - n.cfg.CatchUpEntries); err != nil {
+			return err
 		}
 	}
 	n.log.Debug().Uint64("index", n.snapIndex).Msg("took snapshot")
+	return nil
+}
+
+// compact discards the log below compact, but never past a snapshot still
+// being streamed to a peer: the peer needs the entries after it next, and
+// without them it would be sent another snapshot, and another.
+func (n *Node) compact(compact uint64) error {
+	if n.role == raft.StateLeader {
+		for _, pr := range n.rn.Status().Progress {
+			if pr.State == tracker.StateSnapshot && pr.PendingSnapshot > 0 {
+				compact = min(compact, pr.PendingSnapshot)
+			}
+		}
+	}
+	first, err := n.store.FirstIndex()
+	if err != nil {
+		return fmt.Errorf("first index: %w", err)
+	}
+	if compact <= first {
+		return nil
+	}
+	if err := n.store.Compact(compact); err != nil && !errors.Is(err, raft.ErrCompacted) {
+		return fmt.Errorf("compact log below %d: %w", compact, err)
+	}
 	return nil
 }

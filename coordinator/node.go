@@ -45,6 +45,7 @@ type Node struct {
 
 	propc   chan *proposal
 	recvc   chan *raftpb.Message
+	snapc   chan *raftpb.Message // MsgSnaps whose state is staged
 	readc   chan *readRequest
 	reportc chan report
 	stopc   chan struct{}
@@ -70,6 +71,7 @@ type Node struct {
 	snapIndex    uint64
 	ticks        uint64
 	role         raft.StateType // as of the last Ready handled
+	lead         uint64         // as of the last Ready handled
 }
 
 // Status is a node's view of its raft group.
@@ -123,6 +125,7 @@ func NewNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
 		n.tr = NewPeerTransport(PeerTransportConfig{
 			ID: n.cfg.ID, ClusterID: n.cfg.ClusterID, Peers: n.cfg.Peers,
 			Dial: n.cfg.Dial, Reporter: n, Logger: n.cfg.Logger,
+			State: n.store, SnapshotChunkBytes: n.cfg.SnapshotChunkBytes, stats: &n.stats,
 		})
 	}
 	go n.run()
@@ -143,6 +146,7 @@ func newNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
 		tr:           tr,
 		propc:        make(chan *proposal, 4096),
 		recvc:        make(chan *raftpb.Message, 4096),
+		snapc:        make(chan *raftpb.Message),
 		readc:        make(chan *readRequest, 4096),
 		reportc:      make(chan report, 1024),
 		stopc:        make(chan struct{}),
@@ -177,7 +181,10 @@ func (n *Node) initRaft() error {
 	}
 	n.confState = cs
 	n.snapIndex = snap.GetMetadata().GetIndex()
-	n.applied = max(n.store.Applied(), n.snapIndex)
+	// A state received with a snapshot can be ahead of the log (txlog's
+	// Stager): raft applies from the snapshot again, and apply skips what
+	// the state already holds.
+	n.applied = max(min(n.store.Applied(), last), n.snapIndex)
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:              n.cfg.ID,
 		ElectionTick:    n.cfg.ElectionTicks,

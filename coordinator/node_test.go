@@ -177,6 +177,7 @@ func TestLaggingNodeCatchesUpThroughSnapshot(t *testing.T) {
 	c := newTestCluster(t, 3, func(cfg *coordinator.Config) {
 		cfg.SnapshotEvery = 20
 		cfg.CatchUpEntries = 5
+		cfg.SnapshotChunkBytes = 64 // many chunks even for this small state
 	})
 	lead := c.leader()
 	lagger := lead%3 + 1
@@ -205,6 +206,16 @@ func TestLaggingNodeCatchesUpThroughSnapshot(t *testing.T) {
 	}
 	if snap.GetMetadata().GetIndex() < first-1 {
 		t.Fatalf("lagger's snapshot at %d: it did not catch up through a snapshot (leader log starts at %d)", snap.GetMetadata().GetIndex(), first)
+	}
+	// The sender counts a transfer when the receiver's answer is back.
+	coordinator.WaitFor(t, 5*time.Second, "the leader to count the snapshot it sent", func() bool {
+		return c.members[lead].node.Stats().SnapshotsSent > 0
+	})
+	if got := c.members[lagger].node.Stats(); got.SnapshotsReceived == 0 || got.SnapshotBytesReceived < 120*20 {
+		t.Fatalf("lagger received %d snapshots (%d bytes): the state was not streamed", got.SnapshotsReceived, got.SnapshotBytesReceived)
+	}
+	if now := c.leader(); now != lead {
+		t.Fatalf("leadership moved from %d to %d while the lagger caught up", lead, now)
 	}
 	waitReplicasAgree(t, c)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -89,7 +90,7 @@ func (sn *simNode) boot() {
 	cfg := Config{
 		ID: sn.id, Peers: w.peers(), ClusterID: 1,
 		ElectionTicks: simElectionTicks, HeartbeatTicks: 1,
-		SnapshotEvery: 40, CatchUpEntries: 8,
+		SnapshotEvery: w.plan.snapEvery, CatchUpEntries: w.plan.catchUp,
 		Nonce: w.rng.Uint32() | 1, Logger: zerolog.Nop(),
 	}
 	node, err := newNode(cfg, store, &simTransport{sn: sn})
@@ -612,13 +613,64 @@ func (t *simTransport) Send(msgs []*raftpb.Message) {
 		if typ == raftpb.MsgSnap {
 			lost = func() { from.reportSnapshot(inc, m.GetTo(), raft.SnapshotFailure) }
 		}
+		if typ == raftpb.MsgSnap {
+			w.send(from.name, to.name, func() {
+				st := raft.SnapshotFailure
+				to.run(to.inc, func() {
+					if from.transferSnapshot(inc, to, m) {
+						st = raft.SnapshotFinish
+					}
+				})
+				from.reportSnapshot(inc, m.GetTo(), st)
+			}, lost)
+			continue
+		}
 		w.send(from.name, to.name, func() {
 			to.run(to.inc, func() { to.stepRaft(data) })
-			if typ == raftpb.MsgSnap {
-				from.reportSnapshot(inc, m.GetTo(), raft.SnapshotFinish)
-			}
 		}, lost)
 	}
+}
+
+// transferSnapshot streams a snapshot's state from sn (in incarnation inc)
+// to to through the production sender and receiver, over an in-memory
+// pipe, in small chunks. It reports whether raft got the snapshot.
+func (sn *simNode) transferSnapshot(inc int, to *simNode, m *raftpb.Message) bool {
+	if !sn.alive(inc) {
+		return false
+	}
+	var pipe simChunks
+	hdr := &decreev1.SnapshotHeader{ClusterId: 1, From: sn.id, To: to.id}
+	if _, err := sendSnapshot(sn.store, hdr, m, &pipe, 256); err != nil {
+		sn.w.violate("n%d: send snapshot: %v", sn.id, err)
+		return false
+	}
+	step := func(m *raftpb.Message) error {
+		to.node.stepSnap(m)
+		to.heard()
+		return nil
+	}
+	if _, err := to.node.receiveSnapshot(&pipe, sn.id, step); err != nil {
+		sn.w.violate("n%d: receive snapshot from n%d: %v", to.id, sn.id, err)
+		return false
+	}
+	return true
+}
+
+// simChunks is an in-memory snapshot stream.
+type simChunks struct{ chunks []*decreev1.SnapshotChunk }
+
+func (p *simChunks) Send(c *decreev1.SnapshotChunk) error {
+	p.chunks = append(p.chunks, proto.CloneOf(c))
+	return nil
+}
+
+func (p *simChunks) Recv() (*decreev1.SnapshotChunk, error) {
+	if len(p.chunks) == 0 {
+		return nil, io.EOF
+	}
+	c := p.chunks[0]
+	p.chunks = p.chunks[1:]
+	return c, nil
 }
 
 func (sn *simNode) reportSnapshot(inc int, to uint64, st raft.SnapshotStatus) {

@@ -75,6 +75,9 @@ type faultPlan struct {
 	readOnlyPct float64
 	noPct       float64
 	parallel    bool
+	// snapEvery and catchUp are the nodes' snapshot settings: small, so
+	// that lagging nodes get streamed snapshots.
+	snapEvery, catchUp uint64
 }
 
 func (p faultPlan) String() string {
@@ -82,8 +85,8 @@ func (p faultPlan) String() string {
 	if p.parallel {
 		mode = "parallel commit"
 	}
-	return mode + fmt.Sprintf(", drop=%.2f dup=%.2f delay<=%v crash-nodes=%v crash-participants=%v partitions=%v pauses=%v every~%v for %v, %d clients",
-		p.drop, p.dup, p.maxDelay, p.crashNodes, p.crashParts, p.partitions, p.pauses, p.faultEvery, p.activeFor, p.clients)
+	return mode + fmt.Sprintf(", drop=%.2f dup=%.2f delay<=%v crash-nodes=%v crash-participants=%v partitions=%v pauses=%v every~%v for %v, %d clients, snapshot every %d keeping %d",
+		p.drop, p.dup, p.maxDelay, p.crashNodes, p.crashParts, p.partitions, p.pauses, p.faultEvery, p.activeFor, p.clients, p.snapEvery, p.catchUp)
 }
 
 // simTxn is a transaction a simulated client runs.
@@ -159,6 +162,8 @@ func (w *world) drawPlan() faultPlan {
 		readOnlyPct: pick(0, 0.05),
 		noPct:       pick(0.02, 0.1),
 		parallel:    r.IntN(2) == 0,
+		snapEvery:   uint64(pick(8, 16, 40)),
+		catchUp:     uint64(1 + r.IntN(8)),
 	}
 }
 

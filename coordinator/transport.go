@@ -2,15 +2,19 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
@@ -32,12 +36,21 @@ type PeerTransportConfig struct {
 	Logger    zerolog.Logger
 	// QueueSize bounds each peer's outgoing queue (default 4096).
 	QueueSize int
+	// State is read to stream snapshots to peers (the node's store); nil
+	// fails every snapshot.
+	State stateSource
+	// SnapshotChunkBytes sizes snapshot chunks (default
+	// DefaultSnapshotChunkBytes).
+	SnapshotChunkBytes int
+
+	stats *nodeStats // the node's, when the node built the transport
 }
 
 // PeerTransport sends raft messages to peers over one gRPC client stream per
 // peer. Each peer has its own goroutine and bounded queue, so a slow or dead
 // peer never blocks the raft loop or the other peers.
 type PeerTransport struct {
+	ctx    context.Context // cancelled by Close
 	cfg    PeerTransportConfig
 	log    zerolog.Logger
 	peers  map[uint64]*peerSender
@@ -50,8 +63,12 @@ func NewPeerTransport(cfg PeerTransportConfig) *PeerTransport {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 4096
 	}
+	if cfg.SnapshotChunkBytes <= 0 {
+		cfg.SnapshotChunkBytes = DefaultSnapshotChunkBytes
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &PeerTransport{
+		ctx:    ctx,
 		cfg:    cfg,
 		log:    cfg.Logger.With().Str("component", "transport").Uint64("node", cfg.ID).Logger(),
 		peers:  make(map[uint64]*peerSender),
@@ -77,6 +94,10 @@ func (t *PeerTransport) Send(msgs []*raftpb.Message) {
 			t.log.Warn().Uint64("to", m.GetTo()).Msg("no transport for raft peer")
 			continue
 		}
+		if m.GetType() == raftpb.MsgSnap {
+			t.sendSnapshot(p, m)
+			continue
+		}
 		select {
 		case p.queue <- m:
 		default:
@@ -93,16 +114,67 @@ func (t *PeerTransport) Close() {
 
 func (t *PeerTransport) dropped(m *raftpb.Message) {
 	t.cfg.Reporter.ReportUnreachable(m.GetTo())
-	if m.GetType() == raftpb.MsgSnap {
-		t.cfg.Reporter.ReportSnapshot(m.GetTo(), raft.SnapshotFailure)
-	}
 }
 
 type peerSender struct {
-	t     *PeerTransport
-	id    uint64
-	addr  string
-	queue chan *raftpb.Message
+	t        *PeerTransport
+	id       uint64
+	addr     string
+	queue    chan *raftpb.Message
+	snapping atomic.Bool // a snapshot transfer to this peer is running
+}
+
+// sendSnapshot starts streaming a snapshot to p on its own goroutine and
+// connection, so that heartbeats and appends to p, and the raft loop, never
+// wait for it. Raft sends no other snapshot to a peer until it hears how
+// this one went, so a second one while one runs is dropped.
+func (t *PeerTransport) sendSnapshot(p *peerSender, m *raftpb.Message) {
+	if !p.snapping.CompareAndSwap(false, true) {
+		t.log.Warn().Uint64("peer", p.id).Msg("snapshot transfer already running; dropping another")
+		return
+	}
+	t.wg.Go(func() {
+		defer p.snapping.Store(false)
+		start := time.Now()
+		ts, err := p.streamSnapshot(t.ctx, m)
+		status := raft.SnapshotFinish
+		log := t.log.Info()
+		if err != nil {
+			status, log = raft.SnapshotFailure, t.log.Warn().Err(err)
+		} else {
+			t.cfg.stats.noteSnapshotSent(ts, time.Since(start))
+		}
+		log.Uint64("peer", p.id).Uint64("index", m.GetSnapshot().GetMetadata().GetIndex()).
+			Uint64("pairs", ts.pairs).Uint64("bytes", ts.bytes).Dur("took", time.Since(start)).Msg("snapshot transfer ended")
+		t.cfg.Reporter.ReportSnapshot(p.id, status)
+	})
+}
+
+// streamSnapshot runs one transfer on a connection of its own.
+func (p *peerSender) streamSnapshot(ctx context.Context, m *raftpb.Message) (transferStats, error) {
+	if p.t.cfg.State == nil {
+		return transferStats{}, errors.New("no state to stream")
+	}
+	conn, err := grpc.NewClient("passthrough:///"+p.addr, peerDialOptions(p.t.cfg.Dial)...)
+	if err != nil {
+		return transferStats{}, fmt.Errorf("dial: %w", err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := decreev1.NewRaftClient(conn).Snapshot(ctx)
+	if err != nil {
+		return transferStats{}, fmt.Errorf("open snapshot stream: %w", err)
+	}
+	hdr := &decreev1.SnapshotHeader{ClusterId: p.t.cfg.ClusterID, From: p.t.cfg.ID, To: p.id}
+	ts, err := sendSnapshot(p.t.cfg.State, hdr, m, s, p.t.cfg.SnapshotChunkBytes)
+	if err != nil {
+		return ts, err
+	}
+	if _, err := s.CloseAndRecv(); err != nil {
+		return ts, fmt.Errorf("peer did not take the snapshot: %w", err)
+	}
+	return ts, nil
 }
 
 const (
@@ -179,18 +251,7 @@ func (p *peerSender) send(s decreev1.Raft_StreamClient, batch []*raftpb.Message)
 		}
 		out.Messages = append(out.Messages, b)
 	}
-	err := s.Send(out)
-	for _, m := range batch {
-		if m.GetType() != raftpb.MsgSnap {
-			continue
-		}
-		status := raft.SnapshotFinish
-		if err != nil {
-			status = raft.SnapshotFailure
-		}
-		p.t.cfg.Reporter.ReportSnapshot(p.id, status)
-	}
-	return err
+	return s.Send(out)
 }
 
 // dropFor discards queued messages for d: while the peer is down they would
@@ -227,6 +288,25 @@ type RaftService struct {
 	decreev1.UnimplementedRaftServer
 	node *Node
 	log  zerolog.Logger
+	// snapping admits one incoming snapshot transfer at a time: a second
+	// would only stage a state that the first one's install discards.
+	snapping sync.Mutex
+}
+
+// Snapshot implements decreev1.RaftServer: it receives a streamed snapshot
+// (see snapshot.go).
+func (s *RaftService) Snapshot(stream decreev1.Raft_SnapshotServer) error {
+	if !s.snapping.TryLock() {
+		return status.Error(codes.ResourceExhausted, "a snapshot transfer to this node is already running")
+	}
+	defer s.snapping.Unlock()
+	step := func(m *raftpb.Message) error { return s.node.stepSnapshot(stream.Context(), m) }
+	ts, err := s.node.receiveSnapshot(stream, 0, step)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("snapshot transfer failed")
+		return err
+	}
+	return stream.SendAndClose(&decreev1.SnapshotAck{Pairs: ts.pairs})
 }
 
 // Stream implements decreev1.RaftServer.

@@ -20,6 +20,10 @@ func (s *Store) loadMirror() (*raft.MemoryStorage, error) {
 	}
 	if !hasSnap {
 		snap = nil
+	} else if _, err := UnmarshalSnapshotDescriptor(snap.GetData()); err != nil {
+		// A snapshot written before descriptors (its data the whole state,
+		// which the state keyspace also holds): keep only a descriptor.
+		snap.Data = SnapshotDescriptor{ClusterID: s.identity.ClusterID, Index: snap.GetMetadata().GetIndex()}.Marshal()
 	}
 	hs := &raftpb.HardState{}
 	hasHS, err := getProto(s, hardStateKey, hs)

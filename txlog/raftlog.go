@@ -48,10 +48,10 @@ func (s *Store) Snapshot() (*raftpb.Snapshot, error) {
 // when there is nothing to write.
 //
 //   - A non-empty snapshot is a snapshot received from the leader: it
-//     replaces the whole log and the whole state keyspace (decoded from its
-//     data) and sets the applied index to the snapshot index. Doing all of
-//     this in the same batch means a crash never leaves the log and the state
-//     disagreeing.
+//     replaces the whole log and the whole state keyspace with the state
+//     staged for it (see Stager), together with the hard state and entries,
+//     in one atomic ingestion, so a crash never leaves the log and the
+//     state disagreeing. The applied index becomes the staged state's.
 //   - Entries starting at index i replace any stored entries from i on.
 //   - A non-empty hard state replaces the stored one.
 func (s *Store) Save(hs *raftpb.HardState, ents []*raftpb.Entry, snap *raftpb.Snapshot) error {
@@ -72,13 +72,20 @@ func (s *Store) SaveReady(hs *raftpb.HardState, ents []*raftpb.Entry, snap *raft
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !raft.IsEmptySnap(snap) {
+		ents, err := s.saveSnapshot(hs, ents, snap)
+		if err != nil {
+			return fmt.Errorf("save: %w", err)
+		}
+		return s.updateMirror(hs, ents, snap)
+	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	ents, err := s.stageSave(b, hs, ents, snap)
+	ents, err := s.stageSave(b, hs, ents)
 	if err != nil {
 		return fmt.Errorf("save: %w", err)
 	}
-	if mustSync || len(ents) > 0 || !raft.IsEmptySnap(snap) {
+	if mustSync || len(ents) > 0 {
 		err = s.commitSync(b)
 	} else {
 		err = b.Commit(pebble.NoSync)
@@ -86,23 +93,14 @@ func (s *Store) SaveReady(hs *raftpb.HardState, ents []*raftpb.Entry, snap *raft
 	if err != nil {
 		return fmt.Errorf("save: %w", err)
 	}
-	return s.updateMirror(hs, ents, snap)
+	return s.updateMirror(hs, ents, nil)
 }
 
 // stageSave adds a Save's writes to b and returns the entries to append to
 // the mirror.
-func (s *Store) stageSave(b *pebble.Batch, hs *raftpb.HardState, ents []*raftpb.Entry, snap *raftpb.Snapshot) ([]*raftpb.Entry, error) {
-	// The log bounds the new entries are checked against: a snapshot
-	// empties the log.
+func (s *Store) stageSave(b *pebble.Batch, hs *raftpb.HardState, ents []*raftpb.Entry) ([]*raftpb.Entry, error) {
 	first, _ := s.mem.FirstIndex()
 	last, _ := s.mem.LastIndex()
-	if !raft.IsEmptySnap(snap) {
-		if err := s.stageSnapshotInstall(b, snap); err != nil {
-			return nil, err
-		}
-		last = snap.GetMetadata().GetIndex()
-		first = last + 1
-	}
 	ents, err := stageEntries(b, ents, first, last)
 	if err != nil {
 		return nil, err
@@ -113,30 +111,6 @@ func (s *Store) stageSave(b *pebble.Batch, hs *raftpb.HardState, ents []*raftpb.
 		}
 	}
 	return ents, nil
-}
-
-// stageSnapshotInstall adds to b the writes that install a received
-// snapshot: an empty log, the snapshot itself, the snapshot's state and the
-// applied index.
-func (s *Store) stageSnapshotInstall(b *pebble.Batch, snap *raftpb.Snapshot) error {
-	idx := snap.GetMetadata().GetIndex()
-	if cur := s.snapMeta.GetIndex(); idx <= cur {
-		return fmt.Errorf("install snapshot %d over snapshot %d: %w", idx, cur, raft.ErrSnapOutOfDate)
-	}
-	kvs, err := DecodeState(snap.GetData())
-	if err != nil {
-		return fmt.Errorf("install snapshot %d: %w", idx, err)
-	}
-	_ = b.DeleteRange(entryPrefix, entryEnd, nil) // a non-indexed batch never fails to add
-	if err := setProto(b, snapshotKey, snap); err != nil {
-		return err
-	}
-	_ = b.DeleteRange(statePrefix, stateEnd, nil)
-	for _, kv := range kvs {
-		_ = b.Set(stateKey(kv.Key), kv.Value, nil)
-	}
-	_ = b.Set(appliedKey, encodeUint64(idx), nil)
-	return nil
 }
 
 // stageEntries adds ents to b, given the current log bounds, and returns
@@ -177,7 +151,6 @@ func (s *Store) updateMirror(hs *raftpb.HardState, ents []*raftpb.Entry, snap *r
 			return fmt.Errorf("save: mirror diverged from disk: %w", err)
 		}
 		s.snapMeta = proto.CloneOf(snap.GetMetadata())
-		s.applied.Store(snap.GetMetadata().GetIndex())
 	}
 	if err := s.mem.Append(ents); err != nil {
 		return fmt.Errorf("save: mirror diverged from disk: %w", err)
@@ -186,97 +159,6 @@ func (s *Store) updateMirror(hs *raftpb.HardState, ents []*raftpb.Entry, snap *r
 		_ = s.mem.SetHardState(proto.CloneOf(hs))
 	}
 	return nil
-}
-
-// CreateSnapshot records a snapshot of the state at index i, which must be
-// the applied index (the state keyspace only holds the state at the applied
-// index). cs is the configuration at i; nil keeps the current one. The
-// snapshot is persisted (synced) before the mirror serves it, so that a
-// later Compact never discards entries that no durable snapshot covers.
-//
-// An error wrapping raft.ErrSnapOutOfDate is returned if i is not above the
-// current snapshot index.
-func (s *Store) CreateSnapshot(i uint64, cs *raftpb.ConfState) (*raftpb.Snapshot, error) {
-	view, err := s.stateView(i)
-	if err != nil {
-		return nil, err
-	}
-	// Encoding happens outside mu, from a Pebble snapshot taken at index i,
-	// so that Save is not blocked meanwhile.
-	data, err := encodeStateFrom(view)
-	_ = view.Close() // a read-only view; closing it cannot lose anything
-	if err != nil {
-		return nil, fmt.Errorf("create snapshot %d: %w", i, err)
-	}
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	snap, err := s.buildSnapshot(i, cs, data)
-	if err != nil {
-		return nil, err
-	}
-	b := s.db.NewBatch()
-	defer b.Close()
-	if err := setProto(b, snapshotKey, snap); err != nil {
-		return nil, fmt.Errorf("create snapshot %d: %w", i, err)
-	}
-	if err := s.commitSync(b); err != nil {
-		return nil, fmt.Errorf("create snapshot %d: %w", i, err)
-	}
-	if _, err := s.mem.CreateSnapshot(i, snap.GetMetadata().GetConfState(), data); err != nil {
-		return nil, fmt.Errorf("create snapshot %d: mirror diverged from disk: %w", i, err)
-	}
-	s.snapMeta = proto.CloneOf(snap.GetMetadata())
-	return snap, nil
-}
-
-// stateView checks that a snapshot at i can be taken and returns a
-// consistent view of the state keyspace at i.
-func (s *Store) stateView(i uint64) (*pebble.Snapshot, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.checkSnapshotIndex(i); err != nil {
-		return nil, err
-	}
-	if applied := s.applied.Load(); i != applied {
-		return nil, fmt.Errorf("create snapshot %d: state is at applied index %d", i, applied)
-	}
-	return s.db.NewSnapshot(), nil
-}
-
-// checkSnapshotIndex checks that i is above the current snapshot and within
-// the log. The mirror would panic on the latter.
-func (s *Store) checkSnapshotIndex(i uint64) error {
-	if cur := s.snapMeta.GetIndex(); i <= cur {
-		return fmt.Errorf("create snapshot %d: current snapshot is at %d: %w", i, cur, raft.ErrSnapOutOfDate)
-	}
-	if last, _ := s.mem.LastIndex(); i > last {
-		return fmt.Errorf("create snapshot %d: beyond last index %d", i, last)
-	}
-	return nil
-}
-
-// buildSnapshot assembles the snapshot at i, rechecking the index: a
-// received snapshot may have been installed while the data was encoded.
-func (s *Store) buildSnapshot(i uint64, cs *raftpb.ConfState, data []byte) (*raftpb.Snapshot, error) {
-	if err := s.checkSnapshotIndex(i); err != nil {
-		return nil, err
-	}
-	term, err := s.mem.Term(i)
-	if err != nil {
-		return nil, fmt.Errorf("create snapshot %d: %w", i, err)
-	}
-	if cs == nil {
-		cs = s.snapMeta.GetConfState()
-	}
-	return &raftpb.Snapshot{
-		Metadata: &raftpb.SnapshotMetadata{
-			Index:     new(i),
-			Term:      new(term),
-			ConfState: proto.CloneOf(raftpb.EnsureConfState(cs)),
-		},
-		Data: data,
-	}, nil
 }
 
 // Compact discards the log entries before compactIndex; the entry at

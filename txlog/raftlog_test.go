@@ -139,27 +139,26 @@ func checkCompacted(t *testing.T, s *Store, c uint64, ents []*raftpb.Entry, snap
 	}
 }
 
-func TestCreateSnapshotNeedsAppliedIndex(t *testing.T) {
+func TestCreateSnapshotIsADescriptor(t *testing.T) {
 	s := openMem(t)
 	mustSave(t, s, hardState(1, 1, 5), entryRange(1, 1, 6), nil)
 	commitRecords(t, s, 4, record("t1", OutcomeAborted))
-	if _, err := s.CreateSnapshot(3, nil); err == nil {
-		t.Fatal("snapshot below the applied index succeeded")
-	}
 	if _, err := s.CreateSnapshot(5, nil); err == nil {
 		t.Fatal("snapshot above the applied index succeeded")
 	}
-	snap, err := s.CreateSnapshot(4, nil)
+	snap, err := s.CreateSnapshot(3, nil)
 	if err != nil {
-		t.Fatalf("create snapshot: %v", err)
+		t.Fatalf("create snapshot below the applied index: %v", err)
 	}
-	kvs, err := DecodeState(snap.GetData())
+	desc, err := UnmarshalSnapshotDescriptor(snap.GetData())
 	if err != nil {
 		t.Fatalf("decode snapshot data: %v", err)
 	}
-	want := []KV{{Key: []byte("txn/t1"), Value: record("t1", OutcomeAborted).Marshal()}}
-	if !slices.EqualFunc(kvs, want, kvEqual) {
-		t.Fatalf("snapshot data = %q, want %q", kvs, want)
+	if want := (SnapshotDescriptor{ClusterID: testID.ClusterID, Index: 3}); desc != want {
+		t.Fatalf("descriptor = %+v, want %+v", desc, want)
+	}
+	if len(snap.GetData()) > 32 {
+		t.Fatalf("snapshot data is %d bytes; a descriptor holds no state", len(snap.GetData()))
 	}
 }
 
@@ -174,19 +173,12 @@ func TestSaveInstallsSnapshot(t *testing.T) {
 		t.Fatalf("commit state: %v", err)
 	}
 
-	data, err := EncodeState([]KV{
+	snap := testSnapshot(20, 3, 1, 2)
+	stageState(t, s, 20, 20, []KV{
 		{Key: []byte("meta/y"), Value: []byte("new")},
 		{Key: []byte("txn/a"), Value: record("a", OutcomeCommitted).Marshal()},
 		{Key: []byte("txn/b"), Value: record("b", OutcomeAborted).Marshal()},
 	})
-	if err != nil {
-		t.Fatalf("encode state: %v", err)
-	}
-	snap := &raftpb.Snapshot{
-		Metadata: &raftpb.SnapshotMetadata{Index: new(uint64(20)), Term: new(uint64(3)),
-			ConfState: &raftpb.ConfState{Voters: []uint64{1, 2}}},
-		Data: data,
-	}
 	syncs := s.SyncCount()
 	// The Ready that carries the snapshot may also carry entries after it.
 	after := entryRange(3, 21, 23)
@@ -198,6 +190,32 @@ func TestSaveInstallsSnapshot(t *testing.T) {
 
 	s = reopen(t, s, dir, nil)
 	checkInstalled(t, s, snap, after)
+}
+
+// testSnapshot is a snapshot descriptor at index and term for voters.
+func testSnapshot(index, term uint64, voters ...uint64) *raftpb.Snapshot {
+	return &raftpb.Snapshot{
+		Metadata: &raftpb.SnapshotMetadata{Index: new(index), Term: new(term),
+			ConfState: &raftpb.ConfState{Voters: voters}},
+		Data: SnapshotDescriptor{ClusterID: testID.ClusterID, Index: index}.Marshal(),
+	}
+}
+
+// stageState stages kvs as the state of the snapshot at index.
+func stageState(t testing.TB, s *Store, index, applied uint64, kvs []KV) {
+	t.Helper()
+	st, err := s.NewStager(index, applied)
+	if err != nil {
+		t.Fatalf("new stager: %v", err)
+	}
+	for _, kv := range kvs {
+		if err := st.Add(kv.Key, kv.Value); err != nil {
+			t.Fatalf("stage %q: %v", kv.Key, err)
+		}
+	}
+	if err := st.Finish(); err != nil {
+		t.Fatalf("finish staging: %v", err)
+	}
 }
 
 func checkInstalled(t *testing.T, s *Store, snap *raftpb.Snapshot, after []*raftpb.Entry) {
@@ -224,12 +242,22 @@ func checkInstalled(t *testing.T, s *Store, snap *raftpb.Snapshot, after []*raft
 func TestSaveRejectsBadSnapshot(t *testing.T) {
 	s := openMem(t)
 	mustSave(t, s, hardState(1, 1, 3), entryRange(1, 1, 4), nil)
-	snap := &raftpb.Snapshot{
-		Metadata: &raftpb.SnapshotMetadata{Index: new(uint64(9)), Term: new(uint64(2))},
-		Data:     []byte{stateV1, 5},
+	garbled := testSnapshot(9, 2)
+	garbled.Data = []byte{stateV1, 5}
+	foreign := testSnapshot(9, 2)
+	foreign.Data = SnapshotDescriptor{ClusterID: testID.ClusterID + 1, Index: 9}.Marshal()
+	for name, snap := range map[string]*raftpb.Snapshot{
+		"garbled data":           garbled,
+		"another cluster":        foreign,
+		"no staged state for it": testSnapshot(9, 2),
+	} {
+		if err := s.Save(nil, nil, snap); err == nil {
+			t.Fatalf("%s: install succeeded", name)
+		}
 	}
-	if err := s.Save(nil, nil, snap); err == nil {
-		t.Fatal("install of garbled snapshot data succeeded")
+	stageState(t, s, 8, 8, nil)
+	if err := s.Save(nil, nil, testSnapshot(9, 2)); err == nil {
+		t.Fatal("install with the state staged for another index succeeded")
 	}
 	checkLog(t, s, 1, 3, entryRange(1, 1, 4))
 }

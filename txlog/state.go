@@ -1,7 +1,6 @@
 package txlog
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 
@@ -146,27 +145,4 @@ func (s *Store) ScanRecords(fn func(*Record) bool) error {
 		return fmt.Errorf("scan records: %w", err)
 	}
 	return nil
-}
-
-// encodeStateFrom encodes the state keyspace seen by r, excluding the
-// applied index, in the snapshot data format.
-func encodeStateFrom(r pebble.Reader) ([]byte, error) {
-	it, err := r.NewIter(&pebble.IterOptions{LowerBound: statePrefix, UpperBound: stateEnd})
-	if err != nil {
-		return nil, err
-	}
-	defer it.Close()
-	var e stateEncoder
-	for it.First(); it.Valid(); it.Next() {
-		if bytes.Equal(it.Key(), appliedKey) {
-			continue
-		}
-		if err := e.add(it.Key()[len(statePrefix):], it.Value()); err != nil {
-			return nil, err
-		}
-	}
-	if err := it.Error(); err != nil {
-		return nil, err
-	}
-	return e.finish(), nil
 }

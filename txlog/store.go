@@ -45,15 +45,27 @@ type Options struct {
 	Logger zerolog.Logger
 	// CacheSize is the Pebble block cache size in bytes; 0 means 32 MiB.
 	CacheSize int64
+	// StagingFileSize is the size at which a snapshot being received
+	// starts a new staging SSTable; 0 means DefaultStagingFileSize.
+	StagingFileSize uint64
 }
 
 // Store is the durable storage of one node. It implements raft.Storage. Its
 // methods are safe for concurrent use (except InitialState, which Raft calls
 // once at start, and Close); mutations are serialised.
 type Store struct {
-	db   *pebble.DB
-	lock *pebble.Lock
-	log  zerolog.Logger
+	db       *pebble.DB
+	lock     *pebble.Lock
+	log      zerolog.Logger
+	dir      string
+	fs       vfs.FS
+	identity Identity
+
+	stagingFileSize uint64
+	stagings        atomic.Uint64 // names staging directories
+	// pending holds the staged state of at most one received snapshot,
+	// keyed by its index, until raft installs it. Guarded by mu.
+	pending map[uint64]*stagedState
 
 	// mu serialises mutations so that Pebble and mem change in the same
 	// order and snapshot installation cannot interleave with state commits.
@@ -82,7 +94,14 @@ func Open(dir string, id Identity, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, lock: lock, log: opts.Logger}
+	s := &Store{db: db, lock: lock, log: opts.Logger, dir: dir, fs: opts.FS, identity: id,
+		stagingFileSize: opts.StagingFileSize, pending: make(map[uint64]*stagedState)}
+	if s.fs == nil {
+		s.fs = vfs.Default
+	}
+	if s.stagingFileSize == 0 {
+		s.stagingFileSize = DefaultStagingFileSize
+	}
 	if err := s.load(dir, id); err != nil {
 		// The load error is the one worth reporting.
 		_ = db.Close()
@@ -151,6 +170,11 @@ func openPebble(dir string, fsys vfs.FS, lock *pebble.Lock, opts Options) (*pebb
 func (s *Store) load(dir string, id Identity) error {
 	if err := s.checkIdentity(dir, id); err != nil {
 		return err
+	}
+	// Staged snapshot state from before a restart was never installed (an
+	// installed one is inside Pebble): the leader will send it again.
+	if err := s.fs.RemoveAll(s.fs.PathJoin(dir, stagingDir)); err != nil {
+		return fmt.Errorf("remove staged snapshot state: %w", err)
 	}
 	applied, err := s.loadApplied()
 	if err != nil {

@@ -24,6 +24,256 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// SnapshotChunk is one message of a Snapshot stream: the first carries the
+// header, the last the trailer, and any may carry data.
+type SnapshotChunk struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *SnapshotHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// data is a run of state pairs in txlog's state codec, continuing the
+	// previous chunk in strictly increasing key order.
+	Data          []byte           `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Trailer       *SnapshotTrailer `protobuf:"bytes,3,opt,name=trailer,proto3" json:"trailer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_decree_v1_raft_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_raft_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_decree_v1_raft_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SnapshotChunk) GetHeader() *SnapshotHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetTrailer() *SnapshotTrailer {
+	if x != nil {
+		return x.Trailer
+	}
+	return nil
+}
+
+type SnapshotHeader struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	From      uint64                 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	To        uint64                 `protobuf:"varint,3,opt,name=to,proto3" json:"to,omitempty"`
+	// message is the marshalled raftpb.Message of type MsgSnap.
+	Message []byte `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	// applied is the raft index the streamed state reflects: at or above the
+	// snapshot's index (the sender streams its current state; the receiver
+	// skips re-applying the entries up to it).
+	Applied       uint64 `protobuf:"varint,5,opt,name=applied,proto3" json:"applied,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotHeader) Reset() {
+	*x = SnapshotHeader{}
+	mi := &file_decree_v1_raft_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotHeader) ProtoMessage() {}
+
+func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_raft_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
+func (*SnapshotHeader) Descriptor() ([]byte, []int) {
+	return file_decree_v1_raft_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SnapshotHeader) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
+func (x *SnapshotHeader) GetFrom() uint64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *SnapshotHeader) GetTo() uint64 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+func (x *SnapshotHeader) GetMessage() []byte {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+func (x *SnapshotHeader) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+type SnapshotTrailer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pairs and data_bytes count what the chunks carried; crc32c is the
+	// Castagnoli CRC of every chunk's data, in order.
+	Pairs         uint64 `protobuf:"varint,1,opt,name=pairs,proto3" json:"pairs,omitempty"`
+	DataBytes     uint64 `protobuf:"varint,2,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
+	Crc32C        uint32 `protobuf:"varint,3,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotTrailer) Reset() {
+	*x = SnapshotTrailer{}
+	mi := &file_decree_v1_raft_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotTrailer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotTrailer) ProtoMessage() {}
+
+func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_raft_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotTrailer.ProtoReflect.Descriptor instead.
+func (*SnapshotTrailer) Descriptor() ([]byte, []int) {
+	return file_decree_v1_raft_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SnapshotTrailer) GetPairs() uint64 {
+	if x != nil {
+		return x.Pairs
+	}
+	return 0
+}
+
+func (x *SnapshotTrailer) GetDataBytes() uint64 {
+	if x != nil {
+		return x.DataBytes
+	}
+	return 0
+}
+
+func (x *SnapshotTrailer) GetCrc32C() uint32 {
+	if x != nil {
+		return x.Crc32C
+	}
+	return 0
+}
+
+type SnapshotAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pairs         uint64                 `protobuf:"varint,1,opt,name=pairs,proto3" json:"pairs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotAck) Reset() {
+	*x = SnapshotAck{}
+	mi := &file_decree_v1_raft_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotAck) ProtoMessage() {}
+
+func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_raft_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
+func (*SnapshotAck) Descriptor() ([]byte, []int) {
+	return file_decree_v1_raft_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SnapshotAck) GetPairs() uint64 {
+	if x != nil {
+		return x.Pairs
+	}
+	return 0
+}
+
 type RaftBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// cluster_id guards against a node of another cluster talking to us.
@@ -38,7 +288,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_decree_v1_raft_proto_msgTypes[0]
+	mi := &file_decree_v1_raft_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -50,7 +300,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_raft_proto_msgTypes[0]
+	mi := &file_decree_v1_raft_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -63,7 +313,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_decree_v1_raft_proto_rawDescGZIP(), []int{0}
+	return file_decree_v1_raft_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RaftBatch) GetClusterId() uint64 {
@@ -103,7 +353,7 @@ type RaftStreamSummary struct {
 
 func (x *RaftStreamSummary) Reset() {
 	*x = RaftStreamSummary{}
-	mi := &file_decree_v1_raft_proto_msgTypes[1]
+	mi := &file_decree_v1_raft_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -115,7 +365,7 @@ func (x *RaftStreamSummary) String() string {
 func (*RaftStreamSummary) ProtoMessage() {}
 
 func (x *RaftStreamSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_raft_proto_msgTypes[1]
+	mi := &file_decree_v1_raft_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -128,7 +378,7 @@ func (x *RaftStreamSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftStreamSummary.ProtoReflect.Descriptor instead.
 func (*RaftStreamSummary) Descriptor() ([]byte, []int) {
-	return file_decree_v1_raft_proto_rawDescGZIP(), []int{1}
+	return file_decree_v1_raft_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RaftStreamSummary) GetReceived() uint64 {
@@ -142,7 +392,25 @@ var File_decree_v1_raft_proto protoreflect.FileDescriptor
 
 const file_decree_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x14decree/v1/raft.proto\x12\tdecree.v1\"j\n" +
+	"\x14decree/v1/raft.proto\x12\tdecree.v1\"\x8c\x01\n" +
+	"\rSnapshotChunk\x121\n" +
+	"\x06header\x18\x01 \x01(\v2\x19.decree.v1.SnapshotHeaderR\x06header\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x124\n" +
+	"\atrailer\x18\x03 \x01(\v2\x1a.decree.v1.SnapshotTrailerR\atrailer\"\x87\x01\n" +
+	"\x0eSnapshotHeader\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\x04R\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\x04R\x02to\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\fR\amessage\x12\x18\n" +
+	"\aapplied\x18\x05 \x01(\x04R\aapplied\"^\n" +
+	"\x0fSnapshotTrailer\x12\x14\n" +
+	"\x05pairs\x18\x01 \x01(\x04R\x05pairs\x12\x1d\n" +
+	"\n" +
+	"data_bytes\x18\x02 \x01(\x04R\tdataBytes\x12\x16\n" +
+	"\x06crc32c\x18\x03 \x01(\rR\x06crc32c\"#\n" +
+	"\vSnapshotAck\x12\x14\n" +
+	"\x05pairs\x18\x01 \x01(\x04R\x05pairs\"j\n" +
 	"\tRaftBatch\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x12\n" +
@@ -150,9 +418,10 @@ const file_decree_v1_raft_proto_rawDesc = "" +
 	"\x02to\x18\x03 \x01(\x04R\x02to\x12\x1a\n" +
 	"\bmessages\x18\x04 \x03(\fR\bmessages\"/\n" +
 	"\x11RaftStreamSummary\x12\x1a\n" +
-	"\breceived\x18\x01 \x01(\x04R\breceived2F\n" +
+	"\breceived\x18\x01 \x01(\x04R\breceived2\x86\x01\n" +
 	"\x04Raft\x12>\n" +
-	"\x06Stream\x12\x14.decree.v1.RaftBatch\x1a\x1c.decree.v1.RaftStreamSummary(\x01B6Z4github.com/decree-tx/decree/proto/decree/v1;decreev1b\x06proto3"
+	"\x06Stream\x12\x14.decree.v1.RaftBatch\x1a\x1c.decree.v1.RaftStreamSummary(\x01\x12>\n" +
+	"\bSnapshot\x12\x18.decree.v1.SnapshotChunk\x1a\x16.decree.v1.SnapshotAck(\x01B6Z4github.com/decree-tx/decree/proto/decree/v1;decreev1b\x06proto3"
 
 var (
 	file_decree_v1_raft_proto_rawDescOnce sync.Once
@@ -166,19 +435,27 @@ func file_decree_v1_raft_proto_rawDescGZIP() []byte {
 	return file_decree_v1_raft_proto_rawDescData
 }
 
-var file_decree_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_decree_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_decree_v1_raft_proto_goTypes = []any{
-	(*RaftBatch)(nil),         // 0: decree.v1.RaftBatch
-	(*RaftStreamSummary)(nil), // 1: decree.v1.RaftStreamSummary
+	(*SnapshotChunk)(nil),     // 0: decree.v1.SnapshotChunk
+	(*SnapshotHeader)(nil),    // 1: decree.v1.SnapshotHeader
+	(*SnapshotTrailer)(nil),   // 2: decree.v1.SnapshotTrailer
+	(*SnapshotAck)(nil),       // 3: decree.v1.SnapshotAck
+	(*RaftBatch)(nil),         // 4: decree.v1.RaftBatch
+	(*RaftStreamSummary)(nil), // 5: decree.v1.RaftStreamSummary
 }
 var file_decree_v1_raft_proto_depIdxs = []int32{
-	0, // 0: decree.v1.Raft.Stream:input_type -> decree.v1.RaftBatch
-	1, // 1: decree.v1.Raft.Stream:output_type -> decree.v1.RaftStreamSummary
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	1, // 0: decree.v1.SnapshotChunk.header:type_name -> decree.v1.SnapshotHeader
+	2, // 1: decree.v1.SnapshotChunk.trailer:type_name -> decree.v1.SnapshotTrailer
+	4, // 2: decree.v1.Raft.Stream:input_type -> decree.v1.RaftBatch
+	0, // 3: decree.v1.Raft.Snapshot:input_type -> decree.v1.SnapshotChunk
+	5, // 4: decree.v1.Raft.Stream:output_type -> decree.v1.RaftStreamSummary
+	3, // 5: decree.v1.Raft.Snapshot:output_type -> decree.v1.SnapshotAck
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_decree_v1_raft_proto_init() }
@@ -192,7 +469,7 @@ func file_decree_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_decree_v1_raft_proto_rawDesc), len(file_decree_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,7 +22,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Raft_Stream_FullMethodName = "/decree.v1.Raft/Stream"
+	Raft_Stream_FullMethodName   = "/decree.v1.Raft/Stream"
+	Raft_Snapshot_FullMethodName = "/decree.v1.Raft/Snapshot"
 )
 
 // RaftClient is the client API for Raft service.
@@ -33,6 +34,14 @@ type RaftClient interface {
 	// answers only when the stream ends; messages are fire-and-forget, as raft
 	// expects of its transport.
 	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RaftBatch, RaftStreamSummary], error)
+	// Snapshot carries one raft snapshot to a lagging peer: a header with
+	// the MsgSnap (whose data is only a descriptor), then the state machine's
+	// key/value pairs in bounded chunks read from a consistent view of the
+	// sender's store, then a trailer. The receiver stages the pairs on disk,
+	// switches to them atomically when raft installs the snapshot, and
+	// answers once it has handed the MsgSnap to raft. MsgSnap never travels
+	// on Stream.
+	Snapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SnapshotChunk, SnapshotAck], error)
 }
 
 type raftClient struct {
@@ -56,6 +65,19 @@ func (c *raftClient) Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Raft_StreamClient = grpc.ClientStreamingClient[RaftBatch, RaftStreamSummary]
 
+func (c *raftClient) Snapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SnapshotChunk, SnapshotAck], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Raft_ServiceDesc.Streams[1], Raft_Snapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SnapshotChunk, SnapshotAck]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Raft_SnapshotClient = grpc.ClientStreamingClient[SnapshotChunk, SnapshotAck]
+
 // RaftServer is the server API for Raft service.
 // All implementations must embed UnimplementedRaftServer
 // for forward compatibility.
@@ -64,6 +86,14 @@ type RaftServer interface {
 	// answers only when the stream ends; messages are fire-and-forget, as raft
 	// expects of its transport.
 	Stream(grpc.ClientStreamingServer[RaftBatch, RaftStreamSummary]) error
+	// Snapshot carries one raft snapshot to a lagging peer: a header with
+	// the MsgSnap (whose data is only a descriptor), then the state machine's
+	// key/value pairs in bounded chunks read from a consistent view of the
+	// sender's store, then a trailer. The receiver stages the pairs on disk,
+	// switches to them atomically when raft installs the snapshot, and
+	// answers once it has handed the MsgSnap to raft. MsgSnap never travels
+	// on Stream.
+	Snapshot(grpc.ClientStreamingServer[SnapshotChunk, SnapshotAck]) error
 	mustEmbedUnimplementedRaftServer()
 }
 
@@ -76,6 +106,9 @@ type UnimplementedRaftServer struct{}
 
 func (UnimplementedRaftServer) Stream(grpc.ClientStreamingServer[RaftBatch, RaftStreamSummary]) error {
 	return status.Error(codes.Unimplemented, "method Stream not implemented")
+}
+func (UnimplementedRaftServer) Snapshot(grpc.ClientStreamingServer[SnapshotChunk, SnapshotAck]) error {
+	return status.Error(codes.Unimplemented, "method Snapshot not implemented")
 }
 func (UnimplementedRaftServer) mustEmbedUnimplementedRaftServer() {}
 func (UnimplementedRaftServer) testEmbeddedByValue()              {}
@@ -105,6 +138,13 @@ func _Raft_Stream_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Raft_StreamServer = grpc.ClientStreamingServer[RaftBatch, RaftStreamSummary]
 
+func _Raft_Snapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(RaftServer).Snapshot(&grpc.GenericServerStream[SnapshotChunk, SnapshotAck]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Raft_SnapshotServer = grpc.ClientStreamingServer[SnapshotChunk, SnapshotAck]
+
 // Raft_ServiceDesc is the grpc.ServiceDesc for Raft service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -116,6 +156,11 @@ var Raft_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Stream",
 			Handler:       _Raft_Stream_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Snapshot",
+			Handler:       _Raft_Snapshot_Handler,
 			ClientStreams: true,
 		},
 	},
