@@ -157,7 +157,11 @@ func TestCreateSnapshotNeedsAppliedIndex(t *testing.T) {
 	if err != nil {
 		t.Fatalf("decode snapshot data: %v", err)
 	}
-	want := []KV{{Key: []byte("txn/t1"), Value: record("t1", OutcomeAborted).Marshal()}}
+	want := []KV{ // the record, its index entry, and the index's marker
+		{Key: []byte("index-version"), Value: encodeUint64(indexVersion)},
+		{Key: []byte("txn/t1"), Value: record("t1", OutcomeAborted).Marshal()},
+		{Key: []byte("unf/t1"), Value: []byte{}},
+	}
 	if !slices.EqualFunc(kvs, want, kvEqual) {
 		t.Fatalf("snapshot data = %q, want %q", kvs, want)
 	}

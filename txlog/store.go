@@ -152,6 +152,9 @@ func (s *Store) load(dir string, id Identity) error {
 	if err := s.checkIdentity(dir, id); err != nil {
 		return err
 	}
+	if err := s.ensureIndex(); err != nil {
+		return err
+	}
 	applied, err := s.loadApplied()
 	if err != nil {
 		return err
