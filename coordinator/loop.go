@@ -292,6 +292,7 @@ func (n *Node) apply(ents []*raftpb.Entry) error {
 	stored := n.store.Applied()
 	batch := n.store.NewStateBatch()
 	ap := newApplier(n.store, batch, n.horizon.Load())
+	ap.stats = &n.stats
 	var results []applyResult
 	last := n.applied
 	for _, e := range ents {

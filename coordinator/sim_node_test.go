@@ -276,7 +276,7 @@ func (sn *simNode) execute(a Action) {
 		sn.propose(cmd, nil, func(error) { sn.coreStep(ProposeFailed{Term: a.Term, Finished: a.IDs}) })
 	case ProposeCollect:
 		cmd := &decreev1.Command{Kind: &decreev1.Command_Collect{Collect: &decreev1.Collect{Before: a.Before}}}
-		sn.propose(cmd, nil, nil)
+		sn.propose(cmd, func(r Result) { sn.coreStep(CollectApplied{Term: a.Term, More: r.More}) }, nil)
 	case SendDecision:
 		sn.deliverDecision(a)
 	case Reply:
