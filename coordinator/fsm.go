@@ -52,12 +52,13 @@ type applier struct {
 	base    int64  // the retention horizon before this batch
 	horizon *int64 // a new one written in this batch
 	stats   *nodeStats
+	limit   int // index entries one Collect may visit
 }
 
 // newApplier starts a batch on top of the committed state, whose retention
 // horizon the node keeps in memory (it changes only when Collect applies).
 func newApplier(store stateReader, batch *txlog.StateBatch, horizon int64) *applier {
-	return &applier{store: store, batch: batch, dirty: make(map[string]*txlog.Record), base: horizon}
+	return &applier{store: store, batch: batch, dirty: make(map[string]*txlog.Record), base: horizon, limit: collectLimit}
 }
 
 func (a *applier) record(id string) (*txlog.Record, error) {
@@ -171,7 +172,7 @@ func (a *applier) staged(st *decreev1.Staged, index uint64) (Result, error) {
 // one command deletes.
 const collectLimit = 10_000
 
-// collect deletes records finished before c.Before, at most collectLimit of
+// collect deletes records finished before c.Before, at most a.limit of
 // them, and raises the retention horizon to it (never lowers it). It reads
 // the finished index from its start, never the record table; Result.More
 // says expired records remain for the next Collect.
@@ -191,7 +192,7 @@ func (a *applier) collect(c *decreev1.Collect, index uint64) (Result, error) {
 	}
 	visited := 0
 	err := a.store.ScanFinished(before, func(ref txlog.FinishedRef) bool {
-		if visited == collectLimit {
+		if visited == a.limit {
 			res.More = true
 			return false
 		}
