@@ -318,6 +318,9 @@ func TestCollectForgetsOldFinishedRecords(t *testing.T) {
 		if _, ok, _ := m.node.Record(skewed); !ok {
 			t.Fatal("a record whose id is above the horizon was collected")
 		}
+		if st := m.node.Stats(); st.Collects < 1 || st.CollectedRecords < 1 || st.CollectTime <= 0 || st.CollectMaxTime < st.CollectTime/time.Duration(st.Collects) {
+			t.Fatalf("collect stats = %+v", st)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
