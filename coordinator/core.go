@@ -72,6 +72,7 @@ type Core struct {
 	finishing   []string
 	finishSince time.Time
 	lastCollect time.Time
+	collectMore bool // the last Collect left expired records: go on at the next tick
 	lastRescan  time.Time
 
 	out []Action
@@ -181,6 +182,8 @@ func (c *Core) Step(now time.Time, ev Event) []Action {
 		c.leadershipChanged(e)
 	case Recovered:
 		c.recovered(e)
+	case CollectApplied:
+		c.collectMore = c.leader && e.Term == c.term && e.More
 	case Tick:
 		c.tick()
 	default:
@@ -614,7 +617,7 @@ func (c *Core) leadershipChanged(e LeadershipChanged) {
 	c.abandonAll()
 	c.leader, c.term = e.Leader, e.Term
 	if c.leader {
-		c.lastCollect, c.lastRescan = c.now, c.now
+		c.lastCollect, c.lastRescan, c.collectMore = c.now, c.now, false
 		c.emit(LoadUnfinished{Term: c.term})
 	}
 }
@@ -659,8 +662,8 @@ func (c *Core) tick() {
 		c.tickTxn(c.txns[id])
 	}
 	c.flushFinished(true)
-	if c.now.Sub(c.lastCollect) >= c.cfg.CollectEvery {
-		c.lastCollect = c.now
+	if c.collectMore || c.now.Sub(c.lastCollect) >= c.cfg.CollectEvery {
+		c.lastCollect, c.collectMore = c.now, false
 		c.emit(ProposeCollect{Before: c.now.Add(-c.cfg.Retention).UnixNano(), Term: c.term})
 	}
 	if c.now.Sub(c.lastRescan) >= c.cfg.RescanEvery {

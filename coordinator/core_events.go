@@ -130,6 +130,13 @@ type Recovered struct {
 	Staged []RecoveredTxn
 }
 
+// CollectApplied reports that a Collect this leader proposed applied; More
+// says it stopped at its limit with expired records left.
+type CollectApplied struct {
+	Term uint64
+	More bool
+}
+
 // Tick advances the core's time: timeouts, retries and batching.
 type Tick struct{}
 
@@ -143,6 +150,7 @@ func (Acked) event()               {}
 func (DeliveryFailed) event()      {}
 func (LeadershipChanged) event()   {}
 func (Recovered) event()           {}
+func (CollectApplied) event()      {}
 func (Tick) event()                {}
 
 // Action is an output of the 2PC core for its driver to carry out.

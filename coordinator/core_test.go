@@ -199,6 +199,17 @@ func TestCoreSequences(t *testing.T) {
 			{at: 59 * time.Second, ev: Tick{}},
 			{at: 60 * time.Second, ev: Tick{}, want: []string{"propose collect before -86340000000000", "load unfinished (term 2)"}},
 		},
+		"a collect that left expired records is followed by another at the next tick": {
+			becomeLeader,
+			{at: 60 * time.Second, ev: Tick{}, want: []string{"propose collect before -86340000000000", "load unfinished (term 2)"}},
+			{at: 61 * time.Second, ev: CollectApplied{Term: 2, More: true}},
+			{at: 61 * time.Second, ev: Tick{}, want: []string{"propose collect before -86339000000000"}},
+			{at: 62 * time.Second, ev: CollectApplied{Term: 1, More: true}}, // an earlier leadership's
+			{at: 62 * time.Second, ev: Tick{}},
+			{at: 63 * time.Second, ev: CollectApplied{Term: 2, More: false}},
+			{at: 63 * time.Second, ev: Tick{}},
+			{at: 121 * time.Second, ev: Tick{}, want: []string{"propose collect before -86279000000000", "load unfinished (term 2)"}},
+		},
 	} {
 		t.Run(name, func(t *testing.T) { runCore(t, CoreConfig{}, steps) })
 	}

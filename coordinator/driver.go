@@ -277,9 +277,12 @@ func (d *Driver) proposeFinished(ctx context.Context, a ProposeFinished) {
 
 func (d *Driver) proposeCollect(ctx context.Context, a ProposeCollect) {
 	cmd := &decreev1.Command{Kind: &decreev1.Command_Collect{Collect: &decreev1.Collect{Before: a.Before}}}
-	if _, err := d.propose(ctx, cmd); err != nil {
+	res, err := d.propose(ctx, cmd)
+	if err != nil {
 		d.log.Warn().Err(err).Msg("collecting old records failed; will try next period")
+		return
 	}
+	d.feed(CollectApplied{Term: a.Term, More: res.More})
 }
 
 // sendDecision delivers the applied decision to a participant; its
@@ -325,11 +328,13 @@ func (d *Driver) loadUnfinished(ctx context.Context, a LoadUnfinished) {
 }
 
 // scanUnfinished lists the applied decisions whose phase 2 has not
-// finished, and the staged transactions that have no decision yet.
+// finished, and the staged transactions that have no decision yet. It reads
+// the unfinished index, so its cost follows the work in flight, not the
+// records kept for retention.
 func scanUnfinished(s interface {
-	ScanRecords(func(*txlog.Record) bool) error
+	ScanUnfinished(func(*txlog.Record) bool) error
 }) (txns, staged []RecoveredTxn, err error) {
-	err = s.ScanRecords(func(r *txlog.Record) bool {
+	err = s.ScanUnfinished(func(r *txlog.Record) bool {
 		rt := RecoveredTxn{ID: r.ID, Outcome: outcomeFromRecord(r.Outcome), Participants: r.Participants}
 		switch {
 		case r.Outcome == txlog.OutcomeUnknown:

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"time"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
@@ -18,6 +19,9 @@ type Result struct {
 	// Reason and Participants are the recorded decision's.
 	Reason       string
 	Participants []string
+	// More is set by a Collect that stopped at its limit: expired records
+	// remain, and the leader collects again without waiting a period.
+	More bool
 	// Index is the raft index of the entry that carried the command.
 	Index uint64
 	// Err is set when the command was malformed; the state did not change.
@@ -27,7 +31,7 @@ type Result struct {
 // stateReader is the read side of the state machine's storage.
 type stateReader interface {
 	GetRecord(id string) (*txlog.Record, bool, error)
-	ScanRecords(fn func(*txlog.Record) bool) error
+	ScanFinished(before int64, fn func(txlog.FinishedRef) bool) error
 }
 
 // horizonKey holds the retention horizon (unix nanos, big-endian): records
@@ -47,12 +51,14 @@ type applier struct {
 	dirty   map[string]*txlog.Record
 	base    int64  // the retention horizon before this batch
 	horizon *int64 // a new one written in this batch
+	stats   *nodeStats
+	limit   int // index entries one Collect may visit
 }
 
 // newApplier starts a batch on top of the committed state, whose retention
 // horizon the node keeps in memory (it changes only when Collect applies).
 func newApplier(store stateReader, batch *txlog.StateBatch, horizon int64) *applier {
-	return &applier{store: store, batch: batch, dirty: make(map[string]*txlog.Record), base: horizon}
+	return &applier{store: store, batch: batch, dirty: make(map[string]*txlog.Record), base: horizon, limit: collectLimit}
 }
 
 func (a *applier) record(id string) (*txlog.Record, error) {
@@ -160,39 +166,60 @@ func (a *applier) staged(st *decreev1.Staged, index uint64) (Result, error) {
 	return res, nil
 }
 
-// collect deletes records finished before c.Before and raises the
-// retention horizon to it (never lowers it).
+// collectLimit bounds the finished-index entries one Collect visits, so
+// that a Collect costs the same on the apply path however many records have
+// expired. It must be the same on every replica: it decides which records
+// one command deletes.
+const collectLimit = 10_000
+
+// collect deletes records finished before c.Before, at most a.limit of
+// them, and raises the retention horizon to it (never lowers it). It reads
+// the finished index from its start, never the record table; Result.More
+// says expired records remain for the next Collect.
 func (a *applier) collect(c *decreev1.Collect, index uint64) (Result, error) {
+	start := time.Now() // for NodeStats only; the state never depends on it
 	res := Result{Index: index}
-	if c.GetBefore() <= a.currentHorizon() {
-		return res, nil
+	before := c.GetBefore()
+	// This batch's writes are not visible to the index scan: a record
+	// finished earlier in the batch is judged here, as the scan would.
+	deleted := 0
+	for id, r := range a.dirty {
+		if r != nil && r.Finished && r.FinishedAt < before && isForgotten(id, before) {
+			a.dirty[id] = nil
+			a.batch.DeleteRecord(r)
+			deleted++
+		}
 	}
-	// A record goes only once its id is below the new horizon too, so an
-	// outcome query for it answers FORGOTTEN, never a presumed abort (the
-	// id's time comes from the client's clock, FinishedAt from the leader's).
-	expired := func(r *txlog.Record) bool {
-		return r != nil && r.Finished && r.FinishedAt < c.GetBefore() && isForgotten(r.ID, c.GetBefore())
-	}
-	drop := make(map[string]bool)
-	err := a.store.ScanRecords(func(r *txlog.Record) bool {
-		drop[r.ID] = expired(r)
+	visited := 0
+	err := a.store.ScanFinished(before, func(ref txlog.FinishedRef) bool {
+		if visited == a.limit {
+			res.More = true
+			return false
+		}
+		visited++
+		if _, ok := a.dirty[ref.ID]; ok {
+			return true // deleted earlier in this batch
+		}
+		// The index time is the later of FinishedAt and the id's time, so
+		// every entry below before is expired and its id FORGOTTEN once the
+		// horizon is raised: an outcome query never presumes it aborted.
+		// The check keeps that true should the two ever disagree.
+		if !isForgotten(ref.ID, before) {
+			return true
+		}
+		a.dirty[ref.ID] = nil
+		a.batch.DeleteFinished(ref)
+		deleted++
 		return true
 	})
 	if err != nil {
-		return res, fmt.Errorf("scan records: %w", err)
+		return res, fmt.Errorf("collect: %w", err)
 	}
-	for id, r := range a.dirty { // this batch's writes override the store
-		drop[id] = expired(r)
+	if before > a.currentHorizon() {
+		a.horizon = &before
+		a.batch.Set(horizonKey, binary.BigEndian.AppendUint64(nil, uint64(before)))
 	}
-	for id, del := range drop {
-		if del {
-			a.dirty[id] = nil
-			a.batch.DeleteRecord(id)
-		}
-	}
-	h := c.GetBefore()
-	a.horizon = &h
-	a.batch.Set(horizonKey, binary.BigEndian.AppendUint64(nil, uint64(h)))
+	a.stats.collected(deleted, time.Since(start))
 	return res, nil
 }
 

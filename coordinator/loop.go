@@ -314,6 +314,10 @@ func (n *Node) apply(ents []*raftpb.Entry) error {
 	stored := n.store.Applied()
 	batch := n.store.NewStateBatch()
 	ap := newApplier(n.store, batch, n.horizon.Load())
+	ap.stats = &n.stats
+	if n.collectLimit > 0 {
+		ap.limit = n.collectLimit
+	}
 	var results []applyResult
 	last := n.applied
 	for _, e := range ents {

@@ -56,6 +56,9 @@ type Node struct {
 	status  atomic.Pointer[Status]
 	readies atomic.Uint64
 	stats   nodeStats
+	// collectLimit, when set, replaces the package's collectLimit; the
+	// simulation lowers it, on every replica alike.
+	collectLimit int
 	// horizon is the applied retention horizon (unix nanos): written by the
 	// loop after the batch that raised it commits, read by any goroutine.
 	horizon atomic.Int64

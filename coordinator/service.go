@@ -202,7 +202,11 @@ func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1
 	if filter == decreev1.TxnFilter_TXN_FILTER_UNDECIDED {
 		return truncate(resp, limit), nil
 	}
-	err := s.d.node.ScanRecords(func(r *txlog.Record) bool {
+	scan := s.d.node.ScanRecords
+	if filter == decreev1.TxnFilter_TXN_FILTER_UNFINISHED {
+		scan = s.d.node.store.ScanUnfinished // the index, not the whole table
+	}
+	err := scan(func(r *txlog.Record) bool {
 		if matches(filter, r) {
 			resp.Txns = append(resp.Txns, txnInfo(r))
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -317,6 +318,9 @@ func TestCollectForgetsOldFinishedRecords(t *testing.T) {
 		if _, ok, _ := m.node.Record(skewed); !ok {
 			t.Fatal("a record whose id is above the horizon was collected")
 		}
+		if st := m.node.Stats(); st.Collects < 1 || st.CollectedRecords < 1 || st.CollectTime <= 0 || st.CollectMaxTime < st.CollectTime/time.Duration(st.Collects) {
+			t.Fatalf("collect stats = %+v", st)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -328,5 +332,42 @@ func TestCollectForgetsOldFinishedRecords(t *testing.T) {
 	r, err := c.propose(lead, decide(txnID(time.Now().Add(-30*time.Hour).UnixMilli(), 8), aborted))
 	if err != nil || r.Err == nil {
 		t.Fatalf("decide of an id older than the horizon: %+v %v", r, err)
+	}
+}
+
+func TestListUnfinishedReadsTheUnfinishedRecords(t *testing.T) {
+	c := newTestClusterWith(t, 3, nil, nil)
+	lead := c.leader()
+	ids := []string{newTxnID(1), newTxnID(2), newTxnID(3)}
+	for _, id := range ids {
+		// A participant nobody listens at: a leader that finds the record
+		// keeps delivering, and never finishes it behind the test's back.
+		if _, err := c.propose(lead, decide(id, committed, "127.0.0.1:9")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.propose(lead, finished(ids[1])); err != nil {
+		t.Fatal(err)
+	}
+	cc := coordClient(t, c.peers[lead])
+	list := func(limit uint32) []string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := cc.ListTransactions(ctx, &decreev1.ListTransactionsRequest{Filter: decreev1.TxnFilter_TXN_FILTER_UNFINISHED, Limit: limit})
+		if err != nil {
+			t.Fatalf("list unfinished: %v", err)
+		}
+		var got []string
+		for _, tx := range resp.GetTxns() {
+			got = append(got, tx.GetTxnId())
+		}
+		return got
+	}
+	if got, want := list(0), []string{ids[0], ids[2]}; !slices.Equal(got, want) {
+		t.Fatalf("unfinished = %q, want %q", got, want)
+	}
+	if got, want := list(1), ids[:1]; !slices.Equal(got, want) {
+		t.Fatalf("unfinished, limit 1 = %q, want %q", got, want)
 	}
 }

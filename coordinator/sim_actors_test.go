@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -128,6 +129,10 @@ func (o simOutcomes) Outcome(_ context.Context, id string, parts []string) (decr
 			inc, staged := n.inc, r.Participants
 			w.at(time.Millisecond, func() { n.run(inc, func() { n.coreStep(RecoverStaged{ID: id, Participants: staged}) }) })
 			return 0, errSimInProgress
+		}
+		if isForgotten(id, n.node.horizon.Load()) {
+			w.noteForgotten(n, id, sp.addr)
+			return decreev1.TxnState_TXN_STATE_FORGOTTEN, nil
 		}
 		if !n.settling[id] {
 			n.settling[id] = true
@@ -258,6 +263,13 @@ func (c *simClient) answer(txn *simTxn, attempt int, o decreev1.Outcome, reason 
 	}
 	if err != nil && attempt != c.attempt {
 		return // a newer attempt is in flight; one retry chain per client
+	}
+	if errors.Is(err, ErrForgotten) {
+		// A definitive answer: the transaction is older than the
+		// retention horizon. The client learns no outcome.
+		c.txn = nil
+		w.at(time.Duration(w.rng.IntN(20))*time.Millisecond, c.next)
+		return
 	}
 	if err != nil {
 		w.at(time.Duration(5+w.rng.IntN(30))*time.Millisecond, func() {

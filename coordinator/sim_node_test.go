@@ -98,11 +98,17 @@ func (sn *simNode) boot() {
 		w.violate("n%d: start node: %v", sn.id, err)
 		return
 	}
+	node.collectLimit = w.plan.collectLimit
 	sn.inc++
 	sn.store, sn.node, sn.up, sn.paused = store, node, true, false
+	collectEvery := time.Hour
+	if w.plan.retention > 0 {
+		collectEvery = w.plan.collectEvery
+	}
 	sn.core = NewCore(CoreConfig{
 		PrepareTimeout: 300 * time.Millisecond, RetryMin: 20 * time.Millisecond, RetryMax: 300 * time.Millisecond,
-		FinishDelay: 20 * time.Millisecond, RescanEvery: 2 * time.Second, CollectEvery: time.Hour,
+		FinishDelay: 20 * time.Millisecond, RescanEvery: 2 * time.Second,
+		Retention: w.plan.retention, CollectEvery: collectEvery,
 		ParallelCommit: w.plan.parallel,
 	})
 	sn.leader, sn.term = false, 0
@@ -277,7 +283,7 @@ func (sn *simNode) execute(a Action) {
 		sn.propose(cmd, nil, func(error) { sn.coreStep(ProposeFailed{Term: a.Term, Finished: a.IDs}) })
 	case ProposeCollect:
 		cmd := &decreev1.Command{Kind: &decreev1.Command_Collect{Collect: &decreev1.Collect{Before: a.Before}}}
-		sn.propose(cmd, nil, nil)
+		sn.propose(cmd, func(r Result) { sn.coreStep(CollectApplied{Term: a.Term, More: r.More}) }, nil)
 	case SendDecision:
 		sn.deliverDecision(a)
 	case Reply:
@@ -527,6 +533,11 @@ func (sn *simNode) serveCommit(t *simTxn, respond func(decreev1.Outcome, string,
 		respond(o, r.Reason, nil)
 		return
 	}
+	if isForgotten(t.id, sn.node.horizon.Load()) {
+		sn.w.noteForgotten(sn, t.id, "a client")
+		respond(0, "", ErrForgotten)
+		return
+	}
 	sn.nextReq++
 	req := sn.nextReq
 	sn.reqs[req] = func(r Reply) { respond(r.Outcome, r.Reason, r.Err) }
@@ -552,6 +563,11 @@ func (sn *simNode) serveOutcome(id string, parts []string, respond func(decreev1
 	} else if ok {
 		sn.coreStep(RecoverStaged{ID: id, Participants: r.Participants})
 		respond(0, "", errSimInProgress)
+		return
+	}
+	if isForgotten(id, sn.node.horizon.Load()) {
+		sn.w.noteForgotten(sn, id, "a client")
+		respond(0, "", ErrForgotten)
 		return
 	}
 	if len(parts) != 1 {

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"runtime"
@@ -49,6 +50,9 @@ func runSim(seed uint64, keepTrace bool) simResult {
 	w.runUntil(w.activeEnd)
 	w.heal()
 	w.quiesce()
+	if len(w.violations) == 0 && w.plan.retention > 0 {
+		w.collectAll()
+	}
 	if len(w.violations) == 0 {
 		w.finalChecks()
 	}
@@ -321,6 +325,77 @@ func (w *world) unquiet() string {
 	return ""
 }
 
+// collectAll runs on until every record has expired and every replica has
+// collected it (many bounded Collects), then asks the leader for the
+// outcome of every transaction: each answer is the decided outcome or
+// FORGOTTEN, never a new decision.
+func (w *world) collectAll() {
+	quiet := w.now.UnixNano() // every transaction ended before
+	deadline := w.now.Add(w.plan.retention + 30*time.Second)
+	w.runUntil(w.now.Add(w.plan.retention + w.plan.collectEvery))
+	for len(w.violations) == 0 {
+		w.runUntil(w.now.Add(100 * time.Millisecond))
+		why := w.uncollected(quiet)
+		if why == "" {
+			break
+		}
+		if !w.now.Before(deadline) {
+			w.violate("records not collected %v after they expired: %s", 30*time.Second, why)
+			return
+		}
+	}
+	l := w.leader()
+	if l == nil {
+		return // uncollected found none
+	}
+	var collected uint64
+	for _, n := range w.nodes {
+		collected = max(collected, n.node.Stats().CollectedRecords)
+	}
+	w.tracef("every replica collected every expired record (n%d: %d collects, up to %d records)", l.id, l.node.Stats().Collects, collected)
+	for _, id := range sortedKeys(w.txns) {
+		l.serveOutcome(id, w.txns[id].parts, func(o decreev1.Outcome, _ string, err error) {
+			switch {
+			case errors.Is(err, ErrForgotten):
+			case err != nil:
+				w.violate("after collecting, the outcome of %s is %v, not FORGOTTEN", id, err)
+			default:
+				w.noteDecision(id, o, "answered after collecting")
+			}
+		})
+	}
+}
+
+// uncollected says why garbage collection is not complete: no leader,
+// replicas at different applied indexes, a horizon not yet past the time
+// the run went quiet, or an expired record still held.
+func (w *world) uncollected(quiet int64) string {
+	l := w.leader()
+	if l == nil {
+		return "no leader"
+	}
+	applied := l.node.Status().Applied
+	for _, n := range w.nodes {
+		if a := n.node.Status().Applied; a != applied {
+			return fmt.Sprintf("n%d applied %d, the leader n%d %d", n.id, a, l.id, applied)
+		}
+		h, left := n.node.horizon.Load(), ""
+		if h < quiet {
+			return fmt.Sprintf("n%d has horizon %d, before %d", n.id, h, quiet)
+		}
+		_ = n.store.ScanRecords(func(r *txlog.Record) bool {
+			if r.Finished && r.FinishedAt < h && isForgotten(r.ID, h) {
+				left = r.ID
+			}
+			return left == ""
+		})
+		if left != "" {
+			return fmt.Sprintf("n%d still holds %s", n.id, left)
+		}
+	}
+	return ""
+}
+
 // finalChecks: identical decision tables, every transaction decided as its
 // client was told, every participant holding exactly the decided outcome.
 func (w *world) finalChecks() {
@@ -338,6 +413,15 @@ func (w *world) finalChecks() {
 	for _, id := range sortedKeys(w.txns) {
 		t := w.txns[id]
 		rec, ok := tables[0][id]
+		if !ok && isForgotten(id, w.nodes[0].node.horizon.Load()) {
+			// Collected: the participants still hold what was decided.
+			out, told := w.told[id]
+			if !told {
+				out = w.decided[id]
+			}
+			w.checkParticipantsHold(t, out)
+			continue
+		}
 		if !ok && len(t.parts) == 1 {
 			// One-phase: the outcome lives at the participant; recording it
 			// in the cluster afterwards is best effort.

@@ -78,6 +78,11 @@ type faultPlan struct {
 	// snapEvery and catchUp are the nodes' snapshot settings: small, so
 	// that lagging nodes get streamed snapshots.
 	snapEvery, catchUp uint64
+	// retention, when set, makes the leader collect records this old every
+	// collectEvery, collectLimit at a time: garbage collection runs during
+	// the faults, and every record is collected after them.
+	retention, collectEvery time.Duration
+	collectLimit            int
 }
 
 func (p faultPlan) String() string {
@@ -85,8 +90,12 @@ func (p faultPlan) String() string {
 	if p.parallel {
 		mode = "parallel commit"
 	}
+	gc := ""
+	if p.retention > 0 {
+		gc = fmt.Sprintf(", retention %v collected every %v, %d at a time", p.retention, p.collectEvery, p.collectLimit)
+	}
 	return mode + fmt.Sprintf(", drop=%.2f dup=%.2f delay<=%v crash-nodes=%v crash-participants=%v partitions=%v pauses=%v every~%v for %v, %d clients, snapshot every %d keeping %d",
-		p.drop, p.dup, p.maxDelay, p.crashNodes, p.crashParts, p.partitions, p.pauses, p.faultEvery, p.activeFor, p.clients, p.snapEvery, p.catchUp)
+		p.drop, p.dup, p.maxDelay, p.crashNodes, p.crashParts, p.partitions, p.pauses, p.faultEvery, p.activeFor, p.clients, p.snapEvery, p.catchUp) + gc
 }
 
 // simTxn is a transaction a simulated client runs.
@@ -123,6 +132,7 @@ type world struct {
 	violations []string
 
 	txns      map[string]*simTxn
+	forgotten map[string]bool // ids the cluster answered FORGOTTEN
 	decided   map[string]decreev1.Outcome
 	told      map[string]decreev1.Outcome
 	partState map[string]map[string]txlog.PState // participant -> txn -> state
@@ -137,7 +147,7 @@ func newWorld(seed uint64) *world {
 		seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5eed)), now: simEpoch,
 		cut: map[[2]string]bool{}, lastArrive: map[[2]string]time.Time{},
 		trace: sha256.New(), faults: map[string]int{}, byAddr: map[string]*simPart{},
-		txns: map[string]*simTxn{}, decided: map[string]decreev1.Outcome{}, told: map[string]decreev1.Outcome{},
+		txns: map[string]*simTxn{}, forgotten: map[string]bool{}, decided: map[string]decreev1.Outcome{}, told: map[string]decreev1.Outcome{},
 		partState: map[string]map[string]txlog.PState{}, acked: map[string]map[string]txlog.PState{},
 		votedYes: map[string]map[string]bool{},
 	}
@@ -148,7 +158,7 @@ func newWorld(seed uint64) *world {
 func (w *world) drawPlan() faultPlan {
 	r := w.rng
 	pick := func(vs ...float64) float64 { return vs[r.IntN(len(vs))] }
-	return faultPlan{
+	p := faultPlan{
 		drop:        pick(0, 0, 0.01, 0.05),
 		dup:         pick(0, 0, 0.02, 0.1),
 		maxDelay:    time.Duration(pick(2, 5, 20)) * time.Millisecond,
@@ -165,6 +175,15 @@ func (w *world) drawPlan() faultPlan {
 		snapEvery:   uint64(pick(8, 16, 40)),
 		catchUp:     uint64(1 + r.IntN(8)),
 	}
+	if r.IntN(2) == 0 {
+		// Longer than a transaction stays undecided under these faults: a
+		// participant whose transaction is FORGOTTEN before it was decided
+		// stays in doubt for an operator, by design.
+		p.retention = time.Duration(2000+r.IntN(2000)) * time.Millisecond
+		p.collectEvery = time.Duration(100+r.IntN(400)) * time.Millisecond
+		p.collectLimit = 1 + r.IntN(8)
+	}
+	return p
 }
 
 // at schedules fn after d of virtual time.
@@ -278,11 +297,26 @@ func (w *world) noteDecision(id string, o decreev1.Outcome, where string) {
 	if o != decreev1.Outcome_OUTCOME_COMMITTED && o != decreev1.Outcome_OUTCOME_ABORTED {
 		return
 	}
-	if prev, ok := w.decided[id]; ok && prev != o {
+	prev, ok := w.decided[id]
+	if ok && prev != o {
 		w.violate("first decision wins broken: %s was %s, now %s (%s)", id, outcomeWord(prev), outcomeWord(o), where)
 		return
 	}
+	if !ok && w.forgotten[id] {
+		w.violate("%s answered FORGOTTEN, then decided %s (%s)", id, outcomeWord(o), where)
+		return
+	}
 	w.decided[id] = o
+}
+
+// noteForgotten records a FORGOTTEN answer: the id must be older than the
+// retention horizon, and is never decided afterwards (noteDecision).
+func (w *world) noteForgotten(n *simNode, id, to string) {
+	if !isForgotten(id, n.node.horizon.Load()) {
+		w.violate("n%d answered FORGOTTEN for %s, which is not older than its horizon", n.id, id)
+	}
+	w.forgotten[id] = true
+	w.tracef("n%d told %s that %s is FORGOTTEN", n.id, to, id)
 }
 
 func (w *world) noteTold(id string, o decreev1.Outcome) {

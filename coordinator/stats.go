@@ -57,3 +57,18 @@ func (s *nodeStats) snapshot() NodeStats {
 
 // Stats returns the node's counters so far.
 func (n *Node) Stats() NodeStats { return n.stats.snapshot() }
+
+// collected counts one applied Collect that deleted n records in d. A nil
+// receiver (an applier outside a node) counts nothing.
+func (s *nodeStats) collected(n int, d time.Duration) {
+	if s == nil {
+		return
+	}
+	s.collects.Add(1)
+	s.collectedRecords.Add(uint64(n))
+	s.collectNanos.Add(uint64(d))
+	// Only the raft loop applies, so load-then-store cannot lose a maximum.
+	if uint64(d) > s.collectMaxNanos.Load() {
+		s.collectMaxNanos.Store(uint64(d))
+	}
+}

@@ -247,6 +247,11 @@ func (s *Store) saveSnapshot(hs *raftpb.HardState, ents []*raftpb.Entry, snap *r
 	delete(s.pending, idx)
 	_ = s.fs.RemoveAll(st.dir) // Pebble holds its own links to the files
 	s.applied.Store(st.applied)
+	// A state from a leader that predates the record indexes has none:
+	// build them, as Open does.
+	if err := s.ensureIndex(); err != nil {
+		return nil, fmt.Errorf("install snapshot %d: %w", idx, err)
+	}
 	return ents, nil
 }
 

@@ -1,6 +1,7 @@
 package txlog
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -26,27 +27,45 @@ func (s *Store) NewStateBatch() *StateBatch {
 	return &StateBatch{store: s, batch: s.db.NewBatch()}
 }
 
-// Set writes key. It panics on the reserved key "applied", which only
-// CommitState writes.
+// Set writes key. It panics on the keys txlog maintains itself: "applied",
+// which only CommitState writes, the record indexes and their marker.
 func (b *StateBatch) Set(key, value []byte) {
 	checkWritable(key)
 	_ = b.open().Set(stateKey(key), value, nil) // a non-indexed batch never fails to add
 }
 
-// Delete removes key. It panics on the reserved key "applied".
+// Delete removes key. It panics on the keys Set refuses.
 func (b *StateBatch) Delete(key []byte) {
 	checkWritable(key)
 	_ = b.open().Delete(stateKey(key), nil)
 }
 
-// PutRecord writes r under "txn/"+r.ID.
+// PutRecord writes r under "txn/"+r.ID, with its index entry (see
+// index.go). A record finishes at most once: putting a finished record again
+// with another FinishedAt would leave its first index entry behind.
 func (b *StateBatch) PutRecord(r *Record) {
-	b.Set(recordKey(r.ID), r.Marshal())
+	w := b.open()
+	_ = w.Set(stateKey(recordKey(r.ID)), r.Marshal(), nil)
+	putIndex(w, r)
 }
 
-// DeleteRecord removes the record with the given id.
-func (b *StateBatch) DeleteRecord(id string) {
-	b.Delete(recordKey(id))
+// DeleteRecord removes r, the record as stored, and its index entry.
+func (b *StateBatch) DeleteRecord(r *Record) {
+	if r.Finished {
+		b.DeleteFinished(FinishedRef{ID: r.ID, At: finTime(r)})
+		return
+	}
+	w := b.open()
+	_ = w.Delete(stateKey(recordKey(r.ID)), nil)
+	_ = w.Delete(stateKey(unfKey(r.ID)), nil)
+}
+
+// DeleteFinished removes the finished record ref names, as read from
+// Store.ScanFinished, and its index entry, without reading the record.
+func (b *StateBatch) DeleteFinished(ref FinishedRef) {
+	w := b.open()
+	_ = w.Delete(stateKey(recordKey(ref.ID)), nil)
+	_ = w.Delete(stateKey(finKey(ref.At, ref.ID)), nil)
 }
 
 // Discard releases a batch that will not be committed. It is a no-op on a
@@ -68,8 +87,9 @@ func (b *StateBatch) open() *pebble.Batch {
 }
 
 func checkWritable(key []byte) {
-	if string(key) == reservedStateKey {
-		panic("txlog: state key \"applied\" is reserved")
+	if string(key) == reservedStateKey || bytes.Equal(key, indexVersionKey) ||
+		bytes.HasPrefix(key, finPrefix) || bytes.HasPrefix(key, unfPrefix) {
+		panic(fmt.Sprintf("txlog: state key %q is reserved", key))
 	}
 }
 

@@ -89,7 +89,7 @@ func TestRecordsRoundTripAndScanOrder(t *testing.T) {
 	}
 	commitRecords(t, s, 1, recs...)
 	b := s.NewStateBatch()
-	b.DeleteRecord("d")
+	b.DeleteRecord(recs[3])
 	if err := s.CommitState(b, 2); err != nil {
 		t.Fatalf("commit state: %v", err)
 	}

@@ -176,6 +176,9 @@ func (s *Store) load(dir string, id Identity) error {
 	if err := s.fs.RemoveAll(s.fs.PathJoin(dir, stagingDir)); err != nil {
 		return fmt.Errorf("remove staged snapshot state: %w", err)
 	}
+	if err := s.ensureIndex(); err != nil {
+		return err
+	}
 	applied, err := s.loadApplied()
 	if err != nil {
 		return err

@@ -1,0 +1,209 @@
+package txlog
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// The record table has two secondary indexes in the state keyspace, so that
+// they travel with snapshots and change in the same batch as the records:
+//
+//	s/fin/<t><id>   a finished record; t is 8 bytes, see finTime
+//	s/unf/<id>      a record that is not finished (decided, or staged)
+//
+// Both values are empty. Garbage collection reads the finished index from
+// its start and a new leader reads the unfinished one, so neither needs to
+// scan the record table. s/index-version marks a keyspace whose indexes are
+// complete (see ensureIndex).
+var (
+	finPrefix       = []byte("fin/")
+	unfPrefix       = []byte("unf/")
+	indexVersionKey = []byte("index-version")
+)
+
+// indexVersion is the value of indexVersionKey once the indexes are built.
+const indexVersion = 1
+
+// indexBuildBatch bounds the records indexed per batch when building the
+// indexes of a store written before they existed.
+const indexBuildBatch = 10_000
+
+// FinishedRef names an entry of the finished index: a finished record and
+// its index time (see finTime).
+type FinishedRef struct {
+	ID string
+	At int64
+}
+
+// finTime is when a finished record may be collected: its finish time, or
+// the time in its id if that is later (a client whose clock runs ahead
+// mints ids from the future, and a record is collected only once its id is
+// below the retention horizon). Ids without a time sort last: they are never
+// collected. Ordering the index by this time makes every collectable record
+// a prefix of it, so a record that must wait cannot hold up the ones behind.
+func finTime(r *Record) int64 {
+	t, err := ParseTxnID(r.ID)
+	if err != nil {
+		return math.MaxInt64
+	}
+	return max(r.FinishedAt, t.UnixNano())
+}
+
+// finKey returns the state-relative key of a finished-index entry. The
+// time's sign bit is flipped so that big-endian byte order is int64 order.
+func finKey(at int64, id string) []byte {
+	k := make([]byte, 0, len(finPrefix)+8+len(id))
+	k = append(k, finPrefix...)
+	k = binary.BigEndian.AppendUint64(k, uint64(at)^(1<<63))
+	return append(k, id...)
+}
+
+func parseFinKey(k []byte) (FinishedRef, error) {
+	if len(k) < len(finPrefix)+8 {
+		return FinishedRef{}, fmt.Errorf("finished index key %q is too short", k)
+	}
+	k = k[len(finPrefix):]
+	return FinishedRef{At: int64(binary.BigEndian.Uint64(k) ^ (1 << 63)), ID: string(k[8:])}, nil
+}
+
+func unfKey(id string) []byte {
+	return append(append(make([]byte, 0, len(unfPrefix)+len(id)), unfPrefix...), id...)
+}
+
+// putIndex writes r's index entry into b. A finished record leaves the
+// unfinished index; a record is never unfinished again once finished, and
+// finishes once, so there is no stale finished entry to remove.
+func putIndex(b pebble.Writer, r *Record) {
+	if r.Finished {
+		_ = b.Set(stateKey(finKey(finTime(r), r.ID)), nil, nil)
+		_ = b.Delete(stateKey(unfKey(r.ID)), nil)
+		return
+	}
+	_ = b.Set(stateKey(unfKey(r.ID)), nil, nil)
+}
+
+// ScanFinished calls fn for the finished-index entries whose time is below
+// before, in time order, until fn returns false. It reads nothing else: its
+// cost is the number of entries fn sees.
+func (s *Store) ScanFinished(before int64, fn func(FinishedRef) bool) error {
+	lower := stateKey(finPrefix)
+	upper := stateKey(finKey(before, ""))
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return fmt.Errorf("scan finished index: %w", err)
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		ref, err := parseFinKey(it.Key()[len(statePrefix):])
+		if err != nil {
+			return fmt.Errorf("scan finished index: %w", err)
+		}
+		if !fn(ref) {
+			break
+		}
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("scan finished index: %w", err)
+	}
+	return nil
+}
+
+// ScanUnfinished calls fn for every record that is not finished, in id
+// order, until fn returns false. It reads the unfinished index and the
+// records it names from one consistent view of the state.
+func (s *Store) ScanUnfinished(fn func(*Record) bool) error {
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	lower := stateKey(unfPrefix)
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+	if err != nil {
+		return fmt.Errorf("scan unfinished index: %w", err)
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		id := string(it.Key()[len(lower):])
+		r, err := readRecord(snap, id)
+		if err != nil {
+			return fmt.Errorf("scan unfinished index: %w", err)
+		}
+		if !fn(r) {
+			break
+		}
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("scan unfinished index: %w", err)
+	}
+	return nil
+}
+
+// readRecord reads a record the index names; a missing one is corruption.
+func readRecord(r pebble.Reader, id string) (*Record, error) {
+	val, closer, err := r.Get(stateKey(recordKey(id)))
+	if err != nil {
+		return nil, fmt.Errorf("record %q named by the index: %w", id, err)
+	}
+	defer closer.Close()
+	rec, err := UnmarshalRecord(val)
+	if err != nil {
+		return nil, fmt.Errorf("record %q: %w", id, err)
+	}
+	return rec, nil
+}
+
+// ensureIndex builds the indexes of a state keyspace written before they
+// existed, in batches of indexBuildBatch records, then writes the version
+// marker. It depends on the records alone, so every replica builds the
+// same keys; a crash part-way leaves no marker, and the next Open builds
+// again over the same keys. The batches need no sync: Pebble's write-ahead
+// log is a prefix, so the marker is never durable ahead of the index it
+// vouches for, and a lost marker only means building again.
+func (s *Store) ensureIndex() error {
+	if _, found, err := s.get(stateKey(indexVersionKey)); err != nil || found {
+		return err
+	}
+	lower := stateKey(recordPrefix)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+	if err != nil {
+		return fmt.Errorf("build record index: %w", err)
+	}
+	defer it.Close()
+	b := s.db.NewBatch()
+	n := 0
+	for it.First(); it.Valid(); it.Next() {
+		r, err := UnmarshalRecord(it.Value())
+		if err != nil {
+			_ = b.Close()
+			return fmt.Errorf("build record index: key %q: %w", it.Key(), err)
+		}
+		putIndex(b, r)
+		if n++; n%indexBuildBatch == 0 {
+			if err := s.commitIndexBatch(b); err != nil {
+				return err
+			}
+			b = s.db.NewBatch()
+		}
+	}
+	if err := it.Error(); err != nil {
+		_ = b.Close()
+		return fmt.Errorf("build record index: %w", err)
+	}
+	_ = b.Set(stateKey(indexVersionKey), encodeUint64(indexVersion), nil)
+	if err := s.commitIndexBatch(b); err != nil {
+		return err
+	}
+	if n > 0 {
+		s.log.Info().Int("records", n).Msg("built the record index of a store written without one")
+	}
+	return nil
+}
+
+func (s *Store) commitIndexBatch(b *pebble.Batch) error {
+	defer b.Close()
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("build record index: %w", err)
+	}
+	return nil
+}
