@@ -61,22 +61,13 @@ func (n *Node) tick() {
 }
 
 func (n *Node) step(m *raftpb.Message) {
-	if _, known := n.cfg.Peers[m.GetFrom()]; !known && !n.isVoter(m.GetFrom()) {
-		n.log.Warn().Uint64("from", m.GetFrom()).Msg("dropping raft message from unknown peer")
+	if !n.admit(m) { // raftcheck.go: drop what no correct peer would send
 		return
 	}
+	defer n.recoverStep(m) // raftcheck.go: a raft panic stops the node
 	if err := n.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		n.log.Debug().Err(err).Stringer("type", m.GetType()).Msg("raft rejected message")
 	}
-}
-
-func (n *Node) isVoter(id uint64) bool {
-	for _, v := range n.confState.GetVoters() {
-		if v == id {
-			return true
-		}
-	}
-	return false
 }
 
 func (n *Node) report(r report) {
@@ -196,6 +187,9 @@ func (n *Node) failWaiters(err error) {
 }
 
 func (n *Node) handleReadies() error {
+	if err := n.checkFatal(); err != nil { // raftcheck.go
+		return err
+	}
 	for n.rn.HasReady() {
 		if err := n.handleReady(n.rn.Ready()); err != nil {
 			return err
@@ -233,7 +227,7 @@ func (n *Node) handleReady(rd raft.Ready) error {
 		// Only now may others learn of what we persisted (votes above all).
 		n.tr.Send(rd.Messages)
 	}
-	if err := n.apply(rd.CommittedEntries); err != nil {
+	if err := n.safeApply(rd.CommittedEntries); err != nil { // raftcheck.go: a panic names the entry
 		return err
 	}
 	for _, rs := range rd.ReadStates {
@@ -295,6 +289,7 @@ func (n *Node) apply(ents []*raftpb.Entry) error {
 	var results []applyResult
 	last := n.applied
 	for _, e := range ents {
+		n.guard.applying = e.GetIndex() // raftcheck.go: named if applying it panics
 		switch e.GetType() {
 		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
 			if err := n.applyConfChange(e); err != nil {

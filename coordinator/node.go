@@ -55,6 +55,7 @@ type Node struct {
 	status  atomic.Pointer[Status]
 	readies atomic.Uint64
 	stats   nodeStats
+	guard   raftGuard // raftcheck.go
 	// horizon is the applied retention horizon (unix nanos): written by the
 	// loop after the batch that raised it commits, read by any goroutine.
 	horizon atomic.Int64
