@@ -67,7 +67,7 @@ func (n *Node) step(m *raftpb.Message) {
 	if m.GetType() == raftpb.MsgSnap {
 		// Its state would be missing: snapshots arrive by stepSnap, after
 		// their state is staged.
-		n.log.Warn().Uint64("from", m.GetFrom()).Msg("dropping snapshot message that came without its state")
+		n.rejectMessage(m.GetFrom(), errors.New("snapshot message without its state (snapshots travel on the Snapshot stream)"))
 		return
 	}
 	n.stepRaft(m)
@@ -79,22 +79,13 @@ func (n *Node) stepSnap(m *raftpb.Message) {
 }
 
 func (n *Node) stepRaft(m *raftpb.Message) {
-	if _, known := n.cfg.Peers[m.GetFrom()]; !known && !n.isVoter(m.GetFrom()) {
-		n.log.Warn().Uint64("from", m.GetFrom()).Msg("dropping raft message from unknown peer")
+	if !n.admit(m) { // raftcheck.go: drop what no correct peer would send
 		return
 	}
+	defer n.recoverStep(m) // raftcheck.go: a raft panic stops the node
 	if err := n.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		n.log.Debug().Err(err).Stringer("type", m.GetType()).Msg("raft rejected message")
 	}
-}
-
-func (n *Node) isVoter(id uint64) bool {
-	for _, v := range n.confState.GetVoters() {
-		if v == id {
-			return true
-		}
-	}
-	return false
 }
 
 func (n *Node) report(r report) {
@@ -214,6 +205,9 @@ func (n *Node) failWaiters(err error) {
 }
 
 func (n *Node) handleReadies() error {
+	if err := n.checkFatal(); err != nil { // raftcheck.go
+		return err
+	}
 	for n.rn.HasReady() {
 		if err := n.handleReady(n.rn.Ready()); err != nil {
 			return err
@@ -255,7 +249,7 @@ func (n *Node) handleReady(rd raft.Ready) error {
 		// Only now may others learn of what we persisted (votes above all).
 		n.tr.Send(rd.Messages)
 	}
-	if err := n.apply(rd.CommittedEntries); err != nil {
+	if err := n.safeApply(rd.CommittedEntries); err != nil { // raftcheck.go: a panic names the entry
 		return err
 	}
 	for _, rs := range rd.ReadStates {
@@ -321,6 +315,7 @@ func (n *Node) apply(ents []*raftpb.Entry) error {
 	var results []applyResult
 	last := n.applied
 	for _, e := range ents {
+		n.guard.applying = e.GetIndex() // raftcheck.go: named if applying it panics
 		switch e.GetType() {
 		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
 			if err := n.applyConfChange(e); err != nil {

@@ -59,6 +59,7 @@ type Node struct {
 	// collectLimit, when set, replaces the package's collectLimit; the
 	// simulation lowers it, on every replica alike.
 	collectLimit int
+	guard        raftGuard // raftcheck.go
 	// horizon is the applied retention horizon (unix nanos): written by the
 	// loop after the batch that raised it commits, read by any goroutine.
 	horizon atomic.Int64

@@ -699,6 +699,12 @@ func (sn *simNode) stepRaft(data []byte) {
 		sn.w.violate("unmarshal raft message: %v", err)
 		return
 	}
+	// Simulated peers are correct, so the node's input checks must pass
+	// every message they send.
+	if err := sn.node.checkMessage(&m); err != nil {
+		sn.w.violate("n%d would drop a correct peer's message: %v", sn.id, err)
+		return
+	}
 	sn.node.step(&m)
 	switch m.GetType() {
 	case raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap:

@@ -28,6 +28,9 @@ type NodeStats struct {
 	// LeaderChanges counts the times this node saw the group's leader
 	// change (including to none).
 	LeaderChanges uint64
+	// RejectedMessages counts raft messages from peers dropped because no
+	// correct peer could have sent them (see raftcheck.go).
+	RejectedMessages uint64
 }
 
 // nodeStats is the concurrent form of NodeStats: each field is written by
@@ -37,6 +40,7 @@ type nodeStats struct {
 	snapshotsReceived, snapshotBytesReceived, snapshotReceiveNanos atomic.Uint64
 	collects, collectedRecords, collectNanos, collectMaxNanos      atomic.Uint64
 	leaderChanges                                                  atomic.Uint64
+	rejectedMessages                                               atomic.Uint64
 }
 
 func (s *nodeStats) snapshot() NodeStats {
@@ -52,6 +56,7 @@ func (s *nodeStats) snapshot() NodeStats {
 		CollectTime:           time.Duration(s.collectNanos.Load()),
 		CollectMaxTime:        time.Duration(s.collectMaxNanos.Load()),
 		LeaderChanges:         s.leaderChanges.Load(),
+		RejectedMessages:      s.rejectedMessages.Load(),
 	}
 }
 

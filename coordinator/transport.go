@@ -325,6 +325,9 @@ func (s *RaftService) Stream(stream decreev1.Raft_StreamServer) error {
 			if err := proto.Unmarshal(raw, &m); err != nil {
 				return invalidArgument("undecodable raft message from %d: %v", b.GetFrom(), err)
 			}
+			if !s.node.admitFromStream(b.GetFrom(), &m) { // raftcheck.go
+				continue
+			}
 			if err := s.node.Step(stream.Context(), &m); err != nil {
 				return unavailable("node stopped: %v", err)
 			}
