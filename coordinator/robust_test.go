@@ -114,7 +114,14 @@ func TestLeaderRefusesTransactionsPastItsLimit(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Fatalf("the transaction in flight failed: %v", err)
 	}
-	if r, err := commit(3); err != nil || r.GetState() != decreev1.TxnState_TXN_STATE_COMMITTED {
+	// Once the first reaches phase 2 (its decision applied, a moment after
+	// its client heard COMMITTED), the slot is free again.
+	var r *decreev1.CommitResponse
+	waitFor(t, 10*time.Second, "a new transaction taken", func() bool {
+		r, err = commit(3)
+		return status.Code(err) != codes.ResourceExhausted
+	})
+	if err != nil || r.GetState() != decreev1.TxnState_TXN_STATE_COMMITTED {
 		t.Fatalf("after the first finished: %v %v", r, err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,8 +23,8 @@ func TestLimitListenerClosesConnectionsPastTheLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
-	lis := newLimitListener(tcp, 1, zerolog.New(&logs))
+	logs := &syncBuffer{}
+	lis := newLimitListener(tcp, 1, zerolog.New(logs))
 	defer lis.Close()
 	accepted := make(chan net.Conn, 4)
 	go func() {
@@ -64,6 +65,25 @@ func TestLimitListenerClosesConnectionsPastTheLimit(t *testing.T) {
 	if err := closedByPeer(dial()); err != nil {
 		t.Fatalf("a double close freed two slots: %v", err)
 	}
+}
+
+// syncBuffer is a buffer the listener's goroutine writes while the test
+// reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // closedByPeer says why c was not closed by the other end (nil if it was).
