@@ -88,7 +88,7 @@ func (c *testCluster) startOn(id uint64, lis net.Listener) {
 		c.dtune(&dcfg)
 	}
 	drv := coordinator.NewDriver(node, dcfg)
-	srv := grpc.NewServer(coordinator.ServerOptions()...)
+	srv := grpc.NewServer(coordinator.ServerOptions(coordinator.ServerLimits{})...)
 	node.Register(srv)
 	drv.Register(srv)
 	go srv.Serve(lis)

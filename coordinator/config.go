@@ -105,29 +105,70 @@ func (c *Config) withDefaults() (Config, error) {
 	return cfg, nil
 }
 
-// ValidatePeers checks that a peers map is usable and contains id.
+// ValidatePeers checks that a peers map is usable and contains id. Two
+// peers must not be one endpoint, however spelled: names are resolved, so
+// 127.0.0.1:P and localhost:P are one node twice (such a cluster can never
+// reach a quorum). A name that does not resolve is compared as written.
 func ValidatePeers(id uint64, peers map[uint64]string) error {
 	if len(peers) == 0 {
 		return errors.New("no peers configured")
 	}
+	ids := make([]uint64, 0, len(peers))
+	for pid := range peers {
+		ids = append(ids, pid)
+	}
+	slices.Sort(ids)
 	seen := make(map[string]uint64, len(peers))
-	for pid, addr := range peers {
+	for _, pid := range ids {
+		addr := peers[pid]
 		if pid == 0 {
 			return errors.New("peer id 0 is reserved")
 		}
 		if err := validateAddr(addr); err != nil {
 			return fmt.Errorf("peer %d: %w", pid, err)
 		}
-		if other, dup := seen[addr]; dup {
-			return fmt.Errorf("peers %d and %d share address %s", min(pid, other), max(pid, other), addr)
+		for _, ep := range endpoints(addr) {
+			if other, dup := seen[ep]; dup {
+				return fmt.Errorf("peers %d (%s) and %d (%s) share address %s: one node cannot be two members",
+					other, peers[other], pid, addr, ep)
+			}
+			seen[ep] = pid
 		}
-		seen[addr] = pid
 	}
 	if _, ok := peers[id]; !ok {
 		return fmt.Errorf("node id %d is not among the peers", id)
 	}
 	return nil
 }
+
+// resolveTimeout bounds resolving one peer's name while validating.
+const resolveTimeout = 5 * time.Second
+
+// endpoints lists the ip:port endpoints a valid address names: its host
+// resolved, or the address as written when it does not resolve.
+func endpoints(addr string) []string {
+	host, port, _ := net.SplitHostPort(addr)
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return []string{net.JoinHostPort(ip.Unmap().WithZone("").String(), port)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return []string{strings.ToLower(addr)}
+	}
+	out := make([]string, 0, len(ips))
+	for _, ip := range ips {
+		ep := net.JoinHostPort(ip.Unmap().WithZone("").String(), port)
+		if !slices.Contains(out, ep) {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// maxHostLen is the longest DNS name; an IPv6 literal is shorter.
+const maxHostLen = 253
 
 func validateAddr(addr string) error {
 	host, port, err := net.SplitHostPort(addr)
@@ -136,6 +177,9 @@ func validateAddr(addr string) error {
 	}
 	if host == "" {
 		return fmt.Errorf("address %q has no host", addr)
+	}
+	if len(host) > maxHostLen {
+		return fmt.Errorf("address %.40q...: host of %d bytes exceeds the limit of %d", addr, len(host), maxHostLen)
 	}
 	p, err := strconv.ParseUint(port, 10, 16)
 	if err != nil || p == 0 {

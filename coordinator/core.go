@@ -35,6 +35,12 @@ type CoreConfig struct {
 	// decisions it is not driving (default 30s): one proposed by a deposed
 	// leader can apply after this leader's first scan.
 	RescanEvery time.Duration
+	// MaxInFlight caps the transactions the leader votes on at once;
+	// MaxHeldBytes caps the payload bytes it holds for their prepares. A
+	// new transaction past either is refused with ErrOverloaded (defaults
+	// 10000 and 256 MiB).
+	MaxInFlight  int
+	MaxHeldBytes int64
 }
 
 func (c CoreConfig) withDefaults() CoreConfig {
@@ -52,6 +58,12 @@ func (c CoreConfig) withDefaults() CoreConfig {
 	def(&c.RescanEvery, 30*time.Second)
 	if c.FinishBatch <= 0 {
 		c.FinishBatch = 256
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 10000
+	}
+	if c.MaxHeldBytes <= 0 {
+		c.MaxHeldBytes = 256 << 20
 	}
 	return c
 }
@@ -75,6 +87,11 @@ type Core struct {
 	collectMore bool // the last Collect left expired records: go on at the next tick
 	lastRescan  time.Time
 
+	// inFlight and heldBytes count the client transactions not yet in
+	// phase 2, and their payload bytes (admit, release).
+	inFlight  int
+	heldBytes int64
+
 	out []Action
 }
 
@@ -97,6 +114,8 @@ type coreTxn struct {
 	phase        txnPhase
 	participants []string
 	payloads     map[string][]byte
+	admitted     bool  // counted in Core.inFlight until phase 2
+	held         int64 // its payload bytes, counted in Core.heldBytes
 	onePhase     bool
 	votes        map[string]decreev1.Vote
 	deadline     time.Time // voting deadline
@@ -236,8 +255,14 @@ func (c *Core) clientCommit(e ClientCommit) {
 		t.waiters = append(t.waiters, e.Req)
 		return
 	}
+	if err := c.admit(e.Branches); err != nil {
+		c.emit(Reply{Req: e.Req, ID: e.ID, Err: err})
+		return
+	}
 	t := &coreTxn{
 		id:         e.ID,
+		admitted:   true,
+		held:       payloadBytes(e.Branches),
 		phase:      phaseVoting,
 		payloads:   make(map[string][]byte, len(e.Branches)),
 		onePhase:   len(e.Branches) == 1,
@@ -259,6 +284,41 @@ func (c *Core) clientCommit(e ClientCommit) {
 		t.parallel = true
 		c.emit(ProposeStaged{ID: t.id, Participants: slices.Clone(t.participants), Term: c.term})
 	}
+}
+
+// admit refuses a new transaction that would take the leader past its
+// limits, or counts it in.
+func (c *Core) admit(bs []BranchSpec) error {
+	n := payloadBytes(bs)
+	if c.inFlight >= c.cfg.MaxInFlight {
+		return fmt.Errorf("%w: %d transactions in flight (limit %d); retry later", ErrOverloaded, c.inFlight, c.cfg.MaxInFlight)
+	}
+	// One transaction alone may always run, whatever its size: the
+	// request limits bound it.
+	if c.inFlight > 0 && c.heldBytes+n > c.cfg.MaxHeldBytes {
+		return fmt.Errorf("%w: %d payload bytes held for prepares, %d more exceed the limit of %d; retry later",
+			ErrOverloaded, c.heldBytes, n, c.cfg.MaxHeldBytes)
+	}
+	c.inFlight++
+	c.heldBytes += n
+	return nil
+}
+
+// release uncounts a transaction that reached phase 2.
+func (c *Core) release(t *coreTxn) {
+	if t.admitted {
+		t.admitted = false
+		c.inFlight--
+		c.heldBytes -= t.held
+	}
+}
+
+func payloadBytes(bs []BranchSpec) int64 {
+	var n int64
+	for _, b := range bs {
+		n += int64(len(b.Payload))
+	}
+	return n
 }
 
 // voting returns the transaction if feedback for it is current.
@@ -310,6 +370,14 @@ func (c *Core) voteReceived(e VoteReceived) {
 func (c *Core) prepareFailed(e PrepareFailed) {
 	t := c.voting(e.ID, e.Participant, e.Term)
 	if t == nil || t.phase == phaseResolving {
+		return
+	}
+	if e.Refused {
+		// No participant service answers there, so this prepare prepared
+		// nothing: a NO, safe in one phase too (no need to ask what it
+		// committed), and no abort needs delivering there.
+		t.votes[e.Participant] = decreev1.Vote_VOTE_NO
+		c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, fmt.Sprintf("%s is not a participant: %s", e.Participant, e.Err))
 		return
 	}
 	reason := fmt.Sprintf("%s failed to prepare: %s", e.Participant, e.Err)
@@ -521,6 +589,7 @@ func (c *Core) replyAll(t *coreTxn, o decreev1.Outcome, reason string) {
 func (c *Core) startDelivery(t *coreTxn) {
 	t.phase = phaseDelivering
 	t.payloads = nil
+	c.release(t)
 	for _, p := range t.participants {
 		v, voted := t.votes[p]
 		switch {
@@ -634,6 +703,7 @@ func (c *Core) abandonAll() {
 	}
 	c.txns = make(map[string]*coreTxn)
 	c.finishing = nil
+	c.inFlight, c.heldBytes = 0, 0
 }
 
 func (c *Core) recovered(e Recovered) {

@@ -13,6 +13,11 @@ import (
 // the outcome with Outcome, on whichever node leads now.
 var ErrNotLeader = errors.New("this coordinator is not the leader")
 
+// ErrOverloaded is the answer to a client whose new transaction would take
+// the leader past its limit of transactions in flight or of payload bytes
+// held; nothing of it was started, so the client may retry later.
+var ErrOverloaded = errors.New("the leader is at its limit")
+
 // Event is an input to the 2PC core. Feedback events carry the leader term
 // their action was issued in; the core ignores feedback from an earlier
 // term, so a slow RPC from a previous leadership cannot affect this one.
@@ -49,6 +54,9 @@ type PrepareFailed struct {
 	ID, Participant string
 	Term            uint64
 	Err             string
+	// Refused says the address serves no participant API (Unimplemented):
+	// this prepare reached no participant and prepared nothing there.
+	Refused bool
 }
 
 // ParticipantResolved is a one-phase participant's answer to Resolve: its

@@ -77,6 +77,31 @@ func TestCoreSequences(t *testing.T) {
 			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
 			{ev: PrepareFailed{ID: "t1", Participant: "b", Term: 2, Err: "connection refused"}, want: []string{"propose decide t1 aborted [a b]: b failed to prepare: connection refused"}},
 		},
+		"one phase to a non-participant aborts without asking it": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a"), want: []string{"prepare t1 -> a (1pc, term 2)"}},
+			{ev: PrepareFailed{ID: "t1", Participant: "a", Term: 2, Err: "unknown service", Refused: true},
+				want: []string{"propose decide t1 aborted [a]: a is not a participant: unknown service"}},
+			{ev: applied("t1", abortO, "a is not a participant", "a"), want: []string{"reply 1 t1 aborted: a is not a participant"}},
+			{at: 20 * time.Millisecond, ev: Tick{}, want: []string{"propose finished t1"}},
+		},
+		"two phase: a non-participant is a no, and gets no abort": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: vote("t1", "a", yes)},
+			{ev: PrepareFailed{ID: "t1", Participant: "b", Term: 2, Err: "unknown service", Refused: true},
+				want: []string{"propose decide t1 aborted [a b]: b is not a participant: unknown service"}},
+			{ev: applied("t1", abortO, "b is not a participant", "a", "b"), want: []string{"reply 1 t1 aborted: b is not a participant", "abort t1 -> a (term 2)"}},
+			{ev: Acked{ID: "t1", Participant: "a", Term: 2}},
+			{at: 20 * time.Millisecond, ev: Tick{}, want: []string{"propose finished t1"}},
+		},
+		"one phase whose resolve meets a non-participant keeps asking: its prepare may have committed elsewhere": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a"), want: []string{"prepare t1 -> a (1pc, term 2)"}},
+			{ev: PrepareFailed{ID: "t1", Participant: "a", Term: 2, Err: "deadline exceeded"}, want: []string{"resolve t1 at a (term 2)"}},
+			{ev: ParticipantResolved{ID: "t1", Participant: "a", Term: 2, Err: "unknown service"}},
+			{at: 50 * time.Millisecond, ev: Tick{}, want: []string{"resolve t1 at a (term 2)"}},
+		},
 		"read-only voter takes no part in phase 2": {
 			becomeLeader,
 			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
@@ -240,6 +265,48 @@ func show(ss []string) string {
 		return "(nothing)"
 	}
 	return "\n    " + strings.Join(ss, "\n    ")
+}
+
+func TestCoreRefusesTransactionsPastItsLimits(t *testing.T) {
+	big := func(req uint64, id string, n int, parts ...string) ClientCommit {
+		e := ClientCommit{Req: req, ID: id}
+		for _, p := range parts {
+			e.Branches = append(e.Branches, BranchSpec{Participant: p, Payload: make([]byte, n)})
+		}
+		return e
+	}
+	for name, tc := range map[string]struct {
+		cfg   CoreConfig
+		steps []coreStep
+	}{
+		"in flight": {cfg: CoreConfig{MaxInFlight: 1}, steps: []coreStep{
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a"), want: []string{"prepare t1 -> a (1pc, term 2)"}},
+			{ev: commitReq(2, "t2", "a"), want: []string{"reply 2 t2 error: the leader is at its limit: 1 transactions in flight (limit 1); retry later"}},
+			// A retry of the transaction in flight joins it.
+			{ev: commitReq(3, "t1", "a")},
+			{ev: vote("t1", "a", no), want: []string{"propose decide t1 aborted [a]: a voted no: no funds"}},
+			{ev: applied("t1", abortO, "no", "a"), want: []string{"reply 1 t1 aborted: no", "reply 3 t1 aborted: no"}},
+			// In phase 2 it no longer counts.
+			{ev: commitReq(4, "t2", "a"), want: []string{"prepare t2 -> a (1pc, term 2)"}},
+		}},
+		"payload bytes held": {cfg: CoreConfig{MaxHeldBytes: 100}, steps: []coreStep{
+			becomeLeader,
+			// One transaction alone always runs, whatever its size.
+			{ev: big(1, "t1", 150, "a"), want: []string{"prepare t1 -> a (1pc, term 2)"}},
+			{ev: big(2, "t2", 1, "b"), want: []string{"reply 2 t2 error: the leader is at its limit: 150 payload bytes held for prepares, 1 more exceed the limit of 100; retry later"}},
+			{ev: vote("t1", "a", oneDone), want: []string{"reply 1 t1 committed", "propose decide t1 committed [a]"}},
+			{ev: applied("t1", commitO, "", "a")},
+			{ev: big(3, "t3", 60, "a", "b"), want: []string{"prepare t3 -> a (2pc, term 2)", "prepare t3 -> b (2pc, term 2)"}},
+			{ev: big(4, "t4", 50, "c"), want: []string{"reply 4 t4 error: the leader is at its limit: 120 payload bytes held for prepares, 50 more exceed the limit of 100; retry later"}},
+			// A lost leadership releases everything it held.
+			{ev: LeadershipChanged{Leader: false, Term: 3}, want: []string{"reply 3 t3 error: this coordinator is not the leader"}},
+			{ev: LeadershipChanged{Leader: true, Term: 4}, want: []string{"load unfinished (term 4)"}},
+			{ev: big(5, "t5", 100, "c"), want: []string{"prepare t5 -> c (1pc, term 4)"}},
+		}},
+	} {
+		t.Run(name, func(t *testing.T) { runCore(t, tc.cfg, tc.steps) })
+	}
 }
 
 func TestCoreFinishedBatchesBySize(t *testing.T) {

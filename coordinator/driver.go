@@ -11,6 +11,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"go.etcd.io/raft/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
@@ -208,13 +210,19 @@ func (d *Driver) async(f func(ctx context.Context)) {
 func (d *Driver) prepare(a SendPrepare) {
 	d.mux.call(a.Participant, prepareCall(a), d.cfg.Core.PrepareTimeout, func(r *decreev1.Reply, err error) {
 		if err != nil {
-			d.feed(PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
+			d.feed(PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error(), Refused: notParticipant(err)})
 			return
 		}
 		vote := r.GetPrepare()
 		d.feed(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: vote.GetVote(), Reason: vote.GetReason()})
 	})
 }
+
+// notParticipant says a participant call was answered Unimplemented: the
+// address serves no participant API (another coordinator, say), so the
+// call reached no participant. The SDK answers its own refusals with other
+// codes.
+func notParticipant(err error) bool { return status.Code(err) == codes.Unimplemented }
 
 func (d *Driver) resolveOnePhase(a ResolveAtParticipant) {
 	d.mux.call(a.Participant, resolveCall(a.ID, a.Term), d.cfg.CallTimeout, func(r *decreev1.Reply, err error) {

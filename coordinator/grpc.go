@@ -13,21 +13,70 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
-// maxMessageBytes bounds gRPC messages; a raft snapshot of the (GC-bounded)
-// transaction table travels as one message.
-const maxMessageBytes = 256 << 20
+// ServerLimits bound what a node's gRPC server takes in. Zero values take
+// the defaults.
+type ServerLimits struct {
+	// MaxBranches and MaxPayload are the driver's request limits (defaults
+	// 64 and 1 MiB, as DriverConfig's): the largest Commit they allow sizes
+	// the largest message accepted.
+	MaxBranches int
+	MaxPayload  int
+	// MaxStreams caps the concurrent calls on one connection (default 1024).
+	MaxStreams uint32
+}
 
-// ServerOptions are the gRPC server options a coordinator node needs: large
-// enough messages for snapshots, and keepalive pings allowed so peers
-// notice a dead or paused node.
-func ServerOptions() []grpc.ServerOption {
+const (
+	// branchOverhead bounds what a branch adds to its payload on the wire:
+	// the participant address (validateAddr caps its host) and framing.
+	branchOverhead = 1 << 10
+	// requestOverhead bounds the rest of a request: id and framing.
+	requestOverhead = 4 << 10
+	// peerMessageBytes bounds one message of the raft peer stream. Raft
+	// packs at most 1 MiB of entries in a MsgApp (MaxSizePerMsg; more only
+	// for a single larger entry), and the sending side splits a batch of
+	// messages to stay under this (splitRaftBatches). Snapshots travel in
+	// chunks of their own, not as one message.
+	peerMessageBytes = 16 << 20
+)
+
+func (l ServerLimits) withDefaults() ServerLimits {
+	if l.MaxBranches <= 0 {
+		l.MaxBranches = 64
+	}
+	if l.MaxPayload <= 0 {
+		l.MaxPayload = 1 << 20
+	}
+	if l.MaxStreams == 0 {
+		l.MaxStreams = 1024
+	}
+	return l
+}
+
+// MaxRecvBytes is the largest message the server accepts: a Commit of
+// MaxBranches branches of MaxPayload bytes each, or a peer message,
+// whichever is larger. gRPC refuses a larger one (ResourceExhausted) from
+// its length prefix, before reading it.
+func (l ServerLimits) MaxRecvBytes() int {
+	l = l.withDefaults()
+	client := l.MaxBranches*(l.MaxPayload+branchOverhead) + requestOverhead
+	return max(client, peerMessageBytes)
+}
+
+// ServerOptions are the gRPC server options a coordinator node needs:
+// messages bounded by l, a bounded number of concurrent calls per
+// connection, and keepalive pings allowed so peers notice a dead or paused
+// node. The number of connections is bounded by the listener (cmd/decree).
+func ServerOptions(l ServerLimits) []grpc.ServerOption {
+	l = l.withDefaults()
 	return []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(maxMessageBytes),
-		grpc.MaxSendMsgSize(maxMessageBytes),
+		grpc.MaxRecvMsgSize(l.MaxRecvBytes()),
+		grpc.MaxConcurrentStreams(l.MaxStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 	}
@@ -37,9 +86,62 @@ func peerDialOptions(dial func(context.Context, string) (net.Conn, error)) []grp
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(dial),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxMessageBytes), grpc.MaxCallRecvMsgSize(maxMessageBytes)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(peerMessageBytes), grpc.MaxCallRecvMsgSize(peerMessageBytes)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.WithChainStreamInterceptor(splitRaftBatches(peerMessageBytes)),
 	}
+}
+
+// splitRaftBatches sends a RaftBatch larger than limit as several smaller
+// ones, so that a burst of MsgApps to a catching-up follower stays within
+// the receiver's message limit. The order of the messages is kept.
+func splitRaftBatches(limit int) grpc.StreamClientInterceptor {
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+		streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		s, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			return nil, err
+		}
+		return &splittingStream{ClientStream: s, limit: limit}, nil
+	}
+}
+
+type splittingStream struct {
+	grpc.ClientStream
+	limit int
+}
+
+func (s *splittingStream) SendMsg(m any) error {
+	b, ok := m.(*decreev1.RaftBatch)
+	if !ok || proto.Size(b) <= s.limit {
+		return s.ClientStream.SendMsg(m)
+	}
+	for _, part := range splitBatch(b, s.limit) {
+		if err := s.ClientStream.SendMsg(part); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// splitBatch cuts b into batches of at most limit bytes each; a single
+// message larger than that goes alone (and the receiver refuses it).
+func splitBatch(b *decreev1.RaftBatch, limit int) []*decreev1.RaftBatch {
+	head := func() *decreev1.RaftBatch {
+		return &decreev1.RaftBatch{ClusterId: b.GetClusterId(), From: b.GetFrom(), To: b.GetTo()}
+	}
+	cur, size := head(), proto.Size(head())
+	var out []*decreev1.RaftBatch
+	for _, raw := range b.GetMessages() {
+		n := 1 + protowire.SizeBytes(len(raw)) // tag, length, bytes
+		if len(cur.Messages) > 0 && size+n > limit {
+			out = append(out, cur)
+			cur, size = head(), proto.Size(head())
+		}
+		cur.Messages = append(cur.Messages, raw)
+		size += n
+	}
+	return append(out, cur)
 }
 
 // Register adds the node's gRPC services (peer raft stream and admin) to s.

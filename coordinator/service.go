@@ -132,7 +132,10 @@ func (d *Driver) settle(ctx context.Context, id string, participants []string) (
 	if len(participants) == 1 {
 		var err error
 		if st, err = d.resolveAt(ctx, participants[0], id, term); err != nil {
-			return Result{}, fmt.Errorf("%w: ask the one-phase participant %s: %w", ErrNoLeader, participants[0], err)
+			if notParticipant(err) {
+				return Result{}, fmt.Errorf("%w: %s serves no participant API: %w", errNotParticipant, participants[0], err)
+			}
+			return Result{}, fmt.Errorf("ask the one-phase participant %s: %w", participants[0], err)
 		}
 	}
 	outcome, reason := settleDecision(st)
@@ -147,6 +150,11 @@ func (d *Driver) settle(ctx context.Context, id string, participants []string) (
 	d.feed(DecisionApplied{ID: id, Term: term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
 	return res, nil
 }
+
+// errNotParticipant: an outcome query named, as a one-phase transaction's
+// only participant, an address that is not a participant. Nothing is
+// decided: its outcome cannot be learned there.
+var errNotParticipant = errors.New("not a participant")
 
 // resolveStaged hands a staged transaction without a decision to the core,
 // which asks its participants, and tells the caller to ask again.
@@ -178,6 +186,9 @@ func (d *Driver) resolveAt(ctx context.Context, participant, id string, term uin
 }
 
 func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1.ListTransactionsRequest) (*decreev1.ListTransactionsResponse, error) {
+	if _, known := decreev1.TxnFilter_name[int32(req.GetFilter())]; !known {
+		return nil, invalidArgument("unknown transaction filter %d", req.GetFilter())
+	}
 	if fwd, err := s.d.forwarder(ctx); fwd != nil || err != nil {
 		if err != nil {
 			return nil, err
@@ -314,6 +325,10 @@ func (d *Driver) statusOf(ctx context.Context, err error) error {
 		return status.Error(codes.Canceled, "call cancelled; ask Outcome")
 	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNoLeader), errors.Is(err, ErrStopped):
 		return d.unavailable(ctx, err.Error())
+	case errors.Is(err, ErrOverloaded):
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, errNotParticipant):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	default:
 		return status.Error(codes.Unavailable, err.Error())
 	}

@@ -83,7 +83,7 @@ func startEmbeddedCluster(dir string, parallel bool, logger zerolog.Logger) (_ *
 			Core:        coordinator.CoreConfig{ParallelCommit: parallel},
 			MaxBranches: benchMaxParticipants, MaxPayload: benchMaxPayload, Logger: logger,
 		})
-		m.srv = grpc.NewServer(coordinator.ServerOptions()...)
+		m.srv = grpc.NewServer(coordinator.ServerOptions(coordinator.ServerLimits{MaxBranches: benchMaxParticipants, MaxPayload: benchMaxPayload})...)
 		m.node.Register(m.srv)
 		m.drv.Register(m.srv)
 		lis := listeners[id]

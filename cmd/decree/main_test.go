@@ -25,6 +25,11 @@ func TestBadFlags(t *testing.T) {
 		{"unknown flag", []string{"start", "--bogus"}, "flag provided but not defined"},
 		{"stray argument", []string{"status", "--endpoints", "127.0.0.1:1", "extra"}, "unexpected argument"},
 		{"status without endpoints", []string{"status"}, "--endpoints is required"},
+		{"one node twice in peers", []string{"start", "--id", "1", "--data-dir", dir, "--peers", "1=127.0.0.1:7001,2=localhost:7001"}, "share address"},
+		{"no connections", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--max-connections", "0"}, "--max-connections"},
+		{"too few connections for the peers", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--max-connections", "3"}, "twice the peers"},
+		{"no streams", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--max-streams", "0"}, "--max-streams"},
+		{"no transactions in flight", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--max-in-flight", "0"}, "--max-in-flight"},
 		{"bad log level", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--log-level", "loud"}, "--log-level"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

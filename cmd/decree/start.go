@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -34,6 +35,10 @@ type startFlags struct {
 	retention     time.Duration
 	maxBranches   int
 	maxPayload    int
+	maxInFlight   int
+	maxHeldBytes  int64
+	maxConns      int
+	maxStreams    uint
 	parallel      bool
 	logLevel      string
 	logFormat     string
@@ -54,6 +59,10 @@ func runStart(args []string, _, stderr io.Writer) error {
 	fs.DurationVar(&f.retention, "retention", 24*time.Hour, "keep finished transaction records this long for outcome queries")
 	fs.IntVar(&f.maxBranches, "max-branches", 64, "most participants one transaction may have")
 	fs.IntVar(&f.maxPayload, "max-payload", 1<<20, "largest branch payload in bytes")
+	fs.IntVar(&f.maxInFlight, "max-in-flight", 10000, "most transactions the leader votes on at once; more are refused (ResourceExhausted)")
+	fs.Int64Var(&f.maxHeldBytes, "max-held-bytes", 256<<20, "most payload bytes the leader holds for prepares; more are refused (ResourceExhausted)")
+	fs.IntVar(&f.maxConns, "max-connections", 1024, "most open connections to this node; more are closed at once")
+	fs.UintVar(&f.maxStreams, "max-streams", 1024, "most concurrent calls on one connection; more wait for a free one")
 	fs.BoolVar(&f.parallel, "parallel-commit", false, "stage transactions in raft while they vote: COMMITTED after one consensus round")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
@@ -101,6 +110,13 @@ func (f *startFlags) nodeConfig() (coordinator.Config, error) {
 	if f.prepTimeout <= 0 || f.retention <= 0 || f.maxBranches <= 0 || f.maxPayload <= 0 {
 		return coordinator.Config{}, usagef("--prepare-timeout, --retention, --max-branches and --max-payload must be positive")
 	}
+	if f.maxInFlight <= 0 || f.maxHeldBytes <= 0 || f.maxConns <= 0 || f.maxStreams == 0 || f.maxStreams > math.MaxUint32 {
+		return coordinator.Config{}, usagef("--max-in-flight, --max-held-bytes, --max-connections and --max-streams must be positive")
+	}
+	// Peers connect too: leave them room next to the clients.
+	if f.maxConns < 2*len(peers) {
+		return coordinator.Config{}, usagef("--max-connections must be at least %d (twice the peers)", 2*len(peers))
+	}
 	return coordinator.Config{
 		ID:            f.id,
 		Peers:         peers,
@@ -124,27 +140,35 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 		return err
 	}
 	defer store.Close()
-	lis, err := net.Listen("tcp", f.listen)
+	tcp, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
+	lis := newLimitListener(tcp, f.maxConns, logger.With().Str("component", "listener").Logger())
 	node, err := coordinator.NewNode(cfg, store, nil)
 	if err != nil {
 		lis.Close()
 		return err
 	}
 	drv := coordinator.NewDriver(node, coordinator.DriverConfig{
-		Core:        coordinator.CoreConfig{PrepareTimeout: f.prepTimeout, Retention: f.retention, ParallelCommit: f.parallel},
+		Core: coordinator.CoreConfig{PrepareTimeout: f.prepTimeout, Retention: f.retention, ParallelCommit: f.parallel,
+			MaxInFlight: f.maxInFlight, MaxHeldBytes: f.maxHeldBytes},
 		MaxBranches: f.maxBranches,
 		MaxPayload:  f.maxPayload,
 		Logger:      logger,
 	})
-	srv := grpc.NewServer(coordinator.ServerOptions()...)
+	srv := grpc.NewServer(coordinator.ServerOptions(coordinator.ServerLimits{
+		MaxBranches: f.maxBranches, MaxPayload: f.maxPayload, MaxStreams: uint32(f.maxStreams)})...)
 	node.Register(srv)
 	drv.Register(srv)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	// Health says SERVING only while the node knows a leader.
+	healthDone := make(chan struct{})
+	go func() { defer close(healthDone); drv.ReportHealth(ctx, hs, f.tick) }()
 	go func() {
 		if err := srv.Serve(lis); err != nil {
 			log.Error().Err(err).Msg("grpc server stopped")
@@ -153,13 +177,13 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 	log.Info().Str("listen", lis.Addr().String()).Str("data_dir", f.dataDir).
 		Str("cluster_id", fmt.Sprintf("%x", cfg.ClusterID)).Msg("coordinator node serving")
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	select {
 	case <-ctx.Done():
 		log.Info().Msg("shutting down")
 	case <-node.Done():
 	}
+	stop()
+	<-healthDone
 	hs.Shutdown()
 	stopServer(srv, 5*time.Second)
 	drv.Stop()

@@ -45,9 +45,25 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
+		err = enc.Encode(rows)
+	} else {
+		err = printStatusTable(stdout, rows)
 	}
-	return printStatusTable(stdout, rows)
+	if err != nil {
+		return err
+	}
+	return noneAnswered(rows)
+}
+
+// noneAnswered fails the command when no endpoint answered: a script must
+// not read that as a healthy cluster. Some answering is a (partial) status.
+func noneAnswered(rows []statusRow) error {
+	for _, r := range rows {
+		if r.Error == "" {
+			return nil
+		}
+	}
+	return fmt.Errorf("none of the %d endpoints answered (first error: %s)", len(rows), rows[0].Error)
 }
 
 func splitEndpoints(s string) ([]string, error) {

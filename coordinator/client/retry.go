@@ -45,9 +45,12 @@ func classify(err error) errClass {
 	case codes.Unavailable:
 		return classUnavailable
 	case codes.DeadlineExceeded, codes.Canceled, codes.Internal, codes.Unknown,
-		codes.Aborted, codes.ResourceExhausted, codes.DataLoss:
+		codes.Aborted, codes.DataLoss:
 		return classAmbiguous
 	default: // InvalidArgument, FailedPrecondition, NotFound, Unimplemented, ...
+		// ResourceExhausted too: a node refuses a message over its size
+		// limit, or a transaction past the leader's limits, before acting
+		// on it; resolving would only record a presumed abort.
 		return classFinal
 	}
 }
