@@ -25,6 +25,9 @@ func TestBadFlags(t *testing.T) {
 		{"unknown flag", []string{"start", "--bogus"}, "flag provided but not defined"},
 		{"stray argument", []string{"status", "--endpoints", "127.0.0.1:1", "extra"}, "unexpected argument"},
 		{"status without endpoints", []string{"status"}, "--endpoints is required"},
+		{"bad cache size", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--cache-size", "32MB"}, "not a size in bytes"},
+		{"tiny cache", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--cache-size", "4096"}, "--cache-size must be between"},
+		{"huge memtable", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--memtable-size", "4GiB"}, "--memtable-size must be between"},
 		{"bad log level", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--log-level", "loud"}, "--log-level"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
