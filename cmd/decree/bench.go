@@ -89,7 +89,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if f.jsonPath != "" {
-		if err := writeBenchJSON(f.jsonPath, res); err != nil {
+		if err := writeJSONFile(f.jsonPath, res); err != nil {
 			return err
 		}
 	}
@@ -460,8 +460,8 @@ func selfCPUSeconds() float64 {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
-func writeBenchJSON(path string, res *benchResult) error {
-	b, err := json.MarshalIndent(res, "", "  ")
+func writeJSONFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode results: %w", err)
 	}

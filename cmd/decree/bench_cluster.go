@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/decree-tx/decree/coordinator"
@@ -229,10 +230,19 @@ type adminConns struct {
 	conns     []*grpc.ClientConn
 }
 
+// adminConnectParams reconnect to a restarted node within a second: with
+// gRPC's default back-off (up to 2 minutes) a node down for a minute was
+// not asked again until long after it was back.
+var adminConnectParams = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+	MinConnectTimeout: 2 * time.Second,
+}
+
 func dialAdmin(endpoints []string) (*adminConns, error) {
 	a := &adminConns{endpoints: endpoints}
 	for _, ep := range endpoints {
-		cc, err := grpc.NewClient("passthrough:///"+ep, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient("passthrough:///"+ep, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithConnectParams(adminConnectParams))
 		if err != nil {
 			a.close()
 			return nil, fmt.Errorf("dial %s: %w", ep, err)

@@ -123,13 +123,6 @@ func newProcCluster(t *testing.T, size int) *procCluster {
 	return c
 }
 
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
 func (c *procCluster) start(id uint64) {
 	c.t.Helper()
 	cmd := exec.Command(c.bin, "start", "--id", fmt.Sprint(id), "--listen", c.addrs[id], "--peers", c.peers,
