@@ -164,7 +164,7 @@ func (r *soakRun) report() *soakReport {
 // rateWindow is the length of the first and last windows whose tx/s are
 // compared: 5 minutes of a 30-minute run, the same share of a shorter one.
 func rateWindow(d time.Duration) time.Duration {
-	return min(soakRateWindow, max((d / 6).Round(time.Second), time.Second))
+	return min(soakRateWindow, max((d/6).Round(time.Second), time.Second))
 }
 
 // windowRate is the tx/s over the seconds that lie within [from, to].
