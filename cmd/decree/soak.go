@@ -320,9 +320,11 @@ func (r *soakRun) pollLoop(ctx context.Context, done <-chan struct{}) {
 func (r *soakRun) poll(ctx context.Context) {
 	sts := r.env.admin.statuses(ctx, 2*time.Second)
 	p := soakPoll{TS: time.Since(r.t0).Seconds()}
+	procs := make([]procState, len(r.cluster.nodes))
 	for i, st := range sts {
 		n := r.cluster.nodes[i]
-		np := soakNodePoll{ID: n.id, Incarnation: n.restarts, PID: n.pid()}
+		procs[i] = n.state()
+		np := soakNodePoll{ID: n.id, Incarnation: procs[i].restarts, PID: procs[i].pid}
 		if st != nil {
 			np.Answered = true
 			np.Role, np.Term, np.Leader = roleName(st.GetRole()), st.GetTerm(), st.GetLeader()
@@ -335,9 +337,9 @@ func (r *soakRun) poll(ctx context.Context) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.polls = append(r.polls, p)
-	for _, n := range r.cluster.nodes {
-		if n.cmd != nil && !n.running() && !r.exitNoted(n.id) {
-			r.exits = append(r.exits, fmt.Sprintf("node %d exited at %.1f s: %v; log tail:\n%s", n.id, p.TS, n.waitErr, n.logTail(1500)))
+	for i, n := range r.cluster.nodes {
+		if procs[i].exitErr != nil && !r.exitNoted(n.id) {
+			r.exits = append(r.exits, fmt.Sprintf("node %d exited at %.1f s: %v; log tail:\n%s", n.id, p.TS, procs[i].exitErr, n.logTail(1500)))
 			fmt.Fprintln(r.out, r.exits[len(r.exits)-1])
 		}
 	}
@@ -442,7 +444,7 @@ func (r *soakRun) pickFollower(ctx context.Context) (uint64, *soakProc) {
 		sts := r.env.admin.statuses(ctx, time.Second)
 		if lead := agreedLeader(sts); lead != 0 {
 			for i := len(r.cluster.nodes) - 1; i >= 0; i-- {
-				if n := r.cluster.nodes[i]; n.id != lead && n.running() {
+				if n := r.cluster.nodes[i]; n.id != lead && n.pid() != 0 && n.state().exitErr == nil {
 					return lead, n
 				}
 			}

@@ -9,12 +9,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
 
 // soakCluster runs real `decree start` processes on 127.0.0.1, each logging
-// to a file in its directory. Only the soak's own goroutine calls it.
+// to a file in its directory. The soak's kill schedule starts and kills
+// them while its poller reads their state.
 type soakCluster struct {
 	bin       string
 	dir       string
@@ -24,13 +26,15 @@ type soakCluster struct {
 	nodes     []*soakProc
 }
 
-// soakProc is one node: its process while it runs, nil while it is down.
+// soakProc is one node and its current process.
 type soakProc struct {
-	id       uint64
-	addr     string
-	dataDir  string
-	logPath  string
-	cmd      *exec.Cmd
+	id      uint64
+	addr    string
+	dataDir string
+	logPath string
+
+	mu       sync.Mutex
+	cmd      *exec.Cmd     // nil while the node is down
 	exited   chan struct{} // closed when cmd has been waited for
 	waitErr  error
 	restarts int
@@ -99,47 +103,67 @@ func (c *soakCluster) start(n *soakProc) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start node %d: %w", n.id, err)
 	}
-	n.cmd, n.exited, n.waitErr = cmd, make(chan struct{}), nil
-	go func(exited chan struct{}) {
-		n.waitErr = cmd.Wait()
+	exited := make(chan struct{})
+	n.mu.Lock()
+	n.cmd, n.exited, n.waitErr = cmd, exited, nil
+	n.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		n.mu.Lock()
+		if n.cmd == cmd {
+			n.waitErr = err
+		}
+		n.mu.Unlock()
 		close(exited)
-	}(n.exited)
+	}()
 	return nil
 }
 
-// running reports whether n's process is up (started and not exited).
-func (n *soakProc) running() bool {
+// procState is a node's process as the poller sees it.
+type procState struct {
+	pid      int // 0 while the node is down
+	restarts int
+	// exitErr is set when the current process exited on its own.
+	exitErr error
+}
+
+func (n *soakProc) state() procState {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := procState{restarts: n.restarts}
 	if n.cmd == nil {
-		return false
+		return st
 	}
+	st.pid = n.cmd.Process.Pid
 	select {
 	case <-n.exited:
-		return false
+		st.exitErr = n.waitErr
+		if st.exitErr == nil {
+			st.exitErr = errors.New("exit status 0")
+		}
 	default:
-		return true
 	}
+	return st
 }
 
 // pid is the process id of n's current process, 0 while it is down.
-func (n *soakProc) pid() int {
-	if n.cmd == nil {
-		return 0
-	}
-	return n.cmd.Process.Pid
-}
+func (n *soakProc) pid() int { return n.state().pid }
 
 // kill sends SIGKILL to n's process (by its PID) and waits until it is gone.
 func (c *soakCluster) kill(n *soakProc) error {
-	if n.cmd == nil {
+	n.mu.Lock()
+	cmd, exited := n.cmd, n.exited
+	n.cmd = nil // from now on the node is down, not exited on its own
+	n.mu.Unlock()
+	if cmd == nil {
 		return fmt.Errorf("node %d is not running", n.id)
 	}
-	err := n.cmd.Process.Signal(syscall.SIGKILL)
+	err := cmd.Process.Signal(syscall.SIGKILL)
 	select {
-	case <-n.exited:
+	case <-exited:
 	case <-time.After(10 * time.Second):
-		return fmt.Errorf("node %d (pid %d) still running 10s after SIGKILL", n.id, n.pid())
+		return fmt.Errorf("node %d (pid %d) still running 10s after SIGKILL", n.id, cmd.Process.Pid)
 	}
-	n.cmd = nil
 	if err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("kill node %d: %w", n.id, err)
 	}
@@ -147,10 +171,15 @@ func (c *soakCluster) kill(n *soakProc) error {
 }
 
 func (c *soakCluster) restart(n *soakProc) error {
-	if n.cmd != nil {
+	n.mu.Lock()
+	running := n.cmd != nil
+	if !running {
+		n.restarts++
+	}
+	n.mu.Unlock()
+	if running {
 		return fmt.Errorf("node %d is still running", n.id)
 	}
-	n.restarts++
 	return c.start(n)
 }
 
@@ -159,27 +188,31 @@ func (c *soakCluster) restart(n *soakProc) error {
 // own with a failure before.
 func (c *soakCluster) stop(grace time.Duration) error {
 	var errs []error
-	for _, n := range c.nodes {
-		if n.cmd == nil {
-			continue
-		}
-		if !n.running() && n.waitErr != nil {
-			errs = append(errs, fmt.Errorf("node %d exited during the run: %w (log: %s)", n.id, n.waitErr, n.logPath))
-		}
-		_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	type proc struct {
+		cmd    *exec.Cmd
+		exited chan struct{}
 	}
-	deadline := time.After(grace)
+	var procs []proc
 	for _, n := range c.nodes {
-		if n.cmd == nil {
-			continue
+		if st := n.state(); st.exitErr != nil {
+			errs = append(errs, fmt.Errorf("node %d exited during the run: %w (log: %s)", n.id, st.exitErr, n.logPath))
 		}
-		select {
-		case <-n.exited:
-		case <-deadline:
-			_ = n.cmd.Process.Signal(syscall.SIGKILL)
-			<-n.exited
+		n.mu.Lock()
+		if n.cmd != nil {
+			procs = append(procs, proc{n.cmd, n.exited})
+			_ = n.cmd.Process.Signal(syscall.SIGTERM)
 		}
 		n.cmd = nil
+		n.mu.Unlock()
+	}
+	deadline := time.After(grace)
+	for _, p := range procs {
+		select {
+		case <-p.exited:
+		case <-deadline:
+			_ = p.cmd.Process.Signal(syscall.SIGKILL)
+			<-p.exited
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -259,5 +260,34 @@ func TestSoakBadFlags(t *testing.T) {
 	}
 	if f, _ := parseSoakFlags(nil, &bytes.Buffer{}); f.killAt != 10*time.Minute || f.clients != 256 || f.down != time.Minute {
 		t.Fatalf("defaults: kill at %v, %d clients, down %v", f.killAt, f.clients, f.down)
+	}
+}
+
+// TestSoakClusterNoticesExit runs "nodes" that exit at once: the cluster
+// reports them as exited on their own, and stop names them.
+func TestSoakClusterNoticesExit(t *testing.T) {
+	bin, err := exec.LookPath("false")
+	if err != nil {
+		t.Skip("no false(1)")
+	}
+	c, err := startSoakCluster(bin, t.TempDir(), 3, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.node(2)
+	poll(t, 10*time.Second, "node 2's exit", func() bool { return n.state().exitErr != nil })
+	if st := n.state(); st.pid == 0 || st.restarts != 0 {
+		t.Fatalf("state %+v, want the exited process's pid and no restart", st)
+	}
+	// A killed node is down, not exited on its own.
+	if err := c.kill(c.node(1)); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.node(1).state(); st.pid != 0 || st.exitErr != nil {
+		t.Fatalf("killed node: %+v", st)
+	}
+	err = c.stop(time.Second)
+	if err == nil || !strings.Contains(err.Error(), "node 2 exited") || strings.Contains(err.Error(), "node 1") {
+		t.Fatalf("stop: %v, want nodes 2 and 3 named as exited", err)
 	}
 }
