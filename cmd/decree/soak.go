@@ -70,7 +70,7 @@ func parseSoakFlags(args []string, stderr io.Writer) (soakFlags, error) {
 	fs.DurationVar(&f.duration, "duration", soakDefaultDuration, "how long the load runs")
 	fs.BoolVar(&f.kill, "kill", true, "kill a follower with SIGKILL during the run and restart it")
 	fs.DurationVar(&f.killAt, "kill-at", 0, "when to kill the follower (default: a third of --duration)")
-	fs.DurationVar(&f.down, "down", soakDefaultDown, "how long the killed follower stays down")
+	fs.DurationVar(&f.down, "down", 0, "how long the killed follower stays down (default: 60s, or a sixth of a shorter run)")
 	fs.DurationVar(&f.poll, "poll", 5*time.Second, "how often to read every node's Admin Status")
 	fs.DurationVar(&f.reportEvery, "report-every", time.Minute, "length of a row of the over-time table")
 	fs.DurationVar(&f.txnTimeout, "txn-timeout", 30*time.Second, "deadline of one transaction; past it the transaction counts as an error")
@@ -88,6 +88,9 @@ func parseSoakFlags(args []string, stderr io.Writer) (soakFlags, error) {
 	if f.killAt == 0 {
 		f.killAt = f.duration / 3
 	}
+	if f.down == 0 {
+		f.down = min(soakDefaultDown, max((f.duration/6).Round(time.Second), time.Second))
+	}
 	switch {
 	case f.clients < 1 || f.clients > benchMaxClients:
 		return f, usagef("--clients must be between 1 and %d, not %d", benchMaxClients, f.clients)
@@ -101,7 +104,7 @@ func parseSoakFlags(args []string, stderr io.Writer) (soakFlags, error) {
 		return f, usagef("--poll must be at least 100ms and --report-every at least 1s")
 	case f.txnTimeout <= 0:
 		return f, usagef("--txn-timeout must be positive")
-	case f.kill && (f.killAt <= 0 || f.down <= 0 || f.killAt+f.down+soakMinKillRemainder > f.duration):
+	case f.kill && (f.killAt < 0 || f.down < 0 || f.killAt+f.down+soakMinKillRemainder > f.duration):
 		return f, usagef("--kill-at (%v) and --down (%v) must be positive and end %v before --duration (%v)",
 			f.killAt, f.down, soakMinKillRemainder, f.duration)
 	}
@@ -256,7 +259,9 @@ func (r *soakRun) sample(done <-chan struct{}) {
 			return
 		case now := <-sec.C:
 			s := r.rec.rotate(now)
-			if now.Sub(lastSpan) >= r.f.reportEvery {
+			// The last row runs to the end of the load (run closes it),
+			// not into a sliver of the final in-flight transactions.
+			if now.Sub(lastSpan) >= r.f.reportEvery && r.end.Sub(now) > time.Second {
 				r.closeSpan()
 				lastSpan = now
 			}

@@ -240,7 +240,8 @@ func TestSoakBadFlags(t *testing.T) {
 		{[]string{"--clients", "0"}, "--clients must be"},
 		{[]string{"--duration", "5s"}, "--duration must be at least"},
 		{[]string{"--duration", "60s", "--kill-at", "50s", "--down", "10s"}, "must be positive and end"},
-		{[]string{"--duration", "60s", "--down", "0s"}, "must be positive and end"},
+		{[]string{"--duration", "60s", "--down", "-1s"}, "must be positive and end"},
+		{[]string{"--duration", "60s", "--down", "56s"}, "must be positive and end"},
 		{[]string{"--plot", "x.jpg"}, "--plot file must end"},
 		{[]string{"--max-rss", "lots"}, "not a size in bytes"},
 		{[]string{"--poll", "1ms"}, "--poll must be"},
@@ -260,6 +261,10 @@ func TestSoakBadFlags(t *testing.T) {
 	}
 	if f, _ := parseSoakFlags(nil, &bytes.Buffer{}); f.killAt != 10*time.Minute || f.clients != 256 || f.down != time.Minute {
 		t.Fatalf("defaults: kill at %v, %d clients, down %v", f.killAt, f.clients, f.down)
+	}
+	// A shorter run keeps the follower down for a sixth of it.
+	if f, err := parseSoakFlags([]string{"--duration", "60s"}, &bytes.Buffer{}); err != nil || f.killAt != 20*time.Second || f.down != 10*time.Second {
+		t.Fatalf("60s run: kill at %v, down %v (%v); want 20s, 10s", f.killAt, f.down, err)
 	}
 }
 
