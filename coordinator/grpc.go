@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"syscall"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -158,28 +157,21 @@ type adminService struct {
 func (a *adminService) Status(context.Context, *decreev1.StatusRequest) (*decreev1.StatusResponse, error) {
 	st := a.node.Status()
 	return &decreev1.StatusResponse{
-		Id:         st.ID,
-		Role:       roleToProto(st.Role),
-		Term:       st.Term,
-		Leader:     st.Leader,
-		Commit:     st.Commit,
-		Applied:    st.Applied,
-		ClusterId:  a.node.cfg.ClusterID,
-		Fsyncs:     a.node.SyncCount(),
-		Readies:    a.node.ReadyCount(),
-		Peers:      a.node.cfg.Peers,
-		CpuSeconds: processCPUSeconds(),
+		Id:          st.ID,
+		Role:        roleToProto(st.Role),
+		Term:        st.Term,
+		Leader:      st.Leader,
+		Commit:      st.Commit,
+		Applied:     st.Applied,
+		ClusterId:   a.node.cfg.ClusterID,
+		Fsyncs:      a.node.SyncCount(),
+		Readies:     a.node.ReadyCount(),
+		Peers:       a.node.cfg.Peers,
+		CpuSeconds:  processCPUSeconds(),
+		RssBytes:    processRSSBytes(),
+		GoHeapBytes: goHeapBytes(),
+		Stats:       nodeStatsToProto(a.node.Stats()),
 	}, nil
-}
-
-// processCPUSeconds is this process's user+system CPU time so far, or 0
-// when the OS does not tell.
-func processCPUSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func roleToProto(s raft.StateType) decreev1.Role {

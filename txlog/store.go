@@ -26,10 +26,6 @@ var (
 	errClosed = errors.New("txlog: store is closed")
 )
 
-// defaultCacheSize is the Pebble block cache size when Options.CacheSize is
-// zero.
-const defaultCacheSize = 32 << 20
-
 // Identity names the cluster and node a data directory belongs to.
 type Identity struct {
 	ClusterID, NodeID uint64
@@ -43,11 +39,15 @@ type Options struct {
 	// Logger receives Pebble's log output and the store's own; the zero
 	// value discards it.
 	Logger zerolog.Logger
-	// CacheSize is the Pebble block cache size in bytes; 0 means 32 MiB.
+	// CacheSize is the Pebble block cache size in bytes; 0 means
+	// DefaultCacheSize.
 	CacheSize int64
 	// StagingFileSize is the size at which a snapshot being received
 	// starts a new staging SSTable; 0 means DefaultStagingFileSize.
 	StagingFileSize uint64
+	// MemTableSize is the size of one Pebble memtable in bytes; 0 means
+	// DefaultMemTableSize.
+	MemTableSize uint64
 }
 
 // Store is the durable storage of one node. It implements raft.Storage. Its
@@ -152,16 +152,24 @@ func lockDir(dir string, fsys vfs.FS) (*pebble.Lock, error) {
 func openPebble(dir string, fsys vfs.FS, lock *pebble.Lock, opts Options) (*pebble.DB, error) {
 	size := opts.CacheSize
 	if size <= 0 {
-		size = defaultCacheSize
+		size = DefaultCacheSize
+	}
+	memtable := opts.MemTableSize
+	if memtable == 0 {
+		memtable = DefaultMemTableSize
 	}
 	cache := pebble.NewCache(size)
 	defer cache.Unref() // the DB holds its own reference
 	return pebble.Open(dir, &pebble.Options{
-		FS:                 fsys,
-		Lock:               lock,
-		Cache:              cache,
-		Logger:             pebbleLogger{log: opts.Logger},
-		FormatMajorVersion: pebble.FormatNewest,
+		FS:           fsys,
+		Lock:         lock,
+		Cache:        cache,
+		MemTableSize: memtable,
+		// At most two memtables (one filling, one flushing): under a
+		// write burst writes wait for the flush rather than memory grow.
+		MemTableStopWritesThreshold: 2,
+		Logger:                      pebbleLogger{log: opts.Logger},
+		FormatMajorVersion:          pebble.FormatNewest,
 	})
 }
 

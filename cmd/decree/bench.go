@@ -89,7 +89,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if f.jsonPath != "" {
-		if err := writeBenchJSON(f.jsonPath, res); err != nil {
+		if err := writeJSONFile(f.jsonPath, res); err != nil {
 			return err
 		}
 	}
@@ -330,18 +330,9 @@ func (e *benchEnv) quiesce(ctx context.Context, d time.Duration) counters {
 
 // run warms up, drives the load and measures.
 func (e *benchEnv) run(ctx context.Context, f benchFlags, stderr io.Writer) (*benchResult, error) {
-	payload := make([]byte, f.payload)
-	rand.Read(payload)
-	branches := make([]client.Branch, len(e.parts.addrs))
-	for i, a := range e.parts.addrs {
-		branches[i] = client.Branch{Participant: a, Payload: payload}
-	}
-	// One transaction first: connections are set up and the path works.
-	wctx, cancel := context.WithTimeout(ctx, f.txnTimeout)
-	_, err := e.cl.Commit(wctx, client.Txn{Branches: branches})
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("warm-up transaction: %w", err)
+	branches := benchBranches(e.parts.addrs, f.payload)
+	if err := e.warmUp(ctx, branches, f.txnTimeout); err != nil {
+		return nil, err
 	}
 	before := e.quiesce(ctx, 5*time.Second)
 
@@ -395,19 +386,40 @@ func (e *benchEnv) load(ctx context.Context, f benchFlags, branches []client.Bra
 	var progWG sync.WaitGroup
 	progWG.Go(func() { prog.loop(rec, progDone) })
 
+	runClients(ctx, stopStarting, e.cl, workload{clients: f.clients, count: f.count, txnTimeout: f.txnTimeout, branches: branches}, rec)
+	elapsed := time.Since(start)
+	close(progDone)
+	progWG.Wait()
+	rec.finish(time.Now())
+	prog.finish(rec, elapsed)
+	return elapsed
+}
+
+// workload is what the clients of a run do: each commits one transaction
+// of branches at a time.
+type workload struct {
+	clients    int
+	count      int64 // stop after this many transactions; 0: no limit
+	txnTimeout time.Duration
+	branches   []client.Branch
+}
+
+// runClients runs w.clients workers until stopStarting ends (or w.count
+// transactions were started), recording each transaction in rec. The end
+// of stopStarting stops new transactions, not running ones; only ctx (an
+// interrupt) cuts those short, and each lasts at most w.txnTimeout.
+func runClients(ctx, stopStarting context.Context, cl *client.Client, w workload, rec *recorder) {
 	var issued atomic.Int64
 	var wg sync.WaitGroup
-	for range f.clients {
+	for range w.clients {
 		wg.Go(func() {
 			for stopStarting.Err() == nil {
-				if f.count > 0 && issued.Add(1) > f.count {
+				if w.count > 0 && issued.Add(1) > w.count {
 					return
 				}
-				// The run's end stops new transactions, not running ones;
-				// only an interrupt (ctx) cuts those short.
-				tctx, cancel := context.WithTimeout(ctx, f.txnTimeout)
+				tctx, cancel := context.WithTimeout(ctx, w.txnTimeout)
 				t0 := time.Now()
-				res, err := e.cl.Commit(tctx, client.Txn{Branches: branches})
+				res, err := cl.Commit(tctx, client.Txn{Branches: w.branches})
 				lat := time.Since(t0)
 				cancel()
 				rec.record(res.State, lat, err)
@@ -415,12 +427,29 @@ func (e *benchEnv) load(ctx context.Context, f benchFlags, branches []client.Bra
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
-	close(progDone)
-	progWG.Wait()
-	rec.finish(time.Now())
-	prog.finish(rec, elapsed)
-	return elapsed
+}
+
+// benchBranches are the branches of every transaction: one per null
+// participant, each with the same random payload.
+func benchBranches(addrs []string, payloadBytes int) []client.Branch {
+	payload := make([]byte, payloadBytes)
+	rand.Read(payload)
+	branches := make([]client.Branch, len(addrs))
+	for i, a := range addrs {
+		branches[i] = client.Branch{Participant: a, Payload: payload}
+	}
+	return branches
+}
+
+// warmUp commits one transaction: connections are set up and the path
+// works.
+func (e *benchEnv) warmUp(ctx context.Context, branches []client.Branch, timeout time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := e.cl.Commit(wctx, client.Txn{Branches: branches}); err != nil {
+		return fmt.Errorf("warm-up transaction: %w", err)
+	}
+	return nil
 }
 
 func selfCPUSeconds() float64 {
@@ -431,8 +460,8 @@ func selfCPUSeconds() float64 {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
-func writeBenchJSON(path string, res *benchResult) error {
-	b, err := json.MarshalIndent(res, "", "  ")
+func writeJSONFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode results: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/decree-tx/decree/coordinator"
@@ -229,10 +230,19 @@ type adminConns struct {
 	conns     []*grpc.ClientConn
 }
 
+// adminConnectParams reconnect to a restarted node within a second: with
+// gRPC's default back-off (up to 2 minutes) a node down for a minute was
+// not asked again until long after it was back.
+var adminConnectParams = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+	MinConnectTimeout: 2 * time.Second,
+}
+
 func dialAdmin(endpoints []string) (*adminConns, error) {
 	a := &adminConns{endpoints: endpoints}
 	for _, ep := range endpoints {
-		cc, err := grpc.NewClient("passthrough:///"+ep, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient("passthrough:///"+ep, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithConnectParams(adminConnectParams))
 		if err != nil {
 			a.close()
 			return nil, fmt.Errorf("dial %s: %w", ep, err)
@@ -246,17 +256,27 @@ func dialAdmin(endpoints []string) (*adminConns, error) {
 // out of the measurement (ok false).
 func (a *adminConns) read(ctx context.Context) []nodeCounters {
 	out := make([]nodeCounters, len(a.conns))
+	for i, st := range a.statuses(ctx, 2*time.Second) {
+		out[i].endpoint = a.endpoints[i]
+		if st != nil {
+			out[i] = nodeCounters{endpoint: a.endpoints[i], id: st.GetId(), fsyncs: st.GetFsyncs(), cpu: st.GetCpuSeconds(), ok: true}
+		}
+	}
+	return out
+}
+
+// statuses asks every node for its status in parallel, each within
+// timeout; the entry of a node that does not answer is nil.
+func (a *adminConns) statuses(ctx context.Context, timeout time.Duration) []*decreev1.StatusResponse {
+	out := make([]*decreev1.StatusResponse, len(a.conns))
 	var wg sync.WaitGroup
 	for i, cc := range a.conns {
 		wg.Go(func() {
-			out[i].endpoint = a.endpoints[i]
-			ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			st, err := decreev1.NewAdminClient(cc).Status(ctx, &decreev1.StatusRequest{})
-			if err != nil {
-				return
+			if st, err := decreev1.NewAdminClient(cc).Status(ctx, &decreev1.StatusRequest{}); err == nil {
+				out[i] = st
 			}
-			out[i] = nodeCounters{endpoint: a.endpoints[i], id: st.GetId(), fsyncs: st.GetFsyncs(), cpu: st.GetCpuSeconds(), ok: true}
 		})
 	}
 	wg.Wait()

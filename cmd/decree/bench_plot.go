@@ -17,7 +17,6 @@ import (
 // latency per second of the run, and the histogram of all latencies up to
 // p99.9 (the rest would squash it against the axis).
 func writeBenchPlot(path string, r *benchResult) error {
-	format := strings.ToLower(strings.TrimPrefix(filepath.Ext(path), "."))
 	over, err := latencyOverTimePlot(r)
 	if err != nil {
 		return err
@@ -26,16 +25,27 @@ func writeBenchPlot(path string, r *benchResult) error {
 	if err != nil {
 		return err
 	}
-	c, err := draw.NewFormattedCanvas(8*vg.Inch, 9*vg.Inch, format)
+	return writePanels(path, 9*vg.Inch, over, hist)
+}
+
+// writePanels draws plots one above the other into a PNG or SVG file
+// (by path's extension), 8 inches wide and height high.
+func writePanels(path string, height vg.Length, plots ...*plot.Plot) error {
+	format := strings.ToLower(strings.TrimPrefix(filepath.Ext(path), "."))
+	c, err := draw.NewFormattedCanvas(8*vg.Inch, height, format)
 	if err != nil {
 		return fmt.Errorf("plot canvas: %w", err)
 	}
-	tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: vg.Points(8), PadBottom: vg.Points(8),
+	tiles := draw.Tiles{Rows: len(plots), Cols: 1, PadTop: vg.Points(8), PadBottom: vg.Points(8),
 		PadLeft: vg.Points(8), PadRight: vg.Points(12), PadY: vg.Points(24)}
-	panels := plot.Align([][]*plot.Plot{{over}, {hist}}, tiles, draw.New(c))
-	over.Draw(panels[0][0])
-	hist.Draw(panels[1][0])
-
+	rows := make([][]*plot.Plot, len(plots))
+	for i, p := range plots {
+		rows[i] = []*plot.Plot{p}
+	}
+	panels := plot.Align(rows, tiles, draw.New(c))
+	for i, p := range plots {
+		p.Draw(panels[i][0])
+	}
 	out, err := os.Create(path)
 	if err != nil {
 		return fmt.Errorf("create plot: %w", err)
@@ -47,6 +57,37 @@ func writeBenchPlot(path string, r *benchResult) error {
 	if err := out.Close(); err != nil {
 		return fmt.Errorf("write plot: %w", err)
 	}
+	return nil
+}
+
+// plotLine is one named series of a line chart.
+type plotLine struct {
+	name string
+	xys  plotter.XYs
+	c    color.Color
+}
+
+// plotColors are the lines' colours, in order.
+var plotColors = []color.Color{
+	color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+	color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
+}
+
+// addLines adds lines with points and a legend entry each to p.
+func addLines(p *plot.Plot, lines ...plotLine) error {
+	for _, l := range lines {
+		line, points, err := plotter.NewLinePoints(l.xys)
+		if err != nil {
+			return fmt.Errorf("plot %s: %w", l.name, err)
+		}
+		line.Color, points.Color = l.c, l.c
+		points.Radius = vg.Points(1.5)
+		p.Add(line, points)
+		p.Legend.Add(l.name, line, points)
+	}
+	p.Legend.Top = true
 	return nil
 }
 
@@ -72,24 +113,9 @@ func latencyOverTimePlot(r *benchResult) (*plot.Plot, error) {
 		p.Title.Text += " (no transactions)"
 		return p, nil
 	}
-	for _, l := range []struct {
-		name string
-		xys  plotter.XYs
-		c    color.Color
-	}{
-		{"p50", p50, color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}},
-		{"p99", p99, color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}},
-	} {
-		line, points, err := plotter.NewLinePoints(l.xys)
-		if err != nil {
-			return nil, fmt.Errorf("plot %s: %w", l.name, err)
-		}
-		line.Color, points.Color = l.c, l.c
-		points.Radius = vg.Points(1.5)
-		p.Add(line, points)
-		p.Legend.Add(l.name, line, points)
+	if err := addLines(p, plotLine{"p50", p50, plotColors[0]}, plotLine{"p99", p99, plotColors[1]}); err != nil {
+		return nil, err
 	}
-	p.Legend.Top = true
 	return p, nil
 }
 

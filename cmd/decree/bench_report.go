@@ -34,6 +34,11 @@ type recorder struct {
 	winErrors                  int64
 	series                     []benchSecond
 	errSamples                 map[string]int64
+	// span, when tracked, accumulates the closed seconds since the last
+	// rotateSpan: longer windows (a soak's minutes) with exact quantiles.
+	span       *hdrhistogram.Histogram
+	spanStart  time.Time
+	spanErrors int64
 }
 
 // benchSecond is one window (a second, the last one maybe shorter) of the
@@ -45,6 +50,7 @@ type benchSecond struct {
 	Errors   int64   `json:"errors"`
 	P50Ms    float64 `json:"p50_ms"`
 	P99Ms    float64 `json:"p99_ms"`
+	P999Ms   float64 `json:"p999_ms"`
 	MaxMs    float64 `json:"max_ms"`
 }
 
@@ -98,7 +104,12 @@ func (r *recorder) rotate(now time.Time) benchSecond {
 		Errors: r.winErrors,
 		P50Ms:  micros(r.win.ValueAtQuantile(50)),
 		P99Ms:  micros(r.win.ValueAtQuantile(99)),
+		P999Ms: micros(r.win.ValueAtQuantile(99.9)),
 		MaxMs:  micros(r.win.Max()),
+	}
+	if r.span != nil {
+		r.span.Merge(r.win)
+		r.spanErrors += r.winErrors
 	}
 	if d := now.Sub(r.winStart).Seconds(); d > 0 {
 		s.TxPerSec = float64(s.Tx) / d
@@ -110,6 +121,47 @@ func (r *recorder) rotate(now time.Time) benchSecond {
 	r.winErrors = 0
 	r.winStart = now
 	return s
+}
+
+// trackSpans makes the recorder accumulate spans for rotateSpan.
+func (r *recorder) trackSpans() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.span = hdrhistogram.New(1, latencyMaxMicros, 3)
+	r.spanStart = r.t0
+}
+
+// rotateSpan closes the current span at the end of the last closed second
+// (call rotate first) and returns it.
+func (r *recorder) rotateSpan() benchSpan {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := benchSpan{
+		StartS: r.spanStart.Sub(r.t0).Seconds(), EndS: r.winStart.Sub(r.t0).Seconds(),
+		Tx: r.span.TotalCount(), Errors: r.spanErrors,
+		P50Ms: micros(r.span.ValueAtQuantile(50)), P99Ms: micros(r.span.ValueAtQuantile(99)),
+		P999Ms: micros(r.span.ValueAtQuantile(99.9)), MaxMs: micros(r.span.Max()),
+	}
+	if d := s.EndS - s.StartS; d > 0 {
+		s.TxPerSec = float64(s.Tx) / d
+	}
+	r.span.Reset()
+	r.spanErrors = 0
+	r.spanStart = r.winStart
+	return s
+}
+
+// benchSpan is a window of several seconds (a soak's minute).
+type benchSpan struct {
+	StartS   float64 `json:"start_s"`
+	EndS     float64 `json:"end_s"`
+	Tx       int64   `json:"tx"`
+	TxPerSec float64 `json:"tx_per_sec"`
+	Errors   int64   `json:"errors"`
+	P50Ms    float64 `json:"p50_ms"`
+	P99Ms    float64 `json:"p99_ms"`
+	P999Ms   float64 `json:"p999_ms"`
+	MaxMs    float64 `json:"max_ms"`
 }
 
 func (r *recorder) done() int64 {

@@ -2,6 +2,8 @@
 //
 //	decree start  --id 1 --listen 127.0.0.1:7001 --peers 1=...,2=...,3=... --data-dir DIR
 //	decree status --endpoints 127.0.0.1:7001,127.0.0.1:7002 [--json]
+//	decree bench  --embedded | --endpoints ... [--clients N --duration D]
+//	decree soak   [--duration 30m --clients 256 --json FILE --plot FILE.png]
 package main
 
 import (
@@ -28,6 +30,7 @@ func commands() []command {
 		{"status", "show each node's raft role, term, leader and indexes", runStatus},
 		{"txn", "query transactions: txn outcome ID, txn list", runTxn},
 		{"bench", "load a cluster (--endpoints) or an embedded one (--embedded); report throughput, latency, CPU, fsyncs", runBench},
+		{"soak", "run 3 node processes under load for a long time, kill and restart a follower; check memory, throughput, latency", runSoak},
 	}
 }
 

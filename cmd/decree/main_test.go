@@ -30,6 +30,9 @@ func TestBadFlags(t *testing.T) {
 		{"too few connections for the peers", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--max-connections", "3"}, "twice the peers"},
 		{"no streams", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--max-streams", "0"}, "--max-streams"},
 		{"no transactions in flight", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--max-in-flight", "0"}, "--max-in-flight"},
+		{"bad cache size", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--cache-size", "32MB"}, "not a size in bytes"},
+		{"tiny cache", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--cache-size", "4096"}, "--cache-size must be between"},
+		{"huge memtable", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--memtable-size", "4GiB"}, "--memtable-size must be between"},
 		{"bad log level", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--log-level", "loud"}, "--log-level"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -123,13 +123,6 @@ func newProcCluster(t *testing.T, size int) *procCluster {
 	return c
 }
 
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
 func (c *procCluster) start(id uint64) {
 	c.t.Helper()
 	cmd := exec.Command(c.bin, "start", "--id", fmt.Sprint(id), "--listen", c.addrs[id], "--peers", c.peers,
@@ -294,10 +287,16 @@ func checkStatusCommand(t *testing.T, c *procCluster, lead uint64) {
 	}
 	leaders := 0
 	for _, r := range rows {
-		for _, k := range []string{"id", "endpoint", "role", "term", "leader", "commit", "applied"} {
+		for _, k := range []string{"id", "endpoint", "role", "term", "leader", "commit", "applied", "rss_bytes", "go_heap_bytes", "stats"} {
 			if _, ok := r[k]; !ok {
 				t.Fatalf("row %v lacks key %q", r, k)
 			}
+		}
+		if r["rss_bytes"].(float64) < 1<<20 || r["go_heap_bytes"].(float64) <= 0 {
+			t.Fatalf("row %v: implausible memory figures", r)
+		}
+		if _, ok := r["stats"].(map[string]any)["leader_changes"]; !ok {
+			t.Fatalf("row %v: stats lack leader_changes", r)
 		}
 		if r["role"] == "leader" {
 			leaders++

@@ -22,6 +22,13 @@ import (
 	"github.com/decree-tx/decree/txlog"
 )
 
+// Bounds of the Pebble memory flags: below 1 MiB Pebble thrashes; a
+// memtable must stay under Pebble's 4 GiB limit.
+const (
+	maxCacheSize    = 64 << 30
+	maxMemTableSize = 1 << 30
+)
+
 type startFlags struct {
 	id            uint64
 	listen        string
@@ -40,12 +47,14 @@ type startFlags struct {
 	maxConns      int
 	maxStreams    uint
 	parallel      bool
+	cacheSize     byteSize
+	memtableSize  byteSize
 	logLevel      string
 	logFormat     string
 }
 
 func runStart(args []string, _, stderr io.Writer) error {
-	var f startFlags
+	f := startFlags{cacheSize: byteSize(txlog.DefaultCacheSize), memtableSize: byteSize(txlog.DefaultMemTableSize)}
 	fs := flag.NewFlagSet("start", flag.ContinueOnError)
 	fs.Uint64Var(&f.id, "id", 0, "this node's raft id (a key of --peers)")
 	fs.StringVar(&f.listen, "listen", "", "host:port to serve on (default: this node's address in --peers)")
@@ -64,6 +73,8 @@ func runStart(args []string, _, stderr io.Writer) error {
 	fs.IntVar(&f.maxConns, "max-connections", 1024, "most open connections to this node; more are closed at once")
 	fs.UintVar(&f.maxStreams, "max-streams", 1024, "most concurrent calls on one connection; more wait for a free one")
 	fs.BoolVar(&f.parallel, "parallel-commit", false, "stage transactions in raft while they vote: COMMITTED after one consensus round")
+	fs.Var(&f.cacheSize, "cache-size", "Pebble block cache in bytes (or KiB, MiB, GiB)")
+	fs.Var(&f.memtableSize, "memtable-size", "Pebble memtable in bytes (or KiB, MiB, GiB); at most two are held")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -117,6 +128,12 @@ func (f *startFlags) nodeConfig() (coordinator.Config, error) {
 	if f.maxConns < 2*len(peers) {
 		return coordinator.Config{}, usagef("--max-connections must be at least %d (twice the peers)", 2*len(peers))
 	}
+	if f.cacheSize < 1<<20 || f.cacheSize > maxCacheSize {
+		return coordinator.Config{}, usagef("--cache-size must be between 1MiB and %v, not %v", byteSize(maxCacheSize), f.cacheSize)
+	}
+	if f.memtableSize < 1<<20 || f.memtableSize > maxMemTableSize {
+		return coordinator.Config{}, usagef("--memtable-size must be between 1MiB and %v, not %v", byteSize(maxMemTableSize), f.memtableSize)
+	}
 	return coordinator.Config{
 		ID:            f.id,
 		Peers:         peers,
@@ -135,7 +152,8 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 		return fmt.Errorf("create data dir: %w", err)
 	}
 	store, err := txlog.Open(f.dataDir, txlog.Identity{ClusterID: cfg.ClusterID, NodeID: cfg.ID},
-		txlog.Options{Logger: logger.With().Str("component", "txlog").Logger()})
+		txlog.Options{Logger: logger.With().Str("component", "txlog").Logger(),
+			CacheSize: int64(f.cacheSize), MemTableSize: uint64(f.memtableSize)})
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,40 @@ type statusRow struct {
 	Leader   uint64 `json:"leader"`
 	Commit   uint64 `json:"commit"`
 	Applied  uint64 `json:"applied"`
-	Error    string `json:"error,omitempty"`
+	// RSSBytes and GoHeapBytes are the node process's resident memory and
+	// live Go heap.
+	RSSBytes    uint64     `json:"rss_bytes"`
+	GoHeapBytes uint64     `json:"go_heap_bytes"`
+	Stats       *nodeStats `json:"stats,omitempty"`
+	Error       string     `json:"error,omitempty"`
+}
+
+// nodeStats are a node's background-work counters (decreev1.NodeStats),
+// with JSON keys of their own: a contract, like statusRow's.
+type nodeStats struct {
+	SnapshotsSent          uint64  `json:"snapshots_sent"`
+	SnapshotBytesSent      uint64  `json:"snapshot_bytes_sent"`
+	SnapshotSendSeconds    float64 `json:"snapshot_send_s"`
+	SnapshotsReceived      uint64  `json:"snapshots_received"`
+	SnapshotBytesReceived  uint64  `json:"snapshot_bytes_received"`
+	SnapshotReceiveSeconds float64 `json:"snapshot_receive_s"`
+	Collects               uint64  `json:"collects"`
+	CollectedRecords       uint64  `json:"collected_records"`
+	CollectSeconds         float64 `json:"collect_s"`
+	CollectMaxSeconds      float64 `json:"collect_max_s"`
+	LeaderChanges          uint64  `json:"leader_changes"`
+}
+
+func nodeStatsFromProto(p *decreev1.NodeStats) nodeStats {
+	return nodeStats{
+		SnapshotsSent: p.GetSnapshotsSent(), SnapshotBytesSent: p.GetSnapshotBytesSent(),
+		SnapshotSendSeconds: p.GetSnapshotSendSeconds(),
+		SnapshotsReceived:   p.GetSnapshotsReceived(), SnapshotBytesReceived: p.GetSnapshotBytesReceived(),
+		SnapshotReceiveSeconds: p.GetSnapshotReceiveSeconds(),
+		Collects:               p.GetCollects(), CollectedRecords: p.GetCollectedRecords(),
+		CollectSeconds: p.GetCollectSeconds(), CollectMaxSeconds: p.GetCollectMaxSeconds(),
+		LeaderChanges: p.GetLeaderChanges(),
+	}
 }
 
 func runStatus(args []string, stdout, stderr io.Writer) error {
@@ -106,6 +139,9 @@ func statusOf(ep string, timeout time.Duration) statusRow {
 	}
 	row.ID, row.Role, row.Term = st.GetId(), roleName(st.GetRole()), st.GetTerm()
 	row.Leader, row.Commit, row.Applied = st.GetLeader(), st.GetCommit(), st.GetApplied()
+	row.RSSBytes, row.GoHeapBytes = st.GetRssBytes(), st.GetGoHeapBytes()
+	ns := nodeStatsFromProto(st.GetStats())
+	row.Stats = &ns
 	return row
 }
 
@@ -122,13 +158,16 @@ func roleName(r decreev1.Role) string {
 
 func printStatusTable(w io.Writer, rows []statusRow) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tENDPOINT\tROLE\tTERM\tLEADER\tCOMMIT\tAPPLIED")
+	fmt.Fprintln(tw, "ID\tENDPOINT\tROLE\tTERM\tLEADER\tCOMMIT\tAPPLIED\tRSS")
 	for _, r := range rows {
 		if r.Role == "unreachable" {
-			fmt.Fprintf(tw, "-\t%s\tunreachable\t-\t-\t-\t-\n", r.Endpoint)
+			fmt.Fprintf(tw, "-\t%s\tunreachable\t-\t-\t-\t-\t-\n", r.Endpoint)
 			continue
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\n", r.ID, r.Endpoint, r.Role, r.Term, r.Leader, r.Commit, r.Applied)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", r.ID, r.Endpoint, r.Role, r.Term, r.Leader, r.Commit, r.Applied, mib(r.RSSBytes))
 	}
 	return tw.Flush()
 }
+
+// mib shows a byte count in MiB, to one decimal.
+func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

@@ -131,7 +131,16 @@ type StatusResponse struct {
 	Peers map[uint64]string `protobuf:"bytes,10,rep,name=peers,proto3" json:"peers,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// cpu_seconds is the node process's user+system CPU time since it
 	// started (getrusage RUSAGE_SELF), for measuring CPU per transaction.
-	CpuSeconds    float64 `protobuf:"fixed64,11,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
+	CpuSeconds float64 `protobuf:"fixed64,11,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
+	// rss_bytes is the process's resident memory (VmRSS; the peak from
+	// getrusage where /proc is missing), 0 when the OS does not tell.
+	RssBytes uint64 `protobuf:"varint,12,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	// go_heap_bytes is the Go heap occupied by live and not yet swept
+	// objects (runtime/metrics /memory/classes/heap/objects:bytes); Pebble's
+	// block cache and memtables are outside it.
+	GoHeapBytes uint64 `protobuf:"varint,13,opt,name=go_heap_bytes,json=goHeapBytes,proto3" json:"go_heap_bytes,omitempty"`
+	// The node's background-work counters since it started; they only grow.
+	Stats         *NodeStats `protobuf:"bytes,14,opt,name=stats,proto3" json:"stats,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -243,12 +252,165 @@ func (x *StatusResponse) GetCpuSeconds() float64 {
 	return 0
 }
 
+func (x *StatusResponse) GetRssBytes() uint64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetGoHeapBytes() uint64 {
+	if x != nil {
+		return x.GoHeapBytes
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetStats() *NodeStats {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
+// NodeStats counts a node's background work (coordinator.NodeStats).
+type NodeStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Raft state transfers streamed to lagging peers.
+	SnapshotsSent       uint64  `protobuf:"varint,1,opt,name=snapshots_sent,json=snapshotsSent,proto3" json:"snapshots_sent,omitempty"`
+	SnapshotBytesSent   uint64  `protobuf:"varint,2,opt,name=snapshot_bytes_sent,json=snapshotBytesSent,proto3" json:"snapshot_bytes_sent,omitempty"`
+	SnapshotSendSeconds float64 `protobuf:"fixed64,3,opt,name=snapshot_send_seconds,json=snapshotSendSeconds,proto3" json:"snapshot_send_seconds,omitempty"`
+	// State transfers installed from the leader, from the first chunk to
+	// the switch.
+	SnapshotsReceived      uint64  `protobuf:"varint,4,opt,name=snapshots_received,json=snapshotsReceived,proto3" json:"snapshots_received,omitempty"`
+	SnapshotBytesReceived  uint64  `protobuf:"varint,5,opt,name=snapshot_bytes_received,json=snapshotBytesReceived,proto3" json:"snapshot_bytes_received,omitempty"`
+	SnapshotReceiveSeconds float64 `protobuf:"fixed64,6,opt,name=snapshot_receive_seconds,json=snapshotReceiveSeconds,proto3" json:"snapshot_receive_seconds,omitempty"`
+	// Applied Collect commands (garbage collection of expired records):
+	// how many, the records they deleted, their total and longest time on
+	// the apply path.
+	Collects          uint64  `protobuf:"varint,7,opt,name=collects,proto3" json:"collects,omitempty"`
+	CollectedRecords  uint64  `protobuf:"varint,8,opt,name=collected_records,json=collectedRecords,proto3" json:"collected_records,omitempty"`
+	CollectSeconds    float64 `protobuf:"fixed64,9,opt,name=collect_seconds,json=collectSeconds,proto3" json:"collect_seconds,omitempty"`
+	CollectMaxSeconds float64 `protobuf:"fixed64,10,opt,name=collect_max_seconds,json=collectMaxSeconds,proto3" json:"collect_max_seconds,omitempty"`
+	// Times this node saw the group's leader change, including to none.
+	LeaderChanges uint64 `protobuf:"varint,11,opt,name=leader_changes,json=leaderChanges,proto3" json:"leader_changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStats) Reset() {
+	*x = NodeStats{}
+	mi := &file_decree_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStats) ProtoMessage() {}
+
+func (x *NodeStats) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStats.ProtoReflect.Descriptor instead.
+func (*NodeStats) Descriptor() ([]byte, []int) {
+	return file_decree_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *NodeStats) GetSnapshotsSent() uint64 {
+	if x != nil {
+		return x.SnapshotsSent
+	}
+	return 0
+}
+
+func (x *NodeStats) GetSnapshotBytesSent() uint64 {
+	if x != nil {
+		return x.SnapshotBytesSent
+	}
+	return 0
+}
+
+func (x *NodeStats) GetSnapshotSendSeconds() float64 {
+	if x != nil {
+		return x.SnapshotSendSeconds
+	}
+	return 0
+}
+
+func (x *NodeStats) GetSnapshotsReceived() uint64 {
+	if x != nil {
+		return x.SnapshotsReceived
+	}
+	return 0
+}
+
+func (x *NodeStats) GetSnapshotBytesReceived() uint64 {
+	if x != nil {
+		return x.SnapshotBytesReceived
+	}
+	return 0
+}
+
+func (x *NodeStats) GetSnapshotReceiveSeconds() float64 {
+	if x != nil {
+		return x.SnapshotReceiveSeconds
+	}
+	return 0
+}
+
+func (x *NodeStats) GetCollects() uint64 {
+	if x != nil {
+		return x.Collects
+	}
+	return 0
+}
+
+func (x *NodeStats) GetCollectedRecords() uint64 {
+	if x != nil {
+		return x.CollectedRecords
+	}
+	return 0
+}
+
+func (x *NodeStats) GetCollectSeconds() float64 {
+	if x != nil {
+		return x.CollectSeconds
+	}
+	return 0
+}
+
+func (x *NodeStats) GetCollectMaxSeconds() float64 {
+	if x != nil {
+		return x.CollectMaxSeconds
+	}
+	return 0
+}
+
+func (x *NodeStats) GetLeaderChanges() uint64 {
+	if x != nil {
+		return x.LeaderChanges
+	}
+	return 0
+}
+
 var File_decree_v1_admin_proto protoreflect.FileDescriptor
 
 const file_decree_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x15decree/v1/admin.proto\x12\tdecree.v1\"\x0f\n" +
-	"\rStatusRequest\"\x8b\x03\n" +
+	"\rStatusRequest\"\xf8\x03\n" +
 	"\x0eStatusResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x0f.decree.v1.RoleR\x04role\x12\x12\n" +
@@ -263,11 +425,27 @@ const file_decree_v1_admin_proto_rawDesc = "" +
 	"\x05peers\x18\n" +
 	" \x03(\v2$.decree.v1.StatusResponse.PeersEntryR\x05peers\x12\x1f\n" +
 	"\vcpu_seconds\x18\v \x01(\x01R\n" +
-	"cpuSeconds\x1a8\n" +
+	"cpuSeconds\x12\x1b\n" +
+	"\trss_bytes\x18\f \x01(\x04R\brssBytes\x12\"\n" +
+	"\rgo_heap_bytes\x18\r \x01(\x04R\vgoHeapBytes\x12*\n" +
+	"\x05stats\x18\x0e \x01(\v2\x14.decree.v1.NodeStatsR\x05stats\x1a8\n" +
 	"\n" +
 	"PeersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*l\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x04\n" +
+	"\tNodeStats\x12%\n" +
+	"\x0esnapshots_sent\x18\x01 \x01(\x04R\rsnapshotsSent\x12.\n" +
+	"\x13snapshot_bytes_sent\x18\x02 \x01(\x04R\x11snapshotBytesSent\x122\n" +
+	"\x15snapshot_send_seconds\x18\x03 \x01(\x01R\x13snapshotSendSeconds\x12-\n" +
+	"\x12snapshots_received\x18\x04 \x01(\x04R\x11snapshotsReceived\x126\n" +
+	"\x17snapshot_bytes_received\x18\x05 \x01(\x04R\x15snapshotBytesReceived\x128\n" +
+	"\x18snapshot_receive_seconds\x18\x06 \x01(\x01R\x16snapshotReceiveSeconds\x12\x1a\n" +
+	"\bcollects\x18\a \x01(\x04R\bcollects\x12+\n" +
+	"\x11collected_records\x18\b \x01(\x04R\x10collectedRecords\x12'\n" +
+	"\x0fcollect_seconds\x18\t \x01(\x01R\x0ecollectSeconds\x12.\n" +
+	"\x13collect_max_seconds\x18\n" +
+	" \x01(\x01R\x11collectMaxSeconds\x12%\n" +
+	"\x0eleader_changes\x18\v \x01(\x04R\rleaderChanges*l\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rROLE_FOLLOWER\x10\x01\x12\x12\n" +
@@ -290,23 +468,25 @@ func file_decree_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_decree_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_decree_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_decree_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_decree_v1_admin_proto_goTypes = []any{
 	(Role)(0),              // 0: decree.v1.Role
 	(*StatusRequest)(nil),  // 1: decree.v1.StatusRequest
 	(*StatusResponse)(nil), // 2: decree.v1.StatusResponse
-	nil,                    // 3: decree.v1.StatusResponse.PeersEntry
+	(*NodeStats)(nil),      // 3: decree.v1.NodeStats
+	nil,                    // 4: decree.v1.StatusResponse.PeersEntry
 }
 var file_decree_v1_admin_proto_depIdxs = []int32{
 	0, // 0: decree.v1.StatusResponse.role:type_name -> decree.v1.Role
-	3, // 1: decree.v1.StatusResponse.peers:type_name -> decree.v1.StatusResponse.PeersEntry
-	1, // 2: decree.v1.Admin.Status:input_type -> decree.v1.StatusRequest
-	2, // 3: decree.v1.Admin.Status:output_type -> decree.v1.StatusResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	4, // 1: decree.v1.StatusResponse.peers:type_name -> decree.v1.StatusResponse.PeersEntry
+	3, // 2: decree.v1.StatusResponse.stats:type_name -> decree.v1.NodeStats
+	1, // 3: decree.v1.Admin.Status:input_type -> decree.v1.StatusRequest
+	2, // 4: decree.v1.Admin.Status:output_type -> decree.v1.StatusResponse
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_decree_v1_admin_proto_init() }
@@ -320,7 +500,7 @@ func file_decree_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_decree_v1_admin_proto_rawDesc), len(file_decree_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,58 @@
+package coordinator
+
+import (
+	"testing"
+	"time"
+)
+
+func TestParseVmRSS(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"Name:\tdecree\nVmPeak:\t  900 kB\nVmRSS:\t   26112 kB\nRssAnon:\t 1 kB\n", 26112 << 10, true},
+		{"Name:\tdecree\n", 0, false},
+		{"VmRSS:\t12 MB\n", 0, false},
+		{"VmRSS:\tlots kB\n", 0, false},
+	} {
+		got, ok := parseVmRSS([]byte(c.in))
+		if got != c.want || ok != c.ok {
+			t.Errorf("parseVmRSS(%q) = %d, %v; want %d, %v", c.in, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+// TestProcessMemory reads this test process's own memory: both figures are
+// positive, and a live allocation shows in the Go heap.
+func TestProcessMemory(t *testing.T) {
+	if rss := processRSSBytes(); rss < 1<<20 {
+		t.Fatalf("rss %d bytes, want at least 1 MiB", rss)
+	}
+	before := goHeapBytes()
+	buf := make([]byte, 64<<20)
+	buf[len(buf)-1] = 1
+	after := goHeapBytes()
+	if after < before+32<<20 {
+		t.Fatalf("go heap %d -> %d bytes after a live 64 MiB allocation", before, after)
+	}
+	_ = buf[len(buf)-1]
+}
+
+func TestNodeStatsToProto(t *testing.T) {
+	p := nodeStatsToProto(NodeStats{
+		SnapshotsSent: 1, SnapshotBytesSent: 2, SnapshotSendTime: 3 * time.Second,
+		SnapshotsReceived: 4, SnapshotBytesReceived: 5, SnapshotReceiveTime: 6 * time.Second,
+		Collects: 7, CollectedRecords: 8, CollectTime: 9 * time.Second, CollectMaxTime: 10 * time.Second,
+		LeaderChanges: 11,
+	})
+	got := []float64{float64(p.GetSnapshotsSent()), float64(p.GetSnapshotBytesSent()), p.GetSnapshotSendSeconds(),
+		float64(p.GetSnapshotsReceived()), float64(p.GetSnapshotBytesReceived()), p.GetSnapshotReceiveSeconds(),
+		float64(p.GetCollects()), float64(p.GetCollectedRecords()), p.GetCollectSeconds(), p.GetCollectMaxSeconds(),
+		float64(p.GetLeaderChanges())}
+	for i, v := range got {
+		if v != float64(i+1) {
+			t.Fatalf("field %d is %v, want %d: %v", i, v, i+1, p)
+		}
+	}
+}
