@@ -35,6 +35,7 @@ type startFlags struct {
 	peers         string
 	dataDir       string
 	clusterName   string
+	metricsListen string
 	tick          time.Duration
 	electionTicks int
 	snapshotEvery uint64
@@ -75,6 +76,7 @@ func runStart(args []string, _, stderr io.Writer) error {
 	fs.BoolVar(&f.parallel, "parallel-commit", false, "stage transactions in raft while they vote: COMMITTED after one consensus round")
 	fs.Var(&f.cacheSize, "cache-size", "Pebble block cache in bytes (or KiB, MiB, GiB)")
 	fs.Var(&f.memtableSize, "memtable-size", "Pebble memtable in bytes (or KiB, MiB, GiB); at most two are held")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "host:port for plain-HTTP operator endpoints (/debug/pprof); off when empty")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -163,6 +165,14 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 		return fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
 	lis := newLimitListener(tcp, f.maxConns, logger.With().Str("component", "listener").Logger())
+	if f.metricsListen != "" {
+		stopHTTP, err := serveMetricsHTTP(f.metricsListen, logger.With().Str("component", "http").Logger())
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		defer stopHTTP()
+	}
 	node, err := coordinator.NewNode(cfg, store, nil)
 	if err != nil {
 		lis.Close()
