@@ -12,9 +12,10 @@ import (
 var allowed = map[string][]string{
 	"proto":              {},
 	"txlog":              {},
-	"coordinator":        {"txlog", "proto"},
-	"coordinator/client": {"proto"},
-	"participant":        {"txlog", "proto"},
+	"txnspec":            {},
+	"coordinator":        {"txlog", "proto", "txnspec"},
+	"coordinator/client": {"proto", "txnspec"},
+	"participant":        {"txlog", "proto", "txnspec"},
 	"cmd":                {"*"},
 	"examples/bank":      {"coordinator/client", "participant", "txlog", "proto"},
 	"test/chaos":         {"coordinator/client", "participant", "proto", "examples/bank"},

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/decree-tx/decree/txnspec"
 )
 
 // Config configures a Node. Zero values take the documented defaults.
@@ -109,7 +111,7 @@ func ValidatePeers(id uint64, peers map[uint64]string) error {
 		if pid == 0 {
 			return errors.New("peer id 0 is reserved")
 		}
-		if err := validateAddr(addr); err != nil {
+		if err := txnspec.ValidateAddr(addr); err != nil {
 			return fmt.Errorf("peer %d: %w", pid, err)
 		}
 		if other, dup := seen[addr]; dup {
@@ -119,21 +121,6 @@ func ValidatePeers(id uint64, peers map[uint64]string) error {
 	}
 	if _, ok := peers[id]; !ok {
 		return fmt.Errorf("node id %d is not among the peers", id)
-	}
-	return nil
-}
-
-func validateAddr(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("address %q: %w", addr, err)
-	}
-	if host == "" {
-		return fmt.Errorf("address %q has no host", addr)
-	}
-	p, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || p == 0 {
-		return fmt.Errorf("address %q has no valid port", addr)
 	}
 	return nil
 }
@@ -158,7 +145,7 @@ func ParsePeers(s string) (map[uint64]string, error) {
 		if _, dup := peers[id]; dup {
 			return nil, fmt.Errorf("peer id %d appears twice", id)
 		}
-		if err := validateAddr(addr); err != nil {
+		if err := txnspec.ValidateAddr(addr); err != nil {
 			return nil, fmt.Errorf("peer %d: %w", id, err)
 		}
 		peers[id] = addr

@@ -14,6 +14,7 @@ import (
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
+	"github.com/decree-tx/decree/txnspec"
 )
 
 // DriverConfig configures a Driver. Zero values take the defaults.
@@ -42,10 +43,10 @@ func (c DriverConfig) withDefaults() DriverConfig {
 		c.CallTimeout = 5 * time.Second
 	}
 	if c.MaxBranches <= 0 {
-		c.MaxBranches = 64
+		c.MaxBranches = txnspec.DefaultMaxParticipants
 	}
 	if c.MaxPayload <= 0 {
-		c.MaxPayload = 1 << 20
+		c.MaxPayload = txnspec.DefaultMaxPayload
 	}
 	if c.MaxList <= 0 {
 		c.MaxList = 1000
