@@ -25,7 +25,10 @@ func openCalls(t *testing.T, p *participant.Participant) decreev1.Participant_Ca
 	p.Register(srv)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// The coordinator dials a participant by the name its transactions
+	// list; "me:1" here.
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithAuthority("me:1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,10 +75,10 @@ func TestCallsStream(t *testing.T) {
 	s := openCalls(t, p)
 
 	got := exchange(t, s,
-		prepareCall(1, prepareReq("t1", "set a=1", 1, "me:1", "you:1")),
-		prepareCall(2, prepareReq("t2", "no broke", 1, "me:1", "you:1")),
+		prepareCall(1, prepareReq(tid("t1"), "set a=1", 1, "me:1", "you:1")),
+		prepareCall(2, prepareReq(tid("t2"), "no broke", 1, "me:1", "you:1")),
 		prepareCall(3, prepareReq("", "set b=1", 1, "me:1")),
-		&decreev1.Call{Seq: 4, Kind: &decreev1.Call_Commit{Commit: &decreev1.DecisionRequest{TxnId: "t3", Term: 1}}},
+		&decreev1.Call{Seq: 4, Kind: &decreev1.Call_Commit{Commit: &decreev1.DecisionRequest{TxnId: tid("t3"), Term: 1}}},
 	)
 	if v := got[1].GetPrepare().GetVote(); v != decreev1.Vote_VOTE_YES {
 		t.Errorf("t1 voted %v, want YES", v)
@@ -91,9 +94,9 @@ func TestCallsStream(t *testing.T) {
 	}
 
 	got = exchange(t, s,
-		&decreev1.Call{Seq: 5, Kind: &decreev1.Call_Commit{Commit: &decreev1.DecisionRequest{TxnId: "t1", Term: 1}}},
-		&decreev1.Call{Seq: 6, Kind: &decreev1.Call_Abort{Abort: &decreev1.DecisionRequest{TxnId: "t2", Term: 1}}},
-		&decreev1.Call{Seq: 7, Kind: &decreev1.Call_Resolve{Resolve: &decreev1.ResolveRequest{TxnId: "t9", Term: 1}}},
+		&decreev1.Call{Seq: 5, Kind: &decreev1.Call_Commit{Commit: &decreev1.DecisionRequest{TxnId: tid("t1"), Term: 1}}},
+		&decreev1.Call{Seq: 6, Kind: &decreev1.Call_Abort{Abort: &decreev1.DecisionRequest{TxnId: tid("t2"), Term: 1}}},
+		&decreev1.Call{Seq: 7, Kind: &decreev1.Call_Resolve{Resolve: &decreev1.ResolveRequest{TxnId: tid("t9"), Term: 1}}},
 	)
 	for seq := uint64(5); seq <= 6; seq++ {
 		if got[seq].GetDecision() == nil {
@@ -128,7 +131,7 @@ func TestCallsStreamDeadline(t *testing.T) {
 	log := openLog(t, t.TempDir())
 	p := newParticipant(t, &waitingResource{}, participant.Options{Log: log})
 	s := openCalls(t, p)
-	call := prepareCall(1, prepareReq("t1", "set a=1", 1, "me:1", "you:1"))
+	call := prepareCall(1, prepareReq(tid("t1"), "set a=1", 1, "me:1", "you:1"))
 	call.TimeoutMicros = 20_000
 	got := exchange(t, s, call)
 	if c := codes.Code(got[1].GetError().GetCode()); c != codes.DeadlineExceeded {

@@ -11,6 +11,7 @@ import (
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
+	"github.com/decree-tx/decree/txnspec"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 )
@@ -101,6 +102,14 @@ func (p *Participant) loadInDoubt() error {
 		p.log.Warn().Int("count", len(p.inDoubt)).Msg("found in-doubt transactions; they are resolved with the coordinators once started")
 	}
 	return nil
+}
+
+// ID returns the participant's durable identity (its log's): coordinators
+// use it to see that two branches of a transaction reach one participant.
+func (p *Participant) ID() string { return p.plog.ID() }
+
+func (p *Participant) limits() txnspec.Limits {
+	return txnspec.Limits{MaxParticipants: p.opts.MaxParticipants, MaxPayload: p.opts.MaxPayload}
 }
 
 // Register registers the participant's gRPC service on s.
