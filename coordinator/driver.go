@@ -213,13 +213,15 @@ func (d *Driver) prepare(a SendPrepare) {
 			return
 		}
 		vote := r.GetPrepare()
-		d.feed(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: vote.GetVote(), Reason: vote.GetReason()})
+		d.feed(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: vote.GetVote(), Reason: vote.GetReason(),
+			ParticipantID: vote.GetParticipantId()})
 	})
 }
 
 func (d *Driver) resolveOnePhase(a ResolveAtParticipant) {
 	d.mux.call(a.Participant, resolveCall(a.ID, a.Term), d.cfg.CallTimeout, func(r *decreev1.Reply, err error) {
-		ev := ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: r.GetResolve().GetState()}
+		ev := ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: r.GetResolve().GetState(),
+			ParticipantID: r.GetResolve().GetParticipantId()}
 		if err != nil {
 			ev.Err = err.Error()
 		}
