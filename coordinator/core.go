@@ -99,7 +99,7 @@ type coreTxn struct {
 	onePhase     bool
 	votes        map[string]decreev1.Vote
 	identities   map[string]string // participant identity -> the branch that answered with it
-	deadline     time.Time // voting deadline
+	deadline     time.Time         // voting deadline
 	proposed     decreev1.Outcome
 	reason       string
 	retry        retryState // re-proposal of the decision, or re-Resolve
