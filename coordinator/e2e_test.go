@@ -523,3 +523,35 @@ func TestE2ELatePrepareAfterAbortVotesNo(t *testing.T) {
 		t.Fatalf("late prepare applied x=%q", v)
 	}
 }
+
+// TestE2EOneParticipantUnderTwoAddresses: a transaction whose two branches
+// name one participant under two spellings must abort and change nothing.
+// It used to be answered COMMITTED while the participant, taking the
+// second prepare for a repeat of the first, applied one branch only.
+func TestE2EOneParticipantUnderTwoAddresses(t *testing.T) {
+	for _, parallel := range []bool{false, true} {
+		t.Run(fmt.Sprintf("parallel=%v", parallel), func(t *testing.T) {
+			e := newE2EWith(t, 1, parallel)
+			p := e.parts[0]
+			_, port, _ := net.SplitHostPort(p.addr)
+			alias := net.JoinHostPort("localhost", port)
+			for i, payloads := range [][2]string{{"set x=1", "set y=2"}, {"set x=1", "set x=1"}} {
+				txn := client.Txn{ID: newTxnID(i + 1), Branches: []client.Branch{
+					{Participant: p.addr, Payload: []byte(payloads[0])},
+					{Participant: alias, Payload: []byte(payloads[1])},
+				}}
+				res := e.commit(txn)
+				if res.State != client.StateAborted {
+					t.Fatalf("payloads %q: %+v, want aborted", payloads, res)
+				}
+				if payloads[0] == payloads[1] && !strings.Contains(res.Reason, "reach the same participant") {
+					t.Errorf("identical payloads aborted for %q, want the two branches named", res.Reason)
+				}
+				p.waitSettled()
+				if x, y := p.value("x"), p.value("y"); x != "" || y != "" {
+					t.Fatalf("payloads %q: the participant applied x=%q y=%q", payloads, x, y)
+				}
+			}
+		})
+	}
+}
