@@ -11,10 +11,11 @@ import (
 // this module it may import. Third-party imports are not checked here.
 var allowed = map[string][]string{
 	"proto":              {},
-	"txlog":              {},
-	"coordinator":        {"txlog", "proto"},
-	"coordinator/client": {"proto"},
-	"participant":        {"txlog", "proto"},
+	"txlog":              {"txnspec"},
+	"txnspec":            {},
+	"coordinator":        {"txlog", "proto", "txnspec"},
+	"coordinator/client": {"proto", "txnspec"},
+	"participant":        {"txlog", "proto", "txnspec"},
 	"cmd":                {"*"},
 	"examples/bank":      {"coordinator/client", "participant", "txlog", "proto"},
 	"test/chaos":         {"coordinator/client", "participant", "proto", "examples/bank"},

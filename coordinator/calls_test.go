@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,9 +64,12 @@ type scriptedParticipant struct {
 	hangUp bool
 	// release, when set, makes the server wait before reading anything.
 	release chan struct{}
+	// streams counts the Calls streams opened.
+	streams atomic.Int32
 }
 
 func (s *scriptedParticipant) Calls(stream decreev1.Participant_CallsServer) error {
+	s.streams.Add(1)
 	if s.release != nil {
 		<-s.release
 	}

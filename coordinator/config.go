@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/decree-tx/decree/txnspec"
 )
 
 // Config configures a Node. Zero values take the documented defaults.
@@ -124,7 +126,7 @@ func ValidatePeers(id uint64, peers map[uint64]string) error {
 		if pid == 0 {
 			return errors.New("peer id 0 is reserved")
 		}
-		if err := validateAddr(addr); err != nil {
+		if err := txnspec.ValidateAddr(addr); err != nil {
 			return fmt.Errorf("peer %d: %w", pid, err)
 		}
 		for _, ep := range endpoints(addr) {
@@ -167,27 +169,6 @@ func endpoints(addr string) []string {
 	return out
 }
 
-// maxHostLen is the longest DNS name; an IPv6 literal is shorter.
-const maxHostLen = 253
-
-func validateAddr(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("address %q: %w", addr, err)
-	}
-	if host == "" {
-		return fmt.Errorf("address %q has no host", addr)
-	}
-	if len(host) > maxHostLen {
-		return fmt.Errorf("address %.40q...: host of %d bytes exceeds the limit of %d", addr, len(host), maxHostLen)
-	}
-	p, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || p == 0 {
-		return fmt.Errorf("address %q has no valid port", addr)
-	}
-	return nil
-}
-
 // ParsePeers parses "1=host:port,2=host:port,...". Duplicate ids, bad ids and
 // unparsable addresses are errors.
 func ParsePeers(s string) (map[uint64]string, error) {
@@ -208,7 +189,7 @@ func ParsePeers(s string) (map[uint64]string, error) {
 		if _, dup := peers[id]; dup {
 			return nil, fmt.Errorf("peer id %d appears twice", id)
 		}
-		if err := validateAddr(addr); err != nil {
+		if err := txnspec.ValidateAddr(addr); err != nil {
 			return nil, fmt.Errorf("peer %d: %w", id, err)
 		}
 		peers[id] = addr

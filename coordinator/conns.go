@@ -11,16 +11,28 @@ import (
 	"google.golang.org/grpc/keepalive"
 )
 
+// participantKeepalive is the keepalive of connections to participants
+// (and of calls forwarded to the leader). A participant is served by the
+// user's own grpc.Server, usually with the default enforcement policy: no
+// ping more often than every 5 minutes, none without an open stream. A
+// client pinging more often is sent GOAWAY ENHANCE_YOUR_CALM
+// ("too_many_pings") and loses its connection, so pings stay above that;
+// liveness comes from the calls' deadlines instead (a call that times out
+// on the Calls stream resets it). The pings only find a connection that
+// died silently, eventually.
+var participantKeepalive = keepalive.ClientParameters{Time: 5*time.Minute + 30*time.Second, Timeout: 20 * time.Second}
+
 // connPool keeps one lazily-connecting gRPC connection per address, reused
-// by every call to that participant or peer.
+// by every call to that participant (or, forwarding, to the leader).
 type connPool struct {
-	dial  func(ctx context.Context, addr string) (net.Conn, error)
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
+	dial      func(ctx context.Context, addr string) (net.Conn, error)
+	keepalive keepalive.ClientParameters
+	mu        sync.Mutex
+	conns     map[string]*grpc.ClientConn
 }
 
 func newConnPool(dial func(ctx context.Context, addr string) (net.Conn, error)) *connPool {
-	return &connPool{dial: dial, conns: make(map[string]*grpc.ClientConn)}
+	return &connPool{dial: dial, keepalive: participantKeepalive, conns: make(map[string]*grpc.ClientConn)}
 }
 
 func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
@@ -32,7 +44,7 @@ func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
 	c, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(p.dial),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
+		grpc.WithKeepaliveParams(p.keepalive),
 	)
 	if err != nil {
 		return nil, err

@@ -118,7 +118,8 @@ type coreTxn struct {
 	held         int64 // its payload bytes, counted in Core.heldBytes
 	onePhase     bool
 	votes        map[string]decreev1.Vote
-	deadline     time.Time // voting deadline
+	identities   map[string]string // participant identity -> the branch that answered with it
+	deadline     time.Time         // voting deadline
 	proposed     decreev1.Outcome
 	reason       string
 	retry        retryState // re-proposal of the decision, or re-Resolve
@@ -321,6 +322,29 @@ func payloadBytes(bs []BranchSpec) int64 {
 	return n
 }
 
+// sameParticipant records that branch answered as participant identity
+// id, and returns the other branch that answered with the same identity,
+// if any: two addresses of one participant. A participant would take the
+// second branch's prepare for a repeat of the first, so committing would
+// apply one branch only.
+func (t *coreTxn) sameParticipant(branch, id string) (string, bool) {
+	if id == "" {
+		return "", false
+	}
+	if other, ok := t.identities[id]; ok && other != branch {
+		return other, true
+	}
+	if t.identities == nil {
+		t.identities = make(map[string]string, len(t.participants))
+	}
+	t.identities[id] = branch
+	return "", false
+}
+
+func aliasReason(first, second, id string) string {
+	return fmt.Sprintf("branches %s and %s reach the same participant (identity %s); give each participant one branch", first, second, id)
+}
+
 // voting returns the transaction if feedback for it is current.
 func (c *Core) voting(id, participant string, term uint64) *coreTxn {
 	if !c.leader || term != c.term {
@@ -342,6 +366,14 @@ func (c *Core) voting(id, participant string, term uint64) *coreTxn {
 func (c *Core) voteReceived(e VoteReceived) {
 	t := c.voting(e.ID, e.Participant, e.Term)
 	if t == nil {
+		return
+	}
+	if other, dup := t.sameParticipant(e.Participant, e.ParticipantID); dup {
+		// Recorded as NO: no vote of this branch may count towards a
+		// commit, implicit (parallel commit) or not; the abort reaches
+		// the participant through the other branch.
+		t.votes[e.Participant] = decreev1.Vote_VOTE_NO
+		c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, aliasReason(other, e.Participant, e.ParticipantID))
 		return
 	}
 	t.votes[e.Participant] = e.Vote
@@ -507,6 +539,14 @@ func (c *Core) stagedResolved(t *coreTxn, e ParticipantResolved) {
 	}
 	if e.Err != "" {
 		t.retry.arm(c.now, c.cfg.RetryMin, c.cfg.RetryMax)
+		return
+	}
+	if other, dup := t.sameParticipant(e.Participant, e.ParticipantID); dup {
+		// No leader committed it: its votes came from one participant
+		// twice, which the leader that staged it refused to count. The
+		// abort reaches that participant through the other branch.
+		t.votes[e.Participant] = decreev1.Vote_VOTE_NO
+		c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, "recovered a staged transaction: "+aliasReason(other, e.Participant, e.ParticipantID))
 		return
 	}
 	t.resolved[e.Participant] = e.State

@@ -41,12 +41,15 @@ type ClientCommit struct {
 	Staged bool
 }
 
-// VoteReceived is a participant's answer to Prepare.
+// VoteReceived is a participant's answer to Prepare. ParticipantID is the
+// participant's durable identity (empty from an SDK that predates it):
+// two branches answering with the same one are one participant.
 type VoteReceived struct {
 	ID, Participant string
 	Term            uint64
 	Vote            decreev1.Vote
 	Reason          string
+	ParticipantID   string
 }
 
 // PrepareFailed says a Prepare got no usable answer (error or timeout).
@@ -67,6 +70,7 @@ type ParticipantResolved struct {
 	Term            uint64
 	State           decreev1.ParticipantState
 	Err             string
+	ParticipantID   string // as in VoteReceived
 }
 
 // DecisionApplied reports the applied outcome of a Decide this leader

@@ -323,27 +323,14 @@ func TestCoreFinishedBatchesBySize(t *testing.T) {
 	}
 }
 
-func TestParseTxnID(t *testing.T) {
+func TestIsForgotten(t *testing.T) {
 	good := "01890a5d-ac96-774b-bcce-b302099a8057"
-	ts, err := parseTxnID(good)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ts.UnixMilli() != 0x01890a5dac96 {
-		t.Fatalf("timestamp %d", ts.UnixMilli())
-	}
-	for _, bad := range []string{
-		"", "not-a-uuid", good + "0", strings.ToUpper(good)[:35] + "g",
-		"01890a5d-ac96-474b-bcce-b302099a8057", // version 4
-		"01890a5d-ac96-774b-4cce-b302099a8057", // wrong variant
-		"01890a5dac96-774b-bcce-b302099a8057-",
-	} {
-		if _, err := parseTxnID(bad); err == nil {
-			t.Errorf("parseTxnID(%q) accepted", bad)
-		}
-	}
+	ts := time.UnixMilli(0x01890a5dac96)
 	if !isForgotten(good, ts.UnixNano()+1) || isForgotten(good, ts.UnixNano()) || isForgotten(good, 0) {
 		t.Fatal("isForgotten compares the id's time with the horizon")
+	}
+	if isForgotten("not-a-uuid", ts.UnixNano()+1) {
+		t.Fatal("an id that does not parse is never forgotten")
 	}
 }
 
@@ -430,6 +417,67 @@ func TestCoreParallelCommitNeverAbortsAStagedTransactionOnAFailure(t *testing.T)
 			{ev: applied("t1", commitO, "", "a", "b"), want: []string{"reply 1 t1 committed", "commit t1 -> a (term 2)", "commit t1 -> b (term 2)"}},
 		},
 	} {
+		t.Run(name, func(t *testing.T) { runCore(t, CoreConfig{ParallelCommit: true}, steps) })
+	}
+}
+
+// TestCoreBranchesReachingOneParticipant: two branches whose votes carry
+// the same participant identity are one participant under two addresses.
+// It would take the second prepare for a repeat of the first, so the
+// transaction must abort, whatever the votes, and never commit implicitly
+// (parallel commit) or on recovery.
+func TestCoreBranchesReachingOneParticipant(t *testing.T) {
+	prepared := decreev1.ParticipantState_PARTICIPANT_STATE_PREPARED
+	as := func(v VoteReceived, pid string) VoteReceived { v.ParticipantID = pid; return v }
+	resolvedAs := func(id, p, pid string) ParticipantResolved {
+		return ParticipantResolved{ID: id, Participant: p, Term: 2, State: prepared, ParticipantID: pid}
+	}
+	alias := "branches a and b reach the same participant (identity P); give each participant one branch"
+	classic := map[string][]coreStep{
+		"two yes votes from one participant abort, naming both branches": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b", "c"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)", "prepare t1 -> c (2pc, term 2)"}},
+			{ev: as(vote("t1", "a", yes), "P")},
+			{ev: as(vote("t1", "c", yes), "Q")},
+			{ev: as(vote("t1", "b", yes), "P"), want: []string{"propose decide t1 aborted [a b c]: " + alias}},
+			{ev: applied("t1", abortO, alias, "a", "b", "c"), want: []string{"reply 1 t1 aborted: " + alias, "abort t1 -> a (term 2)", "abort t1 -> c (term 2)"}},
+		},
+		"distinct identities commit": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)"}},
+			{ev: as(vote("t1", "a", yes), "P")},
+			{ev: as(vote("t1", "b", yes), "Q"), want: []string{"propose decide t1 committed [a b]"}},
+		},
+	}
+	for name, steps := range classic {
+		t.Run(name, func(t *testing.T) { runCore(t, CoreConfig{}, steps) })
+	}
+	parallel := map[string][]coreStep{
+		"staged, then two yes votes from one participant: no implicit commit": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)", "propose staged t1 [a b]"}},
+			{ev: StagedApplied{ID: "t1", Term: 2}},
+			{ev: as(vote("t1", "a", yes), "P")},
+			{ev: as(vote("t1", "b", yes), "P"), want: []string{"propose decide t1 aborted [a b]: " + alias}},
+			{ev: applied("t1", abortO, alias, "a", "b"), want: []string{"reply 1 t1 aborted: " + alias, "abort t1 -> a (term 2)"}},
+		},
+		"two yes votes from one participant, then staged: still no commit": {
+			becomeLeader,
+			{ev: commitReq(1, "t1", "a", "b"), want: []string{"prepare t1 -> a (2pc, term 2)", "prepare t1 -> b (2pc, term 2)", "propose staged t1 [a b]"}},
+			{ev: as(vote("t1", "a", yes), "P")},
+			{ev: as(vote("t1", "b", yes), "P"), want: []string{"propose decide t1 aborted [a b]: " + alias}},
+			{ev: StagedApplied{ID: "t1", Term: 2}},
+			{ev: applied("t1", abortO, alias, "a", "b"), want: []string{"reply 1 t1 aborted: " + alias, "abort t1 -> a (term 2)"}},
+		},
+		"a new leader aborts a staged transaction whose branches resolve as one participant": {
+			becomeLeader,
+			{ev: RecoverStaged{ID: "t9", Participants: []string{"a", "b"}}, want: []string{"resolve t9 at a (term 2)", "resolve t9 at b (term 2)"}},
+			{ev: resolvedAs("t9", "a", "P")},
+			{ev: resolvedAs("t9", "b", "P"), want: []string{"propose decide t9 aborted [a b]: recovered a staged transaction: " + alias}},
+			{ev: applied("t9", abortO, "recovered", "a", "b"), want: []string{"abort t9 -> a (term 2)"}},
+		},
+	}
+	for name, steps := range parallel {
 		t.Run(name, func(t *testing.T) { runCore(t, CoreConfig{ParallelCommit: true}, steps) })
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
+	"github.com/decree-tx/decree/txnspec"
 )
 
 // DriverConfig configures a Driver. Zero values take the defaults.
@@ -44,10 +45,10 @@ func (c DriverConfig) withDefaults() DriverConfig {
 		c.CallTimeout = 5 * time.Second
 	}
 	if c.MaxBranches <= 0 {
-		c.MaxBranches = 64
+		c.MaxBranches = txnspec.DefaultMaxParticipants
 	}
 	if c.MaxPayload <= 0 {
-		c.MaxPayload = 1 << 20
+		c.MaxPayload = txnspec.DefaultMaxPayload
 	}
 	if c.MaxList <= 0 {
 		c.MaxList = 1000
@@ -214,7 +215,8 @@ func (d *Driver) prepare(a SendPrepare) {
 			return
 		}
 		vote := r.GetPrepare()
-		d.feed(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: vote.GetVote(), Reason: vote.GetReason()})
+		d.feed(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: vote.GetVote(), Reason: vote.GetReason(),
+			ParticipantID: vote.GetParticipantId()})
 	})
 }
 
@@ -226,7 +228,8 @@ func notParticipant(err error) bool { return status.Code(err) == codes.Unimpleme
 
 func (d *Driver) resolveOnePhase(a ResolveAtParticipant) {
 	d.mux.call(a.Participant, resolveCall(a.ID, a.Term), d.cfg.CallTimeout, func(r *decreev1.Reply, err error) {
-		ev := ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: r.GetResolve().GetState()}
+		ev := ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: r.GetResolve().GetState(),
+			ParticipantID: r.GetResolve().GetParticipantId()}
 		if err != nil {
 			ev.Err = err.Error()
 		}

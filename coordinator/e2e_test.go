@@ -115,6 +115,7 @@ func (g *gate) pass(method string) error {
 // carried by the Calls stream, passes the gate first.
 type gatedService struct {
 	decreev1.ParticipantServer
+	p         *participant.Participant
 	gate      *gate
 	unaryOnly bool // refuse the Calls stream, as a participant that predates it
 }
@@ -151,7 +152,7 @@ func (s gatedService) Calls(stream decreev1.Participant_CallsServer) error {
 	if s.unaryOnly {
 		return status.Error(codes.Unimplemented, "test participant serves unary calls only")
 	}
-	return participant.ServeCalls(stream, s)
+	return s.p.ServeCalls(stream, s)
 }
 
 type testParticipant struct {
@@ -200,7 +201,7 @@ func (tp *testParticipant) serve(lis net.Listener) {
 		tp.t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	decreev1.RegisterParticipantServer(srv, gatedService{ParticipantServer: p.Service(), gate: tp.gate, unaryOnly: tp.unaryOnly})
+	decreev1.RegisterParticipantServer(srv, gatedService{ParticipantServer: p.Service(), p: p, gate: tp.gate, unaryOnly: tp.unaryOnly})
 	go srv.Serve(lis)
 	p.Start(context.Background())
 	tp.log, tp.p, tp.srv = l, p, srv
@@ -213,6 +214,26 @@ func (tp *testParticipant) stop() {
 	}
 	tp.srv.Stop()
 	tp.p.Stop()
+	tp.log.Close()
+	tp.srv = nil
+}
+
+// gracefulStop takes the participant down as a careful user does: the SDK
+// stops (ending its Calls streams), the server drains. It fails the test
+// if GracefulStop hangs.
+func (tp *testParticipant) gracefulStop() {
+	tp.t.Helper()
+	done := make(chan struct{})
+	go func() {
+		tp.p.Stop()
+		tp.srv.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		tp.t.Fatal("GracefulStop did not return while a coordinator held a Calls stream")
+	}
 	tp.log.Close()
 	tp.srv = nil
 }
@@ -522,4 +543,53 @@ func TestE2ELatePrepareAfterAbortVotesNo(t *testing.T) {
 	if v := e.parts[0].value("x"); v != "" {
 		t.Fatalf("late prepare applied x=%q", v)
 	}
+}
+
+// TestE2EOneParticipantUnderTwoAddresses: a transaction whose two branches
+// name one participant under two spellings must abort and change nothing.
+// It used to be answered COMMITTED while the participant, taking the
+// second prepare for a repeat of the first, applied one branch only.
+func TestE2EOneParticipantUnderTwoAddresses(t *testing.T) {
+	for _, parallel := range []bool{false, true} {
+		t.Run(fmt.Sprintf("parallel=%v", parallel), func(t *testing.T) {
+			e := newE2EWith(t, 1, parallel)
+			p := e.parts[0]
+			_, port, _ := net.SplitHostPort(p.addr)
+			alias := net.JoinHostPort("localhost", port)
+			for i, payloads := range [][2]string{{"set x=1", "set y=2"}, {"set x=1", "set x=1"}} {
+				txn := client.Txn{ID: newTxnID(i + 1), Branches: []client.Branch{
+					{Participant: p.addr, Payload: []byte(payloads[0])},
+					{Participant: alias, Payload: []byte(payloads[1])},
+				}}
+				res := e.commit(txn)
+				if res.State != client.StateAborted {
+					t.Fatalf("payloads %q: %+v, want aborted", payloads, res)
+				}
+				if payloads[0] == payloads[1] && !strings.Contains(res.Reason, "reach the same participant") {
+					t.Errorf("identical payloads aborted for %q, want the two branches named", res.Reason)
+				}
+				p.waitSettled()
+				if x, y := p.value("x"), p.value("y"); x != "" || y != "" {
+					t.Fatalf("payloads %q: the participant applied x=%q y=%q", payloads, x, y)
+				}
+			}
+		})
+	}
+}
+
+// TestE2EParticipantGracefulStopAndBack: a participant's GracefulStop
+// returns although the leader holds a Calls stream to it, and the leader
+// reconnects when it comes back.
+func TestE2EParticipantGracefulStopAndBack(t *testing.T) {
+	e := newE2E(t, 2)
+	if res := e.commit(e.txn(newTxnID(1), "set x=1", "set y=1")); res.State != client.StateCommitted {
+		t.Fatalf("first transaction: %+v", res)
+	}
+	e.parts[0].waitSettled()
+	e.parts[0].gracefulStop()
+	e.parts[0].restart()
+	if res := e.commit(e.txn(newTxnID(2), "set x=2", "set y=2")); res.State != client.StateCommitted {
+		t.Fatalf("after the participant came back: %+v", res)
+	}
+	waitFor(t, 5*time.Second, "both applied", func() bool { return e.parts[0].value("x") == "2" && e.parts[1].value("y") == "2" })
 }

@@ -61,7 +61,9 @@ func serveStock(ctx context.Context, dir string, coordinators []string, lis net.
 	srv := grpc.NewServer()
 	p.Register(srv)
 	p.Start(ctx)
-	go func() { <-ctx.Done(); srv.Stop() }()
+	// When ctx ends the SDK ends its Calls streams, so GracefulStop
+	// returns once the calls in flight are answered.
+	go func() { <-ctx.Done(); srv.GracefulStop() }()
 	return srv.Serve(lis)
 }
 
@@ -112,7 +114,11 @@ func TestReadmeExample(t *testing.T) {
 	}
 	cancel()
 	for range 2 {
-		<-served
+		select {
+		case <-served:
+		case <-time.After(10 * time.Second):
+			t.Fatal("serveStock did not return after its context ended: GracefulStop waits for the Calls streams")
+		}
 	}
 }
 

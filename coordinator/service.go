@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -13,6 +12,7 @@ import (
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
+	"github.com/decree-tx/decree/txnspec"
 )
 
 const (
@@ -334,49 +334,42 @@ func (d *Driver) statusOf(ctx context.Context, err error) error {
 	}
 }
 
+// limits are the request limits this node enforces, shared with the
+// participant SDK's.
+func (d *Driver) limits() txnspec.Limits {
+	return txnspec.Limits{MaxParticipants: d.cfg.MaxBranches, MaxPayload: d.cfg.MaxPayload}
+}
+
 func (d *Driver) validateCommit(req *decreev1.CommitRequest) ([]BranchSpec, error) {
-	if _, err := parseTxnID(req.GetTxnId()); err != nil {
+	if _, err := txnspec.ParseID(req.GetTxnId()); err != nil {
 		return nil, err
 	}
 	bs := req.GetBranches()
-	if len(bs) == 0 {
-		return nil, errors.New("a transaction needs at least one branch")
-	}
-	if len(bs) > d.cfg.MaxBranches {
-		return nil, fmt.Errorf("%d branches exceed the limit of %d", len(bs), d.cfg.MaxBranches)
-	}
-	out := make([]BranchSpec, 0, len(bs))
-	var seen []string
+	parts := make([]string, len(bs))
 	for i, b := range bs {
-		p := b.GetParticipant()
-		if err := validateAddr(p); err != nil {
-			return nil, fmt.Errorf("branch %d: participant %w", i, err)
+		parts[i] = b.GetParticipant()
+	}
+	if err := d.limits().CheckParticipants(parts); err != nil {
+		return nil, fmt.Errorf("branches: %w", err)
+	}
+	out := make([]BranchSpec, len(bs))
+	for i, b := range bs {
+		if err := d.limits().CheckPayload(len(b.GetPayload())); err != nil {
+			return nil, fmt.Errorf("branch %d: %w", i, err)
 		}
-		if slices.Contains(seen, p) {
-			return nil, fmt.Errorf("branch %d: participant %s appears twice", i, p)
-		}
-		if len(b.GetPayload()) > d.cfg.MaxPayload {
-			return nil, fmt.Errorf("branch %d: payload of %d bytes exceeds the limit of %d", i, len(b.GetPayload()), d.cfg.MaxPayload)
-		}
-		seen = append(seen, p)
-		out = append(out, BranchSpec{Participant: p, Payload: b.GetPayload()})
+		out[i] = BranchSpec{Participant: parts[i], Payload: b.GetPayload()}
 	}
 	return out, nil
 }
 
 func (d *Driver) validateOutcome(req *decreev1.OutcomeRequest) error {
-	if _, err := parseTxnID(req.GetTxnId()); err != nil {
+	if _, err := txnspec.ParseID(req.GetTxnId()); err != nil {
 		return err
 	}
-	if len(req.GetParticipants()) > d.cfg.MaxBranches {
-		return fmt.Errorf("%d participants exceed the limit of %d", len(req.GetParticipants()), d.cfg.MaxBranches)
+	if len(req.GetParticipants()) == 0 {
+		return nil // a record, if any, names them
 	}
-	for _, p := range req.GetParticipants() {
-		if err := validateAddr(p); err != nil {
-			return fmt.Errorf("participant %w", err)
-		}
-	}
-	return nil
+	return d.limits().CheckParticipants(req.GetParticipants())
 }
 
 func stateOf(o txlog.Outcome) decreev1.TxnState { return stateOfOutcome(outcomeFromRecord(o)) }

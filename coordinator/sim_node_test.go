@@ -264,6 +264,7 @@ func (sn *simNode) execute(a Action) {
 				ev.Err = err.Error()
 			} else {
 				ev.State = r.(*decreev1.ResolveResponse).GetState()
+				ev.ParticipantID = r.(*decreev1.ResolveResponse).GetParticipantId()
 			}
 			sn.coreStep(ev)
 		})
@@ -469,7 +470,8 @@ func (sn *simNode) prepare(a SendPrepare) {
 			return
 		}
 		resp := r.(*decreev1.PrepareResponse)
-		sn.coreStep(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: resp.GetVote(), Reason: resp.GetReason()})
+		sn.coreStep(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: resp.GetVote(), Reason: resp.GetReason(),
+			ParticipantID: resp.GetParticipantId()})
 	})
 }
 

@@ -30,7 +30,7 @@ func BenchmarkPrepare(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			id := fmt.Sprintf("tx-%d", seq.Add(1))
+			id := tid(fmt.Sprintf("tx-%d", seq.Add(1)))
 			resp, err := srv.Prepare(context.Background(), prepareReq(id, "set "+id+"=v", 1))
 			if err != nil || resp.GetVote() != yes {
 				b.Errorf("prepare %s: %v %v", id, resp, err)

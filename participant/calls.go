@@ -27,24 +27,61 @@ const maxCallsInFlight = 4096
 // It returns when the coordinator closes its side and every call has been
 // answered, or when the stream fails. Participant.Register serves it; it is
 // exported for services that wrap the SDK's unary methods (middleware,
-// tests) and want their wrapping to apply to streamed calls too.
+// tests) and want their wrapping to apply to streamed calls too. Such a
+// wrapper should call Participant.ServeCalls instead, so that its streams
+// end when the participant stops.
 func ServeCalls(stream decreev1.Participant_CallsServer, unary decreev1.ParticipantServer) error {
-	ctx := stream.Context()
+	var stop <-chan struct{}
+	if s, ok := unary.(*server); ok {
+		stop = s.p.callsStop
+	}
+	return serveCalls(stream, unary, stop)
+}
+
+// ServeCalls is the package's ServeCalls for a service wrapping p's: the
+// stream also ends when p stops (Stop, or the end of Start's context).
+func (p *Participant) ServeCalls(stream decreev1.Participant_CallsServer, unary decreev1.ParticipantServer) error {
+	return serveCalls(stream, unary, p.callsStop)
+}
+
+// errStopping ends a Calls stream when the participant stops. A
+// coordinator holds its stream open for as long as it leads, so without
+// this a grpc.Server's GracefulStop, which waits for every stream, would
+// never return. The coordinator fails the calls left unanswered and
+// reconnects (or retries) on its own schedule.
+var errStopping = status.Error(codes.Unavailable, "participant is stopping")
+
+// serveCalls serves the stream until it ends or stop closes. On stop it
+// takes no new call, answers the calls already running, and returns.
+func serveCalls(stream decreev1.Participant_CallsServer, unary decreev1.ParticipantServer, stop <-chan struct{}) error {
+	select {
+	case <-stop:
+		return errStopping
+	default:
+	}
 	out := newReplyQueue()
 	sendErr := make(chan error, 1)
 	go func() { sendErr <- out.sendAll(stream) }()
 
-	w := newCallWorkers(ctx, unary, out)
-	recvErr := w.receive(stream)
+	w := newCallWorkers(stream.Context(), unary, out)
+	recvErr := make(chan error, 1) // the receiver outlives a stopped stream's handler briefly
+	go func() { recvErr <- w.receive(stream) }()
+	var err error
+	select {
+	case err = <-recvErr:
+	case <-stop:
+		w.quit()
+		err = errStopping
+	}
 	w.wait()
 	out.close()
-	if err := <-sendErr; err != nil {
-		return err
+	if sErr := <-sendErr; sErr != nil {
+		return sErr
 	}
-	if errors.Is(recvErr, io.EOF) {
+	if errors.Is(err, io.EOF) {
 		return nil
 	}
-	return recvErr
+	return err
 }
 
 // callWorkers runs the calls of one stream on a pool of goroutines that
@@ -60,11 +97,28 @@ type callWorkers struct {
 	slots chan struct{}       // one per call being run
 	wg    sync.WaitGroup
 	done  chan struct{} // closed when the stream's calls have all been handed out
+
+	// quitting (under mu) and quitc (closed with it) say the participant
+	// is stopping: no call is started after, and idle workers leave.
+	mu       sync.Mutex
+	quitting bool
+	quitc    chan struct{}
 }
 
 func newCallWorkers(ctx context.Context, unary decreev1.ParticipantServer, out *replyQueue) *callWorkers {
 	return &callWorkers{ctx: ctx, unary: unary, out: out, work: make(chan *decreev1.Call),
-		slots: make(chan struct{}, maxCallsInFlight), done: make(chan struct{})}
+		slots: make(chan struct{}, maxCallsInFlight), done: make(chan struct{}), quitc: make(chan struct{})}
+}
+
+// quit stops the starting of calls. Once it returns no worker is added, so
+// wait may follow.
+func (w *callWorkers) quit() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.quitting {
+		w.quitting = true
+		close(w.quitc)
+	}
 }
 
 // receive reads batches until the stream ends and starts their calls. When
@@ -81,18 +135,29 @@ func (w *callWorkers) receive(stream decreev1.Participant_CallsServer) error {
 			case w.slots <- struct{}{}:
 			case <-w.ctx.Done():
 				return w.ctx.Err()
+			case <-w.quitc:
+				return errStopping
 			}
-			w.start(c)
+			if !w.start(c) {
+				return errStopping
+			}
 		}
 	}
 }
 
-func (w *callWorkers) start(c *decreev1.Call) {
+// start hands c to an idle worker or a new one, unless quitting.
+func (w *callWorkers) start(c *decreev1.Call) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.quitting {
+		return false
+	}
 	select {
 	case w.work <- c:
 	default:
 		w.wg.Go(func() { w.loop(c) })
 	}
+	return true
 }
 
 // workerIdle is how long a worker waits for another call before it ends,
@@ -113,6 +178,8 @@ func (w *callWorkers) loop(c *decreev1.Call) {
 		case <-idle.C:
 			return
 		case <-w.done:
+			return
+		case <-w.quitc:
 			return
 		}
 	}

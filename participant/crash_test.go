@@ -120,7 +120,8 @@ func startCrashChild(t *testing.T, dir string) (*exec.Cmd, string) {
 // ids voted YES.
 func sendUntilKilled(t *testing.T, addr string, cmd *exec.Cmd) map[string]bool {
 	t.Helper()
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithAuthority("self:1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +136,7 @@ func sendUntilKilled(t *testing.T, addr string, cmd *exec.Cmd) map[string]bool {
 	for g := range crashSenders {
 		wg.Go(func() {
 			for i := 0; ; i++ {
-				id := fmt.Sprintf("g%d-%04d", g, i)
+				id := tid(fmt.Sprintf("g%d-%04d", g, i))
 				req := prepareReq(id, fmt.Sprintf("set %s=v", id), 1)
 				resp, err := client.Prepare(context.Background(), req)
 				if err != nil {

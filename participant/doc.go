@@ -30,8 +30,8 @@
 //	})
 //	p.Register(grpcServer)
 //	p.Start(ctx)
-//	... serve ...
-//	grpcServer.GracefulStop()
+//	... serve until ctx ends ...
+//	grpcServer.GracefulStop() // the participant ends its Calls streams when ctx ends (or at Stop)
 //	p.Stop()
 //	log.Close()
 package participant

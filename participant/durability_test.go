@@ -21,7 +21,7 @@ func TestAcknowledgedStepsSurviveCrash(t *testing.T) {
 		term  uint64
 		data  map[string]string
 	}{
-		"yes":          {steps: []step{prepare}, state: txlog.PStatePrepared, term: 1, data: map[string]string{"lock/a": "t", "pending/t": "a=1"}},
+		"yes":          {steps: []step{prepare}, state: txlog.PStatePrepared, term: 1, data: map[string]string{"lock/a": tid("t"), "pending/" + tid("t"): "a=1"}},
 		"raised term":  {steps: []step{prepare, {op: "resolve", id: "t", term: 9, state: sPrepared}}, state: txlog.PStatePrepared, term: 9},
 		"commit":       {steps: []step{prepare, {op: "commit", id: "t", term: 1}}, state: txlog.PStateCommitted, term: 1, data: map[string]string{"data/a": "1", "lock/a": ""}},
 		"abort":        {steps: []step{prepare, {op: "abort", id: "t", term: 1}}, state: txlog.PStateAborted, term: 1, data: map[string]string{"lock/a": ""}},
@@ -50,7 +50,7 @@ func TestAcknowledgedStepsSurviveCrash(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer log.Close()
-			rec, found, err := log.GetTxn("t")
+			rec, found, err := log.GetTxn(tid("t"))
 			if err != nil || !found || rec.State != tc.state || rec.Term != tc.term {
 				t.Fatalf("after crash: %+v, %v, %v; want %v at term %d", rec, found, err, tc.state, tc.term)
 			}

@@ -6,9 +6,6 @@ import (
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
-// MaxIDLen is the longest transaction id accepted.
-const MaxIDLen = maxIDLen
-
 // Server returns the participant's gRPC service, to call without a network.
 func (p *Participant) Server() decreev1.ParticipantServer {
 	return p.Service()

@@ -2,6 +2,7 @@ package participant_test
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/decree-tx/decree/txlog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -228,10 +230,11 @@ func (c *fakeCoordinator) Outcome(_ context.Context, req *decreev1.OutcomeReques
 	return &decreev1.OutcomeResponse{TxnId: req.GetTxnId(), State: state}, nil
 }
 
+// script sets the outcome of the transaction named id (see tid).
 func (c *fakeCoordinator) script(id string, s decreev1.TxnState) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.outcomes[id] = s
+	c.outcomes[tid(id)] = s
 }
 
 // query returns the i-th query received.
@@ -289,11 +292,61 @@ func userValue(t testing.TB, l *txlog.ParticipantLog, key string) string {
 	return string(v)
 }
 
-// inDoubtIDs returns the ids p holds in doubt.
+// inDoubtIDs returns the names (see tid) of the ids p holds in doubt.
 func inDoubtIDs(p *participant.Participant) []string {
 	var ids []string
 	for _, d := range p.InDoubt() {
-		ids = append(ids, d.ID)
+		ids = append(ids, name(d.ID))
 	}
 	return ids
+}
+
+// tid turns a test's short transaction name (up to 14 bytes) into a valid
+// id, a UUIDv7 that carries the name's bytes, so that ids sort as their
+// names do and name(tid(n)) == n.
+func tid(n string) string {
+	if len(n) > 14 {
+		panic("tid: name longer than 14 bytes: " + n)
+	}
+	var nb [14]byte
+	copy(nb[:], n)
+	var u [16]byte
+	copy(u[0:6], nb[0:6])
+	u[6], u[7] = 0x70, nb[6]
+	u[8] = 0x80
+	copy(u[9:16], nb[7:14])
+	h := hex.EncodeToString(u[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// name is the inverse of tid; an id tid did not make is returned as is.
+func name(id string) string {
+	u, err := hex.DecodeString(strings.ReplaceAll(id, "-", ""))
+	if err != nil || len(u) != 16 || u[6] != 0x70 || u[8] != 0x80 {
+		return id
+	}
+	nb := append(append(append([]byte{}, u[0:6]...), u[7]), u[9:16]...)
+	return strings.TrimRight(string(nb), "\x00")
+}
+
+// serveParticipant serves p on a local port until the test ends and
+// returns a client that reaches it under the name as (the :authority a
+// coordinator dialling that name sends).
+func serveParticipant(t testing.TB, p *participant.Participant, as string) decreev1.ParticipantClient {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	p.Register(s)
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(s.Stop)
+	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority(as))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return decreev1.NewParticipantClient(conn)
 }

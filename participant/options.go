@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/decree-tx/decree/txlog"
+	"github.com/decree-tx/decree/txnspec"
 	"github.com/rs/zerolog"
 )
 
@@ -18,7 +19,9 @@ const (
 	DefaultRetryMin       = 100 * time.Millisecond
 	DefaultRetryMax       = 5 * time.Second
 	DefaultQueryTimeout   = 2 * time.Second
-	DefaultMaxPayload     = 1 << 20
+	DefaultMaxPayload     = txnspec.DefaultMaxPayload
+	// DefaultMaxParticipants is the coordinator's --max-branches default.
+	DefaultMaxParticipants = txnspec.DefaultMaxParticipants
 )
 
 // Clock is the participant's source of time.
@@ -50,8 +53,12 @@ type Options struct {
 	RetryMin, RetryMax time.Duration
 	// QueryTimeout bounds one outcome query to one coordinator.
 	QueryTimeout time.Duration
-	// MaxPayload is the largest Prepare payload accepted, in bytes.
+	// MaxPayload is the largest Prepare payload accepted, in bytes; set it
+	// to the coordinators' --max-payload.
 	MaxPayload int
+	// MaxParticipants is the longest participant list a Prepare may carry;
+	// set it to the coordinators' --max-branches.
+	MaxParticipants int
 	// Clock schedules outcome queries and stamps records; nil means the
 	// wall clock.
 	Clock Clock
@@ -80,9 +87,8 @@ func (o Options) withDefaults() (Options, error) {
 	o.RetryMin = positiveOr(o.RetryMin, DefaultRetryMin)
 	o.RetryMax = max(positiveOr(o.RetryMax, DefaultRetryMax), o.RetryMin)
 	o.QueryTimeout = positiveOr(o.QueryTimeout, DefaultQueryTimeout)
-	if o.MaxPayload <= 0 {
-		o.MaxPayload = DefaultMaxPayload
-	}
+	l := txnspec.Limits{MaxParticipants: o.MaxParticipants, MaxPayload: o.MaxPayload}.WithDefaults()
+	o.MaxParticipants, o.MaxPayload = l.MaxParticipants, l.MaxPayload
 	if o.Clock == nil {
 		o.Clock = wallClock{}
 	}

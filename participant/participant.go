@@ -11,6 +11,7 @@ import (
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
+	"github.com/decree-tx/decree/txnspec"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 )
@@ -41,6 +42,11 @@ type Participant struct {
 	startOnce, stopOnce sync.Once
 	cancel              context.CancelFunc
 	wg                  sync.WaitGroup
+	// callsStop is closed when the participant stops (Stop, or the end of
+	// Start's context): its Calls streams end, so that GracefulStop of the
+	// gRPC server returns.
+	callsStop     chan struct{}
+	callsStopOnce sync.Once
 }
 
 // inDoubt is the recovery loop's view of one prepared transaction.
@@ -68,9 +74,10 @@ func New(r Resource, opts Options) (*Participant, error) {
 	}
 	p := &Participant{
 		res: r, opts: opts, plog: opts.Log,
-		log:     opts.Logger.With().Str("component", "participant").Logger(),
-		inDoubt: make(map[string]*inDoubt),
-		wake:    make(chan struct{}, 1),
+		log:       opts.Logger.With().Str("component", "participant").Logger(),
+		inDoubt:   make(map[string]*inDoubt),
+		wake:      make(chan struct{}, 1),
+		callsStop: make(chan struct{}),
 	}
 	if err := p.loadInDoubt(); err != nil {
 		return nil, fmt.Errorf("new participant: %w", err)
@@ -103,6 +110,14 @@ func (p *Participant) loadInDoubt() error {
 	return nil
 }
 
+// ID returns the participant's durable identity (its log's): coordinators
+// use it to see that two branches of a transaction reach one participant.
+func (p *Participant) ID() string { return p.plog.ID() }
+
+func (p *Participant) limits() txnspec.Limits {
+	return txnspec.Limits{MaxParticipants: p.opts.MaxParticipants, MaxPayload: p.opts.MaxPayload}
+}
+
 // Register registers the participant's gRPC service on s.
 func (p *Participant) Register(s *grpc.Server) {
 	decreev1.RegisterParticipantServer(s, p.Service())
@@ -128,26 +143,39 @@ func (p *Participant) ResolveDue(ctx context.Context) int {
 // Start starts the recovery loop, which asks the coordinators for the
 // outcome of the transactions found prepared at New at once, and of any
 // other prepared transaction once it is older than InDoubtTimeout, and
-// applies the answers. It runs until ctx ends or Stop. Later calls do
-// nothing.
+// applies the answers. It runs until ctx ends or Stop. When ctx ends, the
+// participant also ends its Calls streams (as Stop does), so a
+// grpc.Server's GracefulStop called then returns. Later calls do nothing.
 func (p *Participant) Start(ctx context.Context) {
 	p.startOnce.Do(func() {
 		ctx, p.cancel = context.WithCancel(ctx)
 		p.wg.Go(func() { p.recoveryLoop(ctx) })
+		p.wg.Go(func() {
+			<-ctx.Done()
+			p.endCalls()
+		})
 	})
 }
 
-// Stop stops the recovery loop, waits for it and closes the connections to
-// the coordinators. Stop the gRPC server first; close the log afterwards.
+// Stop ends the Calls streams (answering the calls already running), stops
+// the recovery loop, waits for it and closes the connections to the
+// coordinators. Unary calls are still served, so Stop may come before or
+// after the gRPC server's GracefulStop; close the log after both.
 func (p *Participant) Stop() {
 	p.stopOnce.Do(func() {
 		p.startOnce.Do(func() {}) // a later Start does nothing
+		p.endCalls()
 		if p.cancel != nil {
 			p.cancel()
 		}
 		p.wg.Wait()
 		p.closeCoord()
 	})
+}
+
+// endCalls ends the Calls streams being served and refuses new ones.
+func (p *Participant) endCalls() {
+	p.callsStopOnce.Do(func() { close(p.callsStop) })
 }
 
 // InDoubt returns the prepared transactions whose outcome is not known yet,

@@ -2,6 +2,7 @@ package participant_test
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"reflect"
 	"strings"
@@ -32,9 +33,10 @@ func (s step) run(t *testing.T, srv decreev1.ParticipantServer) {
 	t.Helper()
 	ctx := context.Background()
 	var err error
+	id := tid(s.id)
 	switch s.op {
 	case "prepare", "prepare1p":
-		req := prepareReq(s.id, s.payload, s.term)
+		req := prepareReq(id, s.payload, s.term)
 		if s.op == "prepare1p" {
 			req.OnePhase, req.Participants = true, []string{"self:1"}
 		}
@@ -45,12 +47,12 @@ func (s step) run(t *testing.T, srv decreev1.ParticipantServer) {
 			}
 		}
 	case "commit":
-		_, err = srv.Commit(ctx, &decreev1.DecisionRequest{TxnId: s.id, Term: s.term})
+		_, err = srv.Commit(ctx, &decreev1.DecisionRequest{TxnId: id, Term: s.term})
 	case "abort":
-		_, err = srv.Abort(ctx, &decreev1.DecisionRequest{TxnId: s.id, Term: s.term})
+		_, err = srv.Abort(ctx, &decreev1.DecisionRequest{TxnId: id, Term: s.term})
 	case "resolve":
 		var resp *decreev1.ResolveResponse
-		if resp, err = srv.Resolve(ctx, &decreev1.ResolveRequest{TxnId: s.id, Term: s.term}); err == nil && resp.GetState() != s.state {
+		if resp, err = srv.Resolve(ctx, &decreev1.ResolveRequest{TxnId: id, Term: s.term}); err == nil && resp.GetState() != s.state {
 			t.Fatalf("%+v: resolved %v", s, resp.GetState())
 		}
 	default:
@@ -145,7 +147,8 @@ func TestSequences(t *testing.T) {
 		name: "no vote is repeated and discards writes",
 		steps: []step{
 			{op: "prepare", id: "t", payload: "no out of stock", vote: no, reason: "out of stock"},
-			{op: "prepare", id: "t", payload: "set a=1", vote: no, reason: "out of stock"},
+			{op: "prepare", id: "t", payload: "no out of stock", vote: no, reason: "out of stock"},
+			{op: "prepare", id: "t", payload: "set a=1", code: refused},
 			{op: "commit", id: "t", code: refused},
 			{op: "abort", id: "t"},
 			{op: "resolve", id: "t", state: sAborted},
@@ -249,8 +252,10 @@ func resourceData(t *testing.T, p *participant.Participant) map[string]string {
 	err := p.ReadState(func(r participant.Reader) error {
 		return r.Scan(nil, func(k, v []byte) bool {
 			switch key := string(k); {
-			case strings.HasPrefix(key, "data/"), strings.HasPrefix(key, "lock/"):
+			case strings.HasPrefix(key, "data/"):
 				data[key] = string(v)
+			case strings.HasPrefix(key, "lock/"):
+				data[key] = name(string(v))
 			case strings.HasPrefix(key, "pending/"):
 				// staged with a lock; checked through the lock
 			default:
@@ -265,44 +270,155 @@ func resourceData(t *testing.T, p *participant.Participant) map[string]string {
 	return data
 }
 
+// TestInvalidRequests checks that the SDK refuses, before it locks or
+// writes anything, every request the coordinator would refuse from a
+// client (txnspec): such a prepare could never be resolved.
 func TestInvalidRequests(t *testing.T) {
 	log := openLog(t, t.TempDir())
-	p := newParticipant(t, &kvResource{}, participant.Options{Log: log, MaxPayload: 16})
+	p := newParticipant(t, &kvResource{}, participant.Options{Log: log, MaxPayload: 16, MaxParticipants: 3})
 	srv, ctx := p.Server(), context.Background()
-	long := strings.Repeat("x", participant.MaxIDLen+1)
+	id := tid("t")
+	badIDs := map[string]string{
+		"empty id":          "",
+		"not a uuid":        "t",
+		"uuid v4":           "01890a5d-ac96-474b-bcce-b302099a8057",
+		"control character": "01890a5d-ac96-774b-bcce-b302099a805\n",
+		"long id":           strings.Repeat("x", 100_000),
+	}
 	prepares := map[string]*decreev1.PrepareRequest{
-		"empty id":             prepareReq("", "set a=1", 0),
-		"long id":              prepareReq(long, "set a=1", 0),
-		"big payload":          prepareReq("t", strings.Repeat("p", 17), 0),
-		"no participants":      {TxnId: "t", Payload: []byte("set a=1")},
-		"duplicate":            prepareReq("t", "set a=1", 0, "a:1", "b:1", "a:1"),
-		"empty participant":    prepareReq("t", "set a=1", 0, "a:1", ""),
-		"one phase with two":   {TxnId: "t", Payload: []byte("set a=1"), Participants: []string{"a", "b"}, OnePhase: true},
-		"nil payload is valid": nil,
+		"big payload":           prepareReq(id, strings.Repeat("p", 17), 0),
+		"no participants":       {TxnId: id, Payload: []byte("set a=1")},
+		"too many participants": prepareReq(id, "set a=1", 0, "a:1", "b:1", "c:1", "d:1"),
+		"duplicate":             prepareReq(id, "set a=1", 0, "a:1", "b:1", "a:1"),
+		"empty participant":     prepareReq(id, "set a=1", 0, "a:1", ""),
+		"not an address":        prepareReq(id, "set a=1", 0, "a:1", "b"),
+		"control in address":    prepareReq(id, "set a=1", 0, "a:1", "b\x00:1"),
+		"one phase with two":    {TxnId: id, Payload: []byte("set a=1"), Participants: []string{"a:1", "b:1"}, OnePhase: true},
+	}
+	for name, bad := range badIDs {
+		prepares[name] = prepareReq(bad, "set a=1", 0)
 	}
 	for name, req := range prepares {
-		if req == nil {
-			continue
-		}
 		if _, err := srv.Prepare(ctx, req); codeOf(err) != codes.InvalidArgument {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)
 		}
 	}
-	for _, id := range []string{"", long} {
-		d := &decreev1.DecisionRequest{TxnId: id}
+	for name, bad := range badIDs {
+		d := &decreev1.DecisionRequest{TxnId: bad}
 		_, errC := srv.Commit(ctx, d)
 		_, errA := srv.Abort(ctx, d)
-		_, errR := srv.Resolve(ctx, &decreev1.ResolveRequest{TxnId: id})
+		_, errR := srv.Resolve(ctx, &decreev1.ResolveRequest{TxnId: bad})
 		for _, err := range []error{errC, errA, errR} {
 			if codeOf(err) != codes.InvalidArgument {
-				t.Errorf("id of %d bytes: %v, want InvalidArgument", len(id), err)
+				t.Errorf("%s: %v, want InvalidArgument", name, err)
 			}
 		}
 	}
-	// Nothing was recorded: the log holds no transactions.
+	// Nothing was recorded or locked.
 	_ = log.ScanTxns(func(tx *txlog.PTxn) bool { t.Errorf("recorded %+v", tx); return true })
-	if _, err := srv.Prepare(ctx, prepareReq(strings.Repeat("x", participant.MaxIDLen), "set a=1", 0)); err != nil {
-		t.Errorf("id of the maximum length: %v", err)
+	if got := resourceData(t, p); len(got) != 0 {
+		t.Errorf("resource data %v", got)
+	}
+	if _, err := srv.Prepare(ctx, prepareReq(id, strings.Repeat("p", 16), 0, "a:1", "b:1", "c:1")); codeOf(err) == codes.InvalidArgument {
+		t.Errorf("a prepare at the limits: %v", err)
+	}
+}
+
+// TestDefaultParticipantLimit checks the default list limit, the
+// coordinator's --max-branches default.
+func TestDefaultParticipantLimit(t *testing.T) {
+	p := newParticipant(t, &kvResource{}, participant.Options{Log: openLog(t, t.TempDir())})
+	ps := make([]string, participant.DefaultMaxParticipants+1)
+	for i := range ps {
+		ps[i] = fmt.Sprintf("p%d:1", i)
+	}
+	_, err := p.Server().Prepare(context.Background(), prepareReq(tid("t"), "set a=1", 1, ps...))
+	if codeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "exceed the limit of 64") {
+		t.Fatalf("65 participants: %v", err)
+	}
+}
+
+// TestPrepareMustNameTheParticipant checks, over gRPC, that a Prepare
+// whose participant list does not name the address the caller reached
+// this participant by is refused, and one that does is served.
+func TestPrepareMustNameTheParticipant(t *testing.T) {
+	log := openLog(t, t.TempDir())
+	p := newParticipant(t, &kvResource{}, participant.Options{Log: log})
+	client := serveParticipant(t, p, "bank:7")
+	ctx := context.Background()
+	_, err := client.Prepare(ctx, prepareReq(tid("t"), "set a=1", 1, "other:1", "another:1"))
+	if codeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "does not name this participant") {
+		t.Fatalf("prepare not naming bank:7: %v, want InvalidArgument", err)
+	}
+	_ = log.ScanTxns(func(tx *txlog.PTxn) bool { t.Errorf("recorded %+v", tx); return true })
+	resp, err := client.Prepare(ctx, prepareReq(tid("t"), "set a=1", 1, "other:1", "bank:7"))
+	if err != nil || resp.GetVote() != yes {
+		t.Fatalf("prepare naming bank:7: %v %v", resp, err)
+	}
+}
+
+// TestRepliesCarryIdentity checks that votes and resolutions name the
+// participant's durable identity, which survives a restart.
+func TestRepliesCarryIdentity(t *testing.T) {
+	dir := t.TempDir()
+	log := openLog(t, dir)
+	p := newParticipant(t, &kvResource{}, participant.Options{Log: log})
+	ctx := context.Background()
+	id := p.ID()
+	if id == "" || id != log.ID() {
+		t.Fatalf("participant id %q, log id %q", id, log.ID())
+	}
+	v, err := p.Server().Prepare(ctx, prepareReq(tid("t"), "set a=1", 1))
+	if err != nil || v.GetParticipantId() != id {
+		t.Fatalf("vote %v %v, want participant id %s", v, err, id)
+	}
+	r, err := p.Server().Resolve(ctx, &decreev1.ResolveRequest{TxnId: tid("u"), Term: 1})
+	if err != nil || r.GetParticipantId() != id {
+		t.Fatalf("resolve %v %v, want participant id %s", r, err, id)
+	}
+	p.Stop()
+	if err := log.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p = newParticipant(t, &kvResource{}, participant.Options{Log: openLog(t, dir)})
+	if v, err := p.Server().Prepare(ctx, prepareReq(tid("t"), "set a=1", 1)); err != nil || v.GetParticipantId() != id {
+		t.Fatalf("vote after restart %v %v, want participant id %s", v, err, id)
+	}
+}
+
+// TestConflictingPrepareIsRefused checks that a Prepare reusing the id of
+// a transaction prepared here with another payload or participant list is
+// refused, whatever became of the first, while an identical one is
+// answered as the first was. Repeating the first answer to a different
+// prepare is how one participant reached under two addresses lost money.
+func TestConflictingPrepareIsRefused(t *testing.T) {
+	log := openLog(t, t.TempDir())
+	r := &kvResource{}
+	p := newParticipant(t, r, participant.Options{Log: log})
+	srv, ctx := p.Server(), context.Background()
+	for _, first := range []string{"set a=1", "no broke", "ro"} {
+		id := tid("t " + first[:2])
+		if _, err := srv.Prepare(ctx, prepareReq(id, first, 1, "x:1", "y:1")); err != nil {
+			t.Fatal(err)
+		}
+		for name, req := range map[string]*decreev1.PrepareRequest{
+			"other payload":      prepareReq(id, "set b=2", 1, "x:1", "y:1"),
+			"other participants": prepareReq(id, first, 1, "x:1", "z:1"),
+			"reordered":          prepareReq(id, first, 1, "y:1", "x:1"),
+		} {
+			if resp, err := srv.Prepare(ctx, req); codeOf(err) != codes.FailedPrecondition {
+				t.Errorf("%s after %q: %v %v, want FailedPrecondition", name, first, resp, err)
+			}
+		}
+		if _, err := srv.Prepare(ctx, prepareReq(id, first, 1, "x:1", "y:1")); err != nil {
+			t.Errorf("identical repeat of %q: %v", first, err)
+		}
+	}
+	if n := r.prepares.Load(); n != 3 {
+		t.Fatalf("resource asked to vote %d times, want 3", n)
+	}
+	if got := resourceData(t, p); !maps.Equal(got, map[string]string{"lock/a": "t se"}) {
+		t.Fatalf("resource data %v", got)
 	}
 }
 
@@ -332,7 +448,7 @@ func TestVoteIsAtomicWithResourceWrites(t *testing.T) {
 	p := newParticipant(t, r, participant.Options{Log: log})
 	srv, ctx := p.Server(), context.Background()
 	for _, req := range []*decreev1.PrepareRequest{
-		prepareReq("yes", "set a=1", 1), prepareReq("no", "no nope", 1), prepareReq("ro", "ro", 1),
+		prepareReq(tid("yes"), "set a=1", 1), prepareReq(tid("no"), "no nope", 1), prepareReq(tid("ro"), "ro", 1),
 	} {
 		if _, err := srv.Prepare(ctx, req); err != nil {
 			t.Fatal(err)
@@ -343,26 +459,26 @@ func TestVoteIsAtomicWithResourceWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	log = openLog(t, dir)
-	rec, found, err := log.GetTxn("yes")
+	rec, found, err := log.GetTxn(tid("yes"))
 	if err != nil || !found || rec.State != txlog.PStatePrepared || rec.Term != 1 {
 		t.Fatalf("yes record %+v, %v, %v", rec, found, err)
 	}
-	if userValue(t, log, "lock/a") != "yes" || userValue(t, log, "pending/yes") != "a=1" {
+	if userValue(t, log, "lock/a") != tid("yes") || userValue(t, log, "pending/"+tid("yes")) != "a=1" {
 		t.Fatal("YES vote's writes are not durable with it")
 	}
 	for _, id := range []string{"no", "ro"} {
-		if userValue(t, log, "scratch/"+id) != "" {
+		if userValue(t, log, "scratch/"+tid(id)) != "" {
 			t.Errorf("%s vote's writes were kept", id)
 		}
 	}
 	p = newParticipant(t, r, participant.Options{Log: log})
-	if _, err := p.Server().Commit(ctx, &decreev1.DecisionRequest{TxnId: "yes", Term: 1}); err != nil {
+	if _, err := p.Server().Commit(ctx, &decreev1.DecisionRequest{TxnId: tid("yes"), Term: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if userValue(t, log, "data/a") != "1" || userValue(t, log, "lock/a") != "" {
 		t.Fatal("commit's writes are missing")
 	}
-	if rec, _, _ := log.GetTxn("yes"); rec.State != txlog.PStateCommitted || rec.DecidedAt == 0 {
+	if rec, _, _ := log.GetTxn(tid("yes")); rec.State != txlog.PStateCommitted || rec.DecidedAt == 0 {
 		t.Fatalf("record after commit %+v", rec)
 	}
 }
@@ -374,21 +490,21 @@ func TestFailedOutcomeLeavesPrepared(t *testing.T) {
 	r := &kvResource{}
 	p := newParticipant(t, r, participant.Options{Log: log})
 	srv, ctx := p.Server(), context.Background()
-	if _, err := srv.Prepare(ctx, prepareReq("t", "set a=1", 1)); err != nil {
+	if _, err := srv.Prepare(ctx, prepareReq(tid("t"), "set a=1", 1)); err != nil {
 		t.Fatal(err)
 	}
 	r.failCommit.Store(true)
-	if _, err := srv.Commit(ctx, &decreev1.DecisionRequest{TxnId: "t", Term: 1}); codeOf(err) != codes.Internal {
+	if _, err := srv.Commit(ctx, &decreev1.DecisionRequest{TxnId: tid("t"), Term: 1}); codeOf(err) != codes.Internal {
 		t.Fatalf("failing commit: %v, want Internal", err)
 	}
-	if rec, _, _ := log.GetTxn("t"); rec.State != txlog.PStatePrepared {
+	if rec, _, _ := log.GetTxn(tid("t")); rec.State != txlog.PStatePrepared {
 		t.Fatalf("state after failed commit %v", rec.State)
 	}
 	if ids := inDoubtIDs(p); len(ids) != 1 {
 		t.Fatalf("in doubt %v", ids)
 	}
 	r.failCommit.Store(false)
-	if _, err := srv.Commit(ctx, &decreev1.DecisionRequest{TxnId: "t", Term: 1}); err != nil {
+	if _, err := srv.Commit(ctx, &decreev1.DecisionRequest{TxnId: tid("t"), Term: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if userValue(t, log, "data/a") != "1" {
@@ -405,7 +521,7 @@ func TestConcurrentDuplicatePrepares(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 32 {
 		wg.Go(func() {
-			resp, err := p.Server().Prepare(context.Background(), prepareReq("t", "set a=1", 1))
+			resp, err := p.Server().Prepare(context.Background(), prepareReq(tid("t"), "set a=1", 1))
 			if err != nil || resp.GetVote() != yes {
 				t.Errorf("prepare: %v %v", resp, err)
 			}

@@ -1,8 +1,11 @@
 package participant
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
+	"slices"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
@@ -25,9 +28,35 @@ func (p *Participant) prepare(ctx context.Context, req *decreev1.PrepareRequest)
 		return nil, storageError(err)
 	}
 	if found {
+		if err := samePrepare(rec, req); err != nil {
+			return nil, err
+		}
 		return p.repeatPrepare(rec, req.GetTerm())
 	}
 	return p.firstPrepare(ctx, req)
+}
+
+// samePrepare refuses a Prepare that reuses the id of a transaction this
+// participant prepared with another payload or participant list. Repeating
+// the first answer would tell the coordinator that this branch is prepared
+// too: a transaction that reaches one participant under two addresses
+// would commit with one branch applied (issue 12). Tombstones, and records
+// written before digests were kept, have nothing to compare.
+func samePrepare(rec *txlog.PTxn, req *decreev1.PrepareRequest) error {
+	if len(rec.Participants) > 0 && !slices.Equal(rec.Participants, req.GetParticipants()) {
+		return status.Errorf(codes.FailedPrecondition,
+			"transaction %s was prepared here with participants %q, not %q", rec.ID, rec.Participants, req.GetParticipants())
+	}
+	if rec.PayloadDigest != nil && !bytes.Equal(rec.PayloadDigest, payloadDigest(req.GetPayload())) {
+		return status.Errorf(codes.FailedPrecondition,
+			"transaction %s was prepared here with another payload", rec.ID)
+	}
+	return nil
+}
+
+func payloadDigest(payload []byte) []byte {
+	d := sha256.Sum256(payload)
+	return d[:]
 }
 
 // repeatPrepare answers a Prepare for a transaction with a record: the
@@ -38,21 +67,21 @@ func (p *Participant) repeatPrepare(rec *txlog.PTxn, term uint64) (*decreev1.Pre
 	}
 	switch rec.State {
 	case txlog.PStatePrepared:
-		return voteResponse(decreev1.Vote_VOTE_YES, ""), nil
+		return p.voteResponse(decreev1.Vote_VOTE_YES, ""), nil
 	case txlog.PStateReadOnly:
-		return voteResponse(decreev1.Vote_VOTE_READ_ONLY, ""), nil
+		return p.voteResponse(decreev1.Vote_VOTE_READ_ONLY, ""), nil
 	case txlog.PStateCommitted:
 		if rec.OnePhase {
-			return voteResponse(decreev1.Vote_VOTE_COMMITTED, ""), nil
+			return p.voteResponse(decreev1.Vote_VOTE_COMMITTED, ""), nil
 		}
 		// The coordinator has decided already; YES is what it heard.
-		return voteResponse(decreev1.Vote_VOTE_YES, ""), nil
+		return p.voteResponse(decreev1.Vote_VOTE_YES, ""), nil
 	default:
 		reason := rec.Reason
 		if reason == "" {
 			reason = abortedReason
 		}
-		return voteResponse(decreev1.Vote_VOTE_NO, reason), nil
+		return p.voteResponse(decreev1.Vote_VOTE_NO, reason), nil
 	}
 }
 
@@ -68,7 +97,7 @@ func (p *Participant) firstPrepare(ctx context.Context, req *decreev1.PrepareReq
 	}
 	rec := &txlog.PTxn{
 		ID: txn.ID, Participants: txn.Participants, Term: req.GetTerm(),
-		OnePhase: txn.OnePhase, PreparedAt: p.now(),
+		OnePhase: txn.OnePhase, PreparedAt: p.now(), PayloadDigest: payloadDigest(txn.Payload),
 	}
 	switch vote {
 	case VoteYes:
@@ -95,7 +124,7 @@ func (p *Participant) recordYes(b *txlog.PBatch, rec *txlog.PTxn) (*decreev1.Pre
 	}
 	p.addInDoubt(rec)
 	p.log.Debug().Str("txn", rec.ID).Uint64("term", rec.Term).Msg("prepared")
-	return voteResponse(decreev1.Vote_VOTE_YES, ""), nil
+	return p.voteResponse(decreev1.Vote_VOTE_YES, ""), nil
 }
 
 // recordNo leaves an aborted record with the reason, without the
@@ -117,7 +146,7 @@ func (p *Participant) recordNo(rec *txlog.PTxn, reason string) (*decreev1.Prepar
 		return nil, storageError(err)
 	}
 	p.log.Debug().Str("txn", rec.ID).Str("reason", reason).Msg("voted no")
-	return voteResponse(decreev1.Vote_VOTE_NO, reason), nil
+	return p.voteResponse(decreev1.Vote_VOTE_NO, reason), nil
 }
 
 // recordReadOnly records a READ_ONLY vote, synced: with parallel commit a
@@ -135,7 +164,7 @@ func (p *Participant) recordReadOnly(writes *txlog.PBatch, rec *txlog.PTxn) (*de
 	if err := p.plog.Commit(b); err != nil {
 		return nil, storageError(err)
 	}
-	return voteResponse(decreev1.Vote_VOTE_READ_ONLY, ""), nil
+	return p.voteResponse(decreev1.Vote_VOTE_READ_ONLY, ""), nil
 }
 
 // commitOnePhase commits a transaction whose only participant this is: the
@@ -152,11 +181,14 @@ func (p *Participant) commitOnePhase(ctx context.Context, b *txlog.PBatch, rec *
 		return nil, storageError(err)
 	}
 	p.log.Debug().Str("txn", rec.ID).Msg("committed in one phase")
-	return voteResponse(decreev1.Vote_VOTE_COMMITTED, ""), nil
+	return p.voteResponse(decreev1.Vote_VOTE_COMMITTED, ""), nil
 }
 
-func voteResponse(v decreev1.Vote, reason string) *decreev1.PrepareResponse {
-	return &decreev1.PrepareResponse{Vote: v, Reason: reason}
+// voteResponse is a Prepare's answer, naming this participant's identity
+// so that the coordinator can tell two spellings of its address apart
+// from two participants.
+func (p *Participant) voteResponse(v decreev1.Vote, reason string) *decreev1.PrepareResponse {
+	return &decreev1.PrepareResponse{Vote: v, Reason: reason, ParticipantId: p.plog.ID()}
 }
 
 // batchWriter hands a batch to the resource as a Writer, hiding the

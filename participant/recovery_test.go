@@ -29,7 +29,7 @@ func TestRestartResolvesInDoubtThroughCoordinators(t *testing.T) {
 	ids := []string{"t-abort", "t-commit", "t-forgotten", "t-later"}
 	for i, id := range ids {
 		kv := string(rune('a'+i)) + "=" + id
-		if resp, err := p.Server().Prepare(context.Background(), prepareReq(id, "set "+kv, 1)); err != nil || resp.GetVote() != yes {
+		if resp, err := p.Server().Prepare(context.Background(), prepareReq(tid(id), "set "+kv, 1)); err != nil || resp.GetVote() != yes {
 			t.Fatalf("prepare %s: %v %v", id, resp, err)
 		}
 	}
@@ -39,7 +39,7 @@ func TestRestartResolvesInDoubtThroughCoordinators(t *testing.T) {
 	}
 
 	coord := &fakeCoordinator{outcomes: map[string]decreev1.TxnState{
-		"t-commit": outcomeCommitted, "t-abort": outcomeAborted, "t-forgotten": outcomeForgotten,
+		tid("t-commit"): outcomeCommitted, tid("t-abort"): outcomeAborted, tid("t-forgotten"): outcomeForgotten,
 	}}
 	clock := newFakeClock()
 	log = openLog(t, dir)
@@ -70,13 +70,13 @@ func TestRestartResolvesInDoubtThroughCoordinators(t *testing.T) {
 		waitFor(t, "recovery loop asleep", func() bool { return clock.Waiters() > 0 })
 		clock.Advance(participant.DefaultRetryMax)
 		waitFor(t, "another query", func() bool {
-			return coord.queried("t-later") >= round && coord.queried("t-forgotten") >= round
+			return coord.queried(tid("t-later")) >= round && coord.queried(tid("t-forgotten")) >= round
 		})
 	}
 	if got := inDoubtIDs(p); !reflect.DeepEqual(got, []string{"t-forgotten", "t-later"}) {
 		t.Fatalf("in doubt %v", got)
 	}
-	if rec, _, _ := log.GetTxn("t-forgotten"); rec.State != txlog.PStatePrepared {
+	if rec, _, _ := log.GetTxn(tid("t-forgotten")); rec.State != txlog.PStatePrepared {
 		t.Fatalf("forgotten transaction decided alone: %v", rec.State)
 	}
 	if c, a := r.commits.Load(), r.aborts.Load(); c != 1 || a != 1 {
@@ -95,19 +95,19 @@ func TestRestartResolvesInDoubtThroughCoordinators(t *testing.T) {
 // TestInDoubtTimeoutTriggersQuery checks that a transaction prepared while
 // running is asked about only once InDoubtTimeout has passed.
 func TestInDoubtTimeoutTriggersQuery(t *testing.T) {
-	coord := &fakeCoordinator{outcomes: map[string]decreev1.TxnState{"t": outcomeAborted}}
+	coord := &fakeCoordinator{outcomes: map[string]decreev1.TxnState{tid("t"): outcomeAborted}}
 	clock := newFakeClock()
 	log := openLog(t, t.TempDir())
 	p := newParticipant(t, &kvResource{}, participant.Options{
 		Log: log, Clock: clock, InDoubtTimeout: time.Minute, Coordinators: []string{serveCoordinator(t, coord)},
 	})
 	p.Start(context.Background())
-	if _, err := p.Server().Prepare(context.Background(), prepareReq("t", "set a=1", 1)); err != nil {
+	if _, err := p.Server().Prepare(context.Background(), prepareReq(tid("t"), "set a=1", 1)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "recovery loop asleep", func() bool { return clock.Waiters() > 0 })
 	clock.Advance(time.Minute - time.Nanosecond)
-	if n := coord.queried("t"); n != 0 {
+	if n := coord.queried(tid("t")); n != 0 {
 		t.Fatalf("asked %d times before the timeout", n)
 	}
 	if len(p.InDoubt()) != 1 {
@@ -115,7 +115,7 @@ func TestInDoubtTimeoutTriggersQuery(t *testing.T) {
 	}
 	clock.Advance(time.Nanosecond)
 	waitFor(t, "resolved after the timeout", func() bool { return len(p.InDoubt()) == 0 })
-	if rec, _, _ := log.GetTxn("t"); rec.State != txlog.PStateAborted {
+	if rec, _, _ := log.GetTxn(tid("t")); rec.State != txlog.PStateAborted {
 		t.Fatalf("state %v, want aborted", rec.State)
 	}
 }
@@ -124,7 +124,7 @@ func TestInDoubtTimeoutTriggersQuery(t *testing.T) {
 // the coordinator's Commit leaves doubt and is never asked about, while one
 // still prepared is.
 func TestCoordinatorDecisionStopsQueries(t *testing.T) {
-	coord := &fakeCoordinator{outcomes: map[string]decreev1.TxnState{"u": outcomeAborted}}
+	coord := &fakeCoordinator{outcomes: map[string]decreev1.TxnState{tid("u"): outcomeAborted}}
 	clock := newFakeClock()
 	log := openLog(t, t.TempDir())
 	p := newParticipant(t, &kvResource{}, participant.Options{
@@ -132,18 +132,18 @@ func TestCoordinatorDecisionStopsQueries(t *testing.T) {
 	})
 	p.Start(context.Background())
 	srv, ctx := p.Server(), context.Background()
-	for _, req := range []*decreev1.PrepareRequest{prepareReq("t", "set a=1", 1), prepareReq("u", "set b=1", 1)} {
+	for _, req := range []*decreev1.PrepareRequest{prepareReq(tid("t"), "set a=1", 1), prepareReq(tid("u"), "set b=1", 1)} {
 		if _, err := srv.Prepare(ctx, req); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := srv.Commit(ctx, &decreev1.DecisionRequest{TxnId: "t", Term: 1}); err != nil {
+	if _, err := srv.Commit(ctx, &decreev1.DecisionRequest{TxnId: tid("t"), Term: 1}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "recovery loop asleep", func() bool { return clock.Waiters() > 0 })
 	clock.Advance(time.Hour)
 	waitFor(t, "u resolved", func() bool { return len(p.InDoubt()) == 0 })
-	if n := coord.queried("t"); n != 0 {
+	if n := coord.queried(tid("t")); n != 0 {
 		t.Fatalf("decided transaction asked about %d times", n)
 	}
 }

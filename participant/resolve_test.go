@@ -33,7 +33,7 @@ func (s *scriptedSource) Outcome(_ context.Context, id string, _ []string) (decr
 // TestResolveDueWithOutcomeSource drives recovery synchronously through an
 // injected OutcomeSource, without Coordinators or Start.
 func TestResolveDueWithOutcomeSource(t *testing.T) {
-	src := &scriptedSource{answers: map[string]decreev1.TxnState{"t-commit": decreev1.TxnState_TXN_STATE_COMMITTED}}
+	src := &scriptedSource{answers: map[string]decreev1.TxnState{tid("t-commit"): decreev1.TxnState_TXN_STATE_COMMITTED}}
 	clock := newFakeClock()
 	log := openLog(t, t.TempDir())
 	p, err := participant.New(&kvResource{}, participant.Options{Log: log, Outcomes: src, Clock: clock, InDoubtTimeout: time.Second})
@@ -43,7 +43,7 @@ func TestResolveDueWithOutcomeSource(t *testing.T) {
 	defer p.Stop()
 	ctx := context.Background()
 	for _, id := range []string{"t-commit", "t-unknown"} {
-		if v, err := p.Service().Prepare(ctx, prepareReq(id, "set "+id+"=1", 1)); err != nil || v.GetVote() != decreev1.Vote_VOTE_YES {
+		if v, err := p.Service().Prepare(ctx, prepareReq(tid(id), "set "+id+"=1", 1)); err != nil || v.GetVote() != decreev1.Vote_VOTE_YES {
 			t.Fatalf("prepare %s: %v %v", id, v, err)
 		}
 	}
@@ -60,7 +60,7 @@ func TestResolveDueWithOutcomeSource(t *testing.T) {
 	if v := userValue(t, log, "data/t-commit"); v != "1" {
 		t.Fatalf("learned commit not applied: %q", v)
 	}
-	if len(src.asked) != 2 || src.asked[0] != "t-commit" {
+	if len(src.asked) != 2 || src.asked[0] != tid("t-commit") {
 		t.Fatalf("asked %v, want both in id order", src.asked)
 	}
 }

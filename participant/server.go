@@ -3,14 +3,14 @@ package participant
 import (
 	"context"
 	"errors"
+	"slices"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+	"github.com/decree-tx/decree/txnspec"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
-
-// maxIDLen is the longest transaction id accepted, in bytes.
-const maxIDLen = 128
 
 // server is the gRPC face of a Participant: it validates requests and hands
 // them on.
@@ -20,7 +20,7 @@ type server struct {
 }
 
 func (s *server) Prepare(ctx context.Context, req *decreev1.PrepareRequest) (*decreev1.PrepareResponse, error) {
-	if err := validatePrepare(req, s.p.opts.MaxPayload); err != nil {
+	if err := validatePrepare(ctx, req, s.p.limits()); err != nil {
 		return nil, err
 	}
 	return s.p.prepare(ctx, req)
@@ -54,7 +54,7 @@ func (s *server) Resolve(_ context.Context, req *decreev1.ResolveRequest) (*decr
 	if err != nil {
 		return nil, err
 	}
-	return &decreev1.ResolveResponse{State: state}, nil
+	return &decreev1.ResolveResponse{State: state, ParticipantId: s.p.plog.ID()}, nil
 }
 
 // Calls serves the coalesced form of the four calls above.
@@ -62,41 +62,54 @@ func (s *server) Calls(stream decreev1.Participant_CallsServer) error {
 	return ServeCalls(stream, s)
 }
 
+// validateID checks a call's transaction id as the coordinator checks a
+// client's: a canonical UUIDv7.
 func validateID(id string) error {
-	switch {
-	case id == "":
-		return status.Error(codes.InvalidArgument, "empty transaction id")
-	case len(id) > maxIDLen:
-		return status.Errorf(codes.InvalidArgument, "transaction id of %d bytes exceeds %d", len(id), maxIDLen)
+	if _, err := txnspec.ParseID(id); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return nil
 }
 
-func validatePrepare(req *decreev1.PrepareRequest, maxPayload int) error {
+// validatePrepare checks a Prepare exactly as the coordinator checks the
+// client request it comes from (txnspec), and that its participant list
+// names this participant under the address the caller reached it by (the
+// :authority of the call, known when it came over gRPC). A prepare the
+// coordinator would refuse could never be resolved: its reservations would
+// stay locked forever.
+func validatePrepare(ctx context.Context, req *decreev1.PrepareRequest, limits txnspec.Limits) error {
 	if err := validateID(req.GetTxnId()); err != nil {
 		return err
 	}
-	if n := len(req.GetPayload()); n > maxPayload {
-		return status.Errorf(codes.InvalidArgument, "payload of %d bytes exceeds %d", n, maxPayload)
+	if err := limits.CheckPayload(len(req.GetPayload())); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	ps := req.GetParticipants()
-	if len(ps) == 0 {
-		return status.Error(codes.InvalidArgument, "no participants")
+	if err := limits.CheckParticipants(ps); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	if req.GetOnePhase() && len(ps) != 1 {
 		return status.Errorf(codes.InvalidArgument, "one-phase prepare with %d participants, want 1", len(ps))
 	}
-	seen := make(map[string]bool, len(ps))
-	for _, p := range ps {
-		if p == "" {
-			return status.Error(codes.InvalidArgument, "empty participant")
-		}
-		if seen[p] {
-			return status.Errorf(codes.InvalidArgument, "duplicate participant %q", p)
-		}
-		seen[p] = true
+	if self, ok := calledAs(ctx); ok && !slices.Contains(ps, self) {
+		return status.Errorf(codes.InvalidArgument, "participant list %q does not name this participant (called as %s)", ps, self)
 	}
 	return nil
+}
+
+// calledAs returns the address the caller dialled to reach this
+// participant: the call's :authority, the very name the coordinator has in
+// the transaction's participant list.
+func calledAs(ctx context.Context) (string, bool) {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return "", false
+	}
+	v := md.Get(":authority")
+	if len(v) != 1 || v[0] == "" {
+		return "", false
+	}
+	return v[0], true
 }
 
 // storageError reports a failure of the participant log.

@@ -6,6 +6,8 @@ import (
 	"math"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/decree-tx/decree/txnspec"
 )
 
 // The record table has two secondary indexes in the state keyspace, so that
@@ -45,7 +47,7 @@ type FinishedRef struct {
 // collected. Ordering the index by this time makes every collectable record
 // a prefix of it, so a record that must wait cannot hold up the ones behind.
 func finTime(r *Record) int64 {
-	t, err := ParseTxnID(r.ID)
+	t, err := txnspec.ParseID(r.ID)
 	if err != nil {
 		return math.MaxInt64
 	}

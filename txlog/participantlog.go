@@ -2,6 +2,8 @@ package txlog
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -15,10 +17,12 @@ import (
 // a coordinator Store):
 //
 //	m/participant   format stamp, one version byte
+//	m/participant-id  the participant's identity, a random UUID
 //	p/txn/<id>      marshalled PTxn
 //	u/<key>         the user resource's data, key as the user wrote it
 var (
 	participantStampKey = []byte("m/participant")
+	participantIDKey    = []byte("m/participant-id")
 	ptxnPrefix          = []byte("p/txn/")
 	userPrefix          = []byte("u/")
 )
@@ -38,6 +42,7 @@ type ParticipantLog struct {
 	db   *pebble.DB
 	lock *pebble.Lock
 	log  zerolog.Logger
+	id   string
 
 	// closeMu makes Close wait for operations in flight and makes later
 	// ones fail cleanly. Operations hold it shared, so they never
@@ -61,7 +66,12 @@ func OpenParticipantLog(dir string, opts Options) (*ParticipantLog, error) {
 		_ = lock.Close()
 		return nil, err
 	}
-	l.log.Info().Str("dir", dir).Msg("opened participant log")
+	if err := l.loadID(); err != nil {
+		_ = db.Close()
+		_ = lock.Close()
+		return nil, err
+	}
+	l.log.Info().Str("dir", dir).Str("participant_id", l.id).Msg("opened participant log")
 	return l, nil
 }
 
@@ -78,7 +88,16 @@ func (l *ParticipantLog) checkStamp(dir string) error {
 		return fmt.Errorf("read participant log stamp: %w", err)
 	}
 	if !found {
-		if err := l.db.Set(participantStampKey, []byte{participantLogV1}, pebble.Sync); err != nil {
+		// The stamp and the identity of a new log are born together.
+		id, err := newParticipantID()
+		if err != nil {
+			return fmt.Errorf("create participant id: %w", err)
+		}
+		b := l.db.NewBatch()
+		defer b.Close()
+		_ = b.Set(participantStampKey, []byte{participantLogV1}, nil)
+		_ = b.Set(participantIDKey, []byte(id), nil)
+		if err := b.Commit(pebble.Sync); err != nil {
 			return fmt.Errorf("write participant log stamp: %w", err)
 		}
 		l.syncs.Add(1)
@@ -89,6 +108,49 @@ func (l *ParticipantLog) checkStamp(dir string) error {
 	}
 	return nil
 }
+
+// loadID reads the participant's identity, creating it (synced) in a new
+// log or in one written before identities existed.
+func (l *ParticipantLog) loadID() error {
+	val, found, err := getCopy(l.db, participantIDKey)
+	if err != nil {
+		return fmt.Errorf("read participant id: %w", err)
+	}
+	if found {
+		l.id = string(val)
+		return nil
+	}
+	id, err := newParticipantID()
+	if err != nil {
+		return fmt.Errorf("create participant id: %w", err)
+	}
+	if err := l.db.Set(participantIDKey, []byte(id), pebble.Sync); err != nil {
+		return fmt.Errorf("write participant id: %w", err)
+	}
+	l.syncs.Add(1)
+	l.id = id
+	return nil
+}
+
+// newParticipantID returns a random (version 4) UUID. It comes from the
+// operating system's generator, not an injected one: two logs must never
+// share it, whatever a test or simulation seeds.
+func newParticipantID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], nil
+}
+
+// ID returns the participant's identity: created with the log, durable,
+// and the same under every address the participant is reached by, so a
+// coordinator can tell two spellings of one participant apart from two
+// participants.
+func (l *ParticipantLog) ID() string { return l.id }
 
 // Close closes the database and releases the directory lock. It waits for
 // operations in flight; later ones fail.

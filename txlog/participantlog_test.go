@@ -335,3 +335,32 @@ func checkCrashBatches(t *testing.T, l *ParticipantLog, n int) int {
 	}
 	return kept
 }
+
+func TestParticipantLogIdentity(t *testing.T) {
+	dir := t.TempDir()
+	l := openPLog(t, dir, nil)
+	id := l.ID()
+	if len(id) != 36 || id[14] != '4' {
+		t.Fatalf("id %q is not a version 4 UUID", id)
+	}
+	if other := openPLog(t, t.TempDir(), nil).ID(); other == id {
+		t.Fatalf("two logs share the id %s", id)
+	}
+	l = reopenPLog(t, l, dir, nil)
+	if got := l.ID(); got != id {
+		t.Fatalf("id after reopen %q, want %q", got, id)
+	}
+	// A log written before identities existed gets one when opened, and
+	// keeps it.
+	if err := l.db.Delete(participantIDKey, nil); err != nil {
+		t.Fatal(err)
+	}
+	l = reopenPLog(t, l, dir, nil)
+	fresh := l.ID()
+	if fresh == "" || fresh == id {
+		t.Fatalf("id of a log without one: %q (was %q)", fresh, id)
+	}
+	if l = reopenPLog(t, l, dir, nil); l.ID() != fresh {
+		t.Fatalf("id after reopen %q, want %q", l.ID(), fresh)
+	}
+}

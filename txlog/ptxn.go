@@ -60,17 +60,31 @@ type PTxn struct {
 	// PreparedAt and DecidedAt are unix nanoseconds from the participant's
 	// clock; zero when the event did not happen.
 	PreparedAt, DecidedAt int64
+	// PayloadDigest is the SHA-256 of the Prepare's payload; nil in
+	// tombstones and in records written before it existed. With
+	// Participants it tells a repeated Prepare from a different one that
+	// reuses the id.
+	PayloadDigest []byte
 }
 
-// ptxnV1 is the version byte of the current PTxn encoding. A new field gets
-// a new version; UnmarshalPTxn keeps decoding the older ones.
-const ptxnV1 = 1
+// ptxnV1 and ptxnV2 are the version bytes of the PTxn encodings. A new
+// field gets a new version; UnmarshalPTxn keeps decoding the older ones.
+// V2 appends the payload digest; a record without one is written as V1, so
+// that every record has exactly one encoding.
+const (
+	ptxnV1 = 1
+	ptxnV2 = 2
+)
 
 // Marshal encodes t: the version byte, then the fields in declaration order,
 // strings and lists length-prefixed with uvarints, the term as a uvarint and
 // times as zig-zag varints.
 func (t *PTxn) Marshal() []byte {
-	b := []byte{ptxnV1}
+	version := byte(ptxnV1)
+	if len(t.PayloadDigest) > 0 {
+		version = ptxnV2
+	}
+	b := []byte{version}
 	b = appendString(b, t.ID)
 	b = append(b, byte(t.State))
 	b = appendStrings(b, t.Participants)
@@ -78,14 +92,19 @@ func (t *PTxn) Marshal() []byte {
 	b = appendString(b, t.Reason)
 	b = append(b, boolByte(t.OnePhase))
 	b = binary.AppendVarint(b, t.PreparedAt)
-	return binary.AppendVarint(b, t.DecidedAt)
+	b = binary.AppendVarint(b, t.DecidedAt)
+	if version == ptxnV2 {
+		b = appendString(b, string(t.PayloadDigest))
+	}
+	return b
 }
 
 // UnmarshalPTxn decodes a record written by PTxn.Marshal. It rejects
 // truncated, garbled or non-canonical input and undefined states.
 func UnmarshalPTxn(b []byte) (*PTxn, error) {
 	d := &decoder{what: "participant txn", buf: b}
-	if v := d.byte("version"); d.err == nil && v != ptxnV1 {
+	v := d.byte("version")
+	if d.err == nil && v != ptxnV1 && v != ptxnV2 {
 		return nil, fmt.Errorf("decode participant txn: unsupported version %d", v)
 	}
 	t := &PTxn{ID: string(d.bytes("id"))}
@@ -99,6 +118,12 @@ func UnmarshalPTxn(b []byte) (*PTxn, error) {
 	t.OnePhase = d.bool("one phase")
 	t.PreparedAt = d.varint("prepared at")
 	t.DecidedAt = d.varint("decided at")
+	if v == ptxnV2 {
+		t.PayloadDigest = d.bytes("payload digest")
+		if d.err == nil && len(t.PayloadDigest) == 0 {
+			d.fail("payload digest", "empty in a version 2 record")
+		}
+	}
 	if err := d.end(); err != nil {
 		return nil, err
 	}

@@ -11,8 +11,9 @@ var codecPTxns = map[string]*PTxn{
 	"prepared": {ID: "tx-1", State: PStatePrepared, Participants: []string{"a:1", "b:2"}, Term: 3, PreparedAt: 1_700_000_000_000_000_000},
 	"committed": {ID: "tx-2", State: PStateCommitted, Participants: []string{"a"}, Term: 1, OnePhase: true,
 		PreparedAt: 5, DecidedAt: 6},
-	"aborted":   {ID: "tx-3", State: PStateAborted, Reason: "insufficient funds", DecidedAt: -1},
-	"read-only": {ID: "x", State: PStateReadOnly, Participants: []string{""}},
+	"aborted":     {ID: "tx-3", State: PStateAborted, Reason: "insufficient funds", DecidedAt: -1},
+	"with digest": {ID: "tx-4", State: PStatePrepared, Participants: []string{"a:1"}, PayloadDigest: []byte{1, 2, 3}},
+	"read-only":   {ID: "x", State: PStateReadOnly, Participants: []string{""}},
 	"extremes": {ID: string(make([]byte, 300)), State: PStateAborted, Term: math.MaxUint64,
 		PreparedAt: math.MinInt64, DecidedAt: math.MaxInt64},
 }
@@ -51,6 +52,8 @@ func TestUnmarshalPTxnRejects(t *testing.T) {
 		"non-minimal":     {ptxnV1, 0, 1, 0, 0x80, 0x00, 0, 0, 0, 0},
 		"huge count":      {ptxnV1, 0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0, 0},
 		"length past end": {ptxnV1, 9, 'a'},
+		"v2 no digest":    {ptxnV2, 0, 1, 0, 0, 0, 0, 0, 0, 0},
+		"version 3":       {3, 0, 1, 0, 0, 0, 0, 0, 0},
 	}
 	for name, b := range cases {
 		if _, err := UnmarshalPTxn(b); err == nil {

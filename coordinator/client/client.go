@@ -17,7 +17,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -27,6 +26,8 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/decree-tx/decree/txnspec"
 )
 
 // Default retry delays: the first back-off is about RetryMin, doubling up to
@@ -166,20 +167,8 @@ func checkEndpoints(endpoints []string) error {
 	return nil
 }
 
-// checkHostPort accepts host:port with a non-empty host and a numeric port.
-func checkHostPort(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if host == "" {
-		return errors.New("missing host")
-	}
-	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-		return fmt.Errorf("bad port %q", port)
-	}
-	return nil
-}
+// checkHostPort accepts what the coordinator accepts as an address.
+func checkHostPort(addr string) error { return txnspec.ValidateAddr(addr) }
 
 // Close closes every connection. Calls in flight fail.
 func (c *Client) Close() error {

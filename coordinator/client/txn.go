@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/google/uuid"
 	"google.golang.org/grpc"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
+	"github.com/decree-tx/decree/txnspec"
 )
 
 // Branch is one participant's part of a transaction.
@@ -197,14 +197,11 @@ func checkParticipants(parts []string) error {
 	return nil
 }
 
-// checkID accepts a UUIDv7 in canonical 36-character form.
+// checkID accepts what the coordinator accepts as an id: a UUIDv7 in
+// canonical form.
 func checkID(id string) error {
-	u, err := uuid.Parse(id)
-	switch {
-	case err != nil || len(id) != 36:
-		return fmt.Errorf("%w: transaction id %q is not a canonical UUID", ErrInvalid, id)
-	case u.Version() != 7 || u.Variant() != uuid.RFC4122:
-		return fmt.Errorf("%w: transaction id %q is not a UUIDv7", ErrInvalid, id)
+	if _, err := txnspec.ParseID(id); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	return nil
 }

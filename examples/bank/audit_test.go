@@ -87,7 +87,7 @@ func TestAuditDetectsLeftoverReservation(t *testing.T) {
 	if r.OK || r.Reservations != 2 || r.InDoubt != 1 || len(r.Problems) != 2 {
 		t.Fatalf("report %+v, want 2 reservations and 1 in doubt found", r)
 	}
-	if !strings.Contains(strings.Join(r.Problems, "\n"), "by t1") {
+	if !strings.Contains(strings.Join(r.Problems, "\n"), "by "+txnID("t1")) {
 		t.Fatalf("problems %q do not name the holder t1", r.Problems)
 	}
 }

@@ -79,14 +79,14 @@ func TestPrepareReservesAccounts(t *testing.T) {
 	b := startBank(t, "b", t.TempDir(), 3, 100)
 	wantVote(t, b.prepare("t1", debit(a0, 30), credit(a1, 30)), yes, "")
 	for _, acct := range []string{a0, a1} {
-		if holder, _ := b.userKey(lockKey(acct)); holder != "t1" {
+		if holder, _ := b.userKey(lockKey(acct)); holder != txnID("t1") {
 			t.Errorf("lock of %s = %q, want t1", acct, holder)
 		}
-		if got := b.account(acct).GetReservedBy(); got != "t1" {
+		if got := b.account(acct).GetReservedBy(); got != txnID("t1") {
 			t.Errorf("%s reserved by %q, want t1", acct, got)
 		}
 	}
-	pending, found := b.userKey(pendingKey("t1"))
+	pending, found := b.userKey(pendingKey(txnID("t1")))
 	if !found || pending != string(EncodeLegs([]Leg{debit(a0, 30), credit(a1, 30)})) {
 		t.Errorf("pending legs of t1 = %q (found %v), want the payload", pending, found)
 	}
@@ -225,11 +225,11 @@ func TestRestartKeepsReservations(t *testing.T) {
 	b.srv.bank.mu.Lock()
 	restored := maps.Clone(b.srv.bank.reserved)
 	b.srv.bank.mu.Unlock()
-	if want := (reservations{a0: {txn: "t1"}, a1: {txn: "t1"}}); !maps.Equal(restored, want) {
+	if want := (reservations{a0: {txn: txnID("t1")}, a1: {txn: txnID("t1")}}); !maps.Equal(restored, want) {
 		t.Fatalf("restored table %v, want %v", restored, want)
 	}
 	got := b.balances()
-	if got.GetReservations() != 2 || got.GetInDoubt() != 1 || b.account(a0).GetReservedBy() != "t1" {
+	if got.GetReservations() != 2 || got.GetInDoubt() != 1 || b.account(a0).GetReservedBy() != txnID("t1") {
 		t.Fatalf("after restart %v, want t1's 2 reservations in doubt", got)
 	}
 	wantVote(t, b.prepare("t2", debit(a0, 1), credit(a2, 1)), no, ReasonAccountBusy)
@@ -277,7 +277,7 @@ func TestConcurrentPreparesOnOneAccount(t *testing.T) {
 	if winner == "" {
 		t.Fatal("no transaction voted YES")
 	}
-	if got := b.account(a0).GetReservedBy(); got != winner {
+	if got := b.account(a0).GetReservedBy(); got != txnID(winner) {
 		t.Fatalf("acct-0000 reserved by %q, want %s", got, winner)
 	}
 	if got := b.balances().GetReservations(); got != 2 {

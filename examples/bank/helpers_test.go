@@ -2,6 +2,8 @@ package bank
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"sync"
@@ -111,6 +113,7 @@ func (b *testBank) prepareRaw(id string, payload []byte, onePhase bool) *decreev
 
 // tryPrepare sends a Prepare; it may run outside the test's goroutine.
 func (b *testBank) tryPrepare(id string, payload []byte, onePhase bool) (*decreev1.PrepareResponse, error) {
+	id = txnID(id)
 	resp, err := b.part.Prepare(testCtx(b.t), &decreev1.PrepareRequest{
 		TxnId: id, Payload: payload, Participants: []string{b.addr}, OnePhase: onePhase, Term: 1,
 	})
@@ -137,6 +140,7 @@ func (b *testBank) abort(id string) {
 // tryDecide sends a Commit or an Abort; it may run outside the test's
 // goroutine.
 func (b *testBank) tryDecide(id string, commit bool) error {
+	id = txnID(id)
 	req := &decreev1.DecisionRequest{TxnId: id, Term: 1}
 	var err error
 	if commit {
@@ -192,3 +196,13 @@ func wantVote(t *testing.T, resp *decreev1.PrepareResponse, vote decreev1.Vote, 
 
 func debit(account string, amount int64) Leg  { return Leg{Account: account, Delta: -amount} }
 func credit(account string, amount int64) Leg { return Leg{Account: account, Delta: amount} }
+
+// txnID turns a test's transaction name into the UUIDv7 the participant
+// SDK requires, the same for the same name.
+func txnID(name string) string {
+	h := sha256.Sum256([]byte(name))
+	h[6] = h[6]&0x0f | 0x70
+	h[8] = h[8]&0x3f | 0x80
+	x := hex.EncodeToString(h[:16])
+	return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:32]
+}

@@ -614,7 +614,12 @@ type PrepareResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Vote  Vote                   `protobuf:"varint,1,opt,name=vote,proto3,enum=decree.v1.Vote" json:"vote,omitempty"`
 	// reason explains a NO vote.
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// participant_id is the participant's durable identity, the same under
+	// every address it is reached by: a coordinator aborts a transaction two
+	// of whose branches answer with the same identity. Empty from
+	// participants that predate it.
+	ParticipantId string `protobuf:"bytes,3,opt,name=participant_id,json=participantId,proto3" json:"participant_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -659,6 +664,13 @@ func (x *PrepareResponse) GetVote() Vote {
 func (x *PrepareResponse) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *PrepareResponse) GetParticipantId() string {
+	if x != nil {
+		return x.ParticipantId
 	}
 	return ""
 }
@@ -804,8 +816,11 @@ func (x *ResolveRequest) GetTerm() uint64 {
 }
 
 type ResolveResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	State         ParticipantState       `protobuf:"varint,1,opt,name=state,proto3,enum=decree.v1.ParticipantState" json:"state,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State ParticipantState       `protobuf:"varint,1,opt,name=state,proto3,enum=decree.v1.ParticipantState" json:"state,omitempty"`
+	// participant_id is the participant's durable identity (see
+	// PrepareResponse).
+	ParticipantId string `protobuf:"bytes,2,opt,name=participant_id,json=participantId,proto3" json:"participant_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -847,6 +862,13 @@ func (x *ResolveResponse) GetState() ParticipantState {
 	return ParticipantState_PARTICIPANT_STATE_UNSPECIFIED
 }
 
+func (x *ResolveResponse) GetParticipantId() string {
+	if x != nil {
+		return x.ParticipantId
+	}
+	return ""
+}
+
 var File_decree_v1_participant_proto protoreflect.FileDescriptor
 
 const file_decree_v1_participant_proto_rawDesc = "" +
@@ -880,19 +902,21 @@ const file_decree_v1_participant_proto_rawDesc = "" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\"\n" +
 	"\fparticipants\x18\x03 \x03(\tR\fparticipants\x12\x1b\n" +
 	"\tone_phase\x18\x04 \x01(\bR\bonePhase\x12\x12\n" +
-	"\x04term\x18\x05 \x01(\x04R\x04term\"N\n" +
+	"\x04term\x18\x05 \x01(\x04R\x04term\"u\n" +
 	"\x0fPrepareResponse\x12#\n" +
 	"\x04vote\x18\x01 \x01(\x0e2\x0f.decree.v1.VoteR\x04vote\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12%\n" +
+	"\x0eparticipant_id\x18\x03 \x01(\tR\rparticipantId\"<\n" +
 	"\x0fDecisionRequest\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\"\x12\n" +
 	"\x10DecisionResponse\";\n" +
 	"\x0eResolveRequest\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12\x12\n" +
-	"\x04term\x18\x02 \x01(\x04R\x04term\"D\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\"k\n" +
 	"\x0fResolveResponse\x121\n" +
-	"\x05state\x18\x01 \x01(\x0e2\x1b.decree.v1.ParticipantStateR\x05state*_\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x1b.decree.v1.ParticipantStateR\x05state\x12%\n" +
+	"\x0eparticipant_id\x18\x02 \x01(\tR\rparticipantId*_\n" +
 	"\x04Vote\x12\x14\n" +
 	"\x10VOTE_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bVOTE_YES\x10\x01\x12\v\n" +

@@ -1,0 +1,139 @@
+// Package txnspec is the one definition of a well-formed transaction
+// request, shared by the coordinator (client requests), the participant SDK
+// (the coordinator's calls) and the client: the id format, participant
+// addresses and the size limits. A request one side accepts, the other
+// side accepts too, so nothing is prepared that cannot later be resolved.
+package txnspec
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+)
+
+// IDLen is the length of a transaction id: a canonical UUID.
+const IDLen = 36
+
+// Defaults of Limits, also the coordinator's --max-branches and
+// --max-payload defaults.
+const (
+	DefaultMaxParticipants = 64
+	DefaultMaxPayload      = 1 << 20
+)
+
+// ParseID checks that id is a UUIDv7 in canonical text form and returns
+// the millisecond timestamp it carries. Ids must be time-ordered so that an
+// old id without a record can be told apart (forgotten) from a new one
+// (presumed aborted). Anything else, control characters included, is
+// refused.
+func ParseID(id string) (time.Time, error) {
+	if id == "" {
+		return time.Time{}, errors.New("transaction id is empty")
+	}
+	if len(id) != IDLen {
+		return time.Time{}, fmt.Errorf("transaction id %.64q is not a canonical UUID (36 characters)", id)
+	}
+	var raw [16]byte
+	j := 0
+	for i := 0; i < len(id); i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			if id[i] != '-' {
+				return time.Time{}, fmt.Errorf("transaction id %q is not a canonical UUID", id)
+			}
+			i--
+			continue
+		}
+		if _, err := hex.Decode(raw[j:j+1], []byte(id[i:i+2])); err != nil {
+			return time.Time{}, fmt.Errorf("transaction id %q is not a canonical UUID", id)
+		}
+		j++
+	}
+	if raw[6]>>4 != 7 || raw[8]>>6 != 0b10 {
+		return time.Time{}, fmt.Errorf("transaction id %q is not a UUIDv7 (time-ordered)", id)
+	}
+	ms := int64(raw[0])<<40 | int64(raw[1])<<32 | int64(raw[2])<<24 | int64(raw[3])<<16 | int64(raw[4])<<8 | int64(raw[5])
+	return time.UnixMilli(ms), nil
+}
+
+// maxHostLen is the longest DNS name; an IPv6 literal is shorter.
+const maxHostLen = 253
+
+// ValidateAddr checks that addr is host:port with a non-empty host free of
+// control characters and spaces, and a port in 1..65535.
+func ValidateAddr(addr string) error {
+	for _, r := range addr {
+		if r <= ' ' || r == 0x7f {
+			return fmt.Errorf("address %q contains a control character or space", addr)
+		}
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", addr, err)
+	}
+	if host == "" {
+		return fmt.Errorf("address %q has no host", addr)
+	}
+	if len(host) > maxHostLen {
+		return fmt.Errorf("address %.40q...: host of %d bytes exceeds the limit of %d", addr, len(host), maxHostLen)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return fmt.Errorf("address %q has no valid port", addr)
+	}
+	return nil
+}
+
+// Limits bounds a transaction. Zero fields take the defaults.
+type Limits struct {
+	// MaxParticipants bounds a transaction's participant list (its
+	// branches).
+	MaxParticipants int
+	// MaxPayload bounds one branch's payload, in bytes.
+	MaxPayload int
+}
+
+// WithDefaults fills in the zero fields.
+func (l Limits) WithDefaults() Limits {
+	if l.MaxParticipants <= 0 {
+		l.MaxParticipants = DefaultMaxParticipants
+	}
+	if l.MaxPayload <= 0 {
+		l.MaxPayload = DefaultMaxPayload
+	}
+	return l
+}
+
+// CheckParticipants checks a transaction's participant list: at least one,
+// at most MaxParticipants, each a valid address, none twice.
+func (l Limits) CheckParticipants(ps []string) error {
+	l = l.WithDefaults()
+	if len(ps) == 0 {
+		return errors.New("a transaction needs at least one participant")
+	}
+	if len(ps) > l.MaxParticipants {
+		return fmt.Errorf("%d participants exceed the limit of %d", len(ps), l.MaxParticipants)
+	}
+	seen := make(map[string]struct{}, len(ps))
+	for i, p := range ps {
+		if err := ValidateAddr(p); err != nil {
+			return fmt.Errorf("participant %d: %w", i, err)
+		}
+		if _, dup := seen[p]; dup {
+			return fmt.Errorf("participant %d: %s appears twice", i, p)
+		}
+		seen[p] = struct{}{}
+	}
+	return nil
+}
+
+// CheckPayload checks the size of one branch's payload.
+func (l Limits) CheckPayload(n int) error {
+	l = l.WithDefaults()
+	if n > l.MaxPayload {
+		return fmt.Errorf("payload of %d bytes exceeds the limit of %d", n, l.MaxPayload)
+	}
+	return nil
+}

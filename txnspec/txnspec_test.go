@@ -1,0 +1,74 @@
+package txnspec
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseID(t *testing.T) {
+	good := "01890a5d-ac96-774b-bcce-b302099a8057"
+	ts, err := ParseID(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts.UnixMilli() != 0x01890a5dac96 {
+		t.Fatalf("timestamp %d", ts.UnixMilli())
+	}
+	for _, bad := range []string{
+		"", "not-a-uuid", good + "0", strings.ToUpper(good)[:35] + "g",
+		"01890a5d-ac96-474b-bcce-b302099a8057", // version 4
+		"01890a5d-ac96-774b-4cce-b302099a8057", // wrong variant
+		"01890a5dac96-774b-bcce-b302099a8057-",
+		"01890a5d-ac96-774b-bcce-b302099a805\n", // control character
+	} {
+		if _, err := ParseID(bad); err == nil {
+			t.Errorf("ParseID(%q) accepted", bad)
+		}
+	}
+}
+
+func TestValidateAddr(t *testing.T) {
+	for _, good := range []string{"127.0.0.1:1", "localhost:65535", "[::1]:7000", "bank-1.example:8101"} {
+		if err := ValidateAddr(good); err != nil {
+			t.Errorf("ValidateAddr(%q): %v", good, err)
+		}
+	}
+	for _, bad := range []string{"", "host", ":80", "host:0", "host:65536", "host:x", "ho st:1", "host\x00:1", "host:1\n", "a\x7f:1"} {
+		if err := ValidateAddr(bad); err == nil {
+			t.Errorf("ValidateAddr(%q) accepted", bad)
+		}
+	}
+}
+
+func TestLimits(t *testing.T) {
+	l := Limits{MaxParticipants: 2, MaxPayload: 3}
+	for _, tc := range []struct {
+		ps      []string
+		wantErr string
+	}{
+		{[]string{"a:1"}, ""},
+		{[]string{"a:1", "b:1"}, ""},
+		{nil, "at least one participant"},
+		{[]string{"a:1", "b:1", "c:1"}, "3 participants exceed the limit of 2"},
+		{[]string{"a:1", "a:1"}, "a:1 appears twice"},
+		{[]string{"a:1", "a\t:1"}, "participant 1: address"},
+	} {
+		err := l.CheckParticipants(tc.ps)
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("CheckParticipants(%q) = %v, want %q", tc.ps, err, tc.wantErr)
+		}
+	}
+	if l.CheckPayload(3) != nil || l.CheckPayload(4) == nil {
+		t.Error("CheckPayload: 3 bytes pass, 4 do not")
+	}
+	if d := (Limits{}).WithDefaults(); d.MaxParticipants != DefaultMaxParticipants || d.MaxPayload != DefaultMaxPayload {
+		t.Errorf("defaults %+v", d)
+	}
+	many := make([]string, DefaultMaxParticipants+1)
+	for i := range many {
+		many[i] = "h:" + string(rune('1'+i%9)) + strings.Repeat("0", i/9%4)
+	}
+	if err := (Limits{}).CheckParticipants(many); err == nil || !strings.Contains(err.Error(), "exceed the limit of 64") {
+		t.Errorf("default limit: %v", err)
+	}
+}
