@@ -8,6 +8,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -81,9 +82,19 @@ func ServerOptions(l ServerLimits) []grpc.ServerOption {
 	}
 }
 
+// peerConnectParams reconnect to a peer within about a second of its
+// return. gRPC's default backoff grows to two minutes: a follower down for
+// half a minute would then wait up to 16 s after restarting before the
+// leader reached it again, and campaign meanwhile.
+var peerConnectParams = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: minRedial, Multiplier: 1.6, Jitter: 0.2, MaxDelay: maxRedial},
+	MinConnectTimeout: 2 * time.Second,
+}
+
 func peerDialOptions(dial func(context.Context, string) (net.Conn, error)) []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(peerConnectParams),
 		grpc.WithContextDialer(dial),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(peerMessageBytes), grpc.MaxCallRecvMsgSize(peerMessageBytes)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
