@@ -107,11 +107,28 @@ func (c *Config) withDefaults() (Config, error) {
 	return cfg, nil
 }
 
-// ValidatePeers checks that a peers map is usable and contains id. Two
-// peers must not be one endpoint, however spelled: names are resolved, so
-// 127.0.0.1:P and localhost:P are one node twice (such a cluster can never
-// reach a quorum). A name that does not resolve is compared as written.
+// ValidatePeers checks that a peers map is usable and contains id, and
+// that no two peers are one endpoint as written (IP literals compared in
+// canonical form, names case-insensitively). It does no I/O: the
+// simulation and tests call it on every start. CheckPeerNames also
+// resolves names, which cmd does before starting a node.
 func ValidatePeers(id uint64, peers map[uint64]string) error {
+	return checkPeers(id, peers, func(addr string) []string { return []string{literalEndpoint(addr)} })
+}
+
+// Resolver looks up a host name's addresses (net.DefaultResolver.LookupNetIP
+// with network "ip").
+type Resolver func(ctx context.Context, host string) ([]netip.Addr, error)
+
+// CheckPeerNames is ValidatePeers with names resolved through lookup, so
+// that 127.0.0.1:P and localhost:P are one node twice (such a cluster can
+// never reach a quorum). A name that does not resolve is compared as
+// written: a peer whose name is not in DNS yet must not stop the others.
+func CheckPeerNames(ctx context.Context, id uint64, peers map[uint64]string, lookup Resolver) error {
+	return checkPeers(id, peers, func(addr string) []string { return resolvedEndpoints(ctx, addr, lookup) })
+}
+
+func checkPeers(id uint64, peers map[uint64]string, endpoints func(addr string) []string) error {
 	if len(peers) == 0 {
 		return errors.New("no peers configured")
 	}
@@ -143,21 +160,31 @@ func ValidatePeers(id uint64, peers map[uint64]string) error {
 	return nil
 }
 
-// resolveTimeout bounds resolving one peer's name while validating.
-const resolveTimeout = 5 * time.Second
-
-// endpoints lists the ip:port endpoints a valid address names: its host
-// resolved, or the address as written when it does not resolve.
-func endpoints(addr string) []string {
+// literalEndpoint is a valid address in a canonical form: an IP literal
+// as netip prints it, a name in lower case.
+func literalEndpoint(addr string) string {
 	host, port, _ := net.SplitHostPort(addr)
 	if ip, err := netip.ParseAddr(host); err == nil {
-		return []string{net.JoinHostPort(ip.Unmap().WithZone("").String(), port)}
+		return net.JoinHostPort(ip.Unmap().WithZone("").String(), port)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	return strings.ToLower(addr)
+}
+
+// resolveTimeout bounds resolving one peer's name.
+const resolveTimeout = 5 * time.Second
+
+// resolvedEndpoints lists the ip:port endpoints a valid address names: its
+// host resolved, or the address as written when it does not resolve.
+func resolvedEndpoints(ctx context.Context, addr string, lookup Resolver) []string {
+	host, port, _ := net.SplitHostPort(addr)
+	if _, err := netip.ParseAddr(host); err == nil {
+		return []string{literalEndpoint(addr)}
+	}
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
 	defer cancel()
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	ips, err := lookup(ctx, host)
 	if err != nil || len(ips) == 0 {
-		return []string{strings.ToLower(addr)}
+		return []string{literalEndpoint(addr)}
 	}
 	out := make([]string, 0, len(ips))
 	for _, ip := range ips {

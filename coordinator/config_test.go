@@ -1,6 +1,9 @@
 package coordinator_test
 
 import (
+	"context"
+	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -49,19 +52,28 @@ func TestValidatePeers(t *testing.T) {
 	if err := coordinator.ValidatePeers(1, dup); err == nil || !strings.Contains(err.Error(), "share address") {
 		t.Fatalf("shared address: %v", err)
 	}
-	// One node under two spellings: a name resolving to it, or the same
-	// address written another way.
+	// One node under two spellings: the same address written another way
+	// (no lookup needed), or a name resolving to it.
+	if err := coordinator.ValidatePeers(1, map[uint64]string{1: "[::ffff:127.0.0.1]:7001", 2: "127.0.0.1:7001"}); err == nil || !strings.Contains(err.Error(), "share address") {
+		t.Errorf("an IPv4-mapped spelling of one address: %v, want it refused", err)
+	}
+	lookup := func(_ context.Context, host string) ([]netip.Addr, error) {
+		if strings.EqualFold(host, "localhost") {
+			return []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}, nil
+		}
+		return nil, errors.New("no such host")
+	}
 	for _, spelled := range []map[uint64]string{
 		{1: "127.0.0.1:7001", 2: "localhost:7001", 3: "127.0.0.1:7003"},
 		{1: "127.0.0.1:7001", 2: "LOCALHOST:7001"},
-		{1: "[::ffff:127.0.0.1]:7001", 2: "127.0.0.1:7001"},
+		{1: "[::1]:7001", 2: "localhost:7001"},
 	} {
-		if err := coordinator.ValidatePeers(1, spelled); err == nil || !strings.Contains(err.Error(), "share address") {
+		if err := coordinator.CheckPeerNames(t.Context(), 1, spelled, lookup); err == nil || !strings.Contains(err.Error(), "share address") {
 			t.Errorf("%v: got %v, want the shared address refused", spelled, err)
 		}
 	}
 	// Other ports, or a name that does not resolve, are other nodes.
-	if err := coordinator.ValidatePeers(1, map[uint64]string{1: "localhost:7001", 2: "127.0.0.1:7002", 3: "no-such-host.invalid:7001"}); err != nil {
+	if err := coordinator.CheckPeerNames(t.Context(), 1, map[uint64]string{1: "localhost:7001", 2: "127.0.0.1:7002", 3: "no-such-host.invalid:7001"}, lookup); err != nil {
 		t.Errorf("distinct peers refused: %v", err)
 	}
 }

@@ -15,7 +15,7 @@ import (
 
 type nopReporter struct{}
 
-func (nopReporter) ReportUnreachable(uint64)                    {}
+func (nopReporter) ReportUnreachable(uint64)                   {}
 func (nopReporter) ReportSnapshot(uint64, raft.SnapshotStatus) {}
 
 // TestPeerTransportRedialsADownPeerOften keeps sending to a peer that does

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -108,7 +109,7 @@ func (f *startFlags) nodeConfig() (coordinator.Config, error) {
 	if err != nil {
 		return coordinator.Config{}, usagef("--peers: %v", err)
 	}
-	if err := coordinator.ValidatePeers(f.id, peers); err != nil {
+	if err := coordinator.CheckPeerNames(context.Background(), f.id, peers, lookupIP); err != nil {
 		return coordinator.Config{}, usagef("--peers: %v", err)
 	}
 	if f.listen == "" {
@@ -232,4 +233,10 @@ func stopServer(srv *grpc.Server, d time.Duration) {
 	case <-time.After(d):
 		srv.Stop()
 	}
+}
+
+// lookupIP resolves a peer's host name for the check that no two peers are
+// one node.
+func lookupIP(ctx context.Context, host string) ([]netip.Addr, error) {
+	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 }
