@@ -1,6 +1,10 @@
 # Decree build and test entry points. Everything here installs what it needs
 # through the Go module proxy; protoc (for `make proto`) from Debian.
 GO        ?= go
+# A recipe that pipes (the simulation's summary) must fail when the test
+# fails, not when grep does.
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 BIN       := bin
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2

@@ -33,6 +33,7 @@ func TestBadFlags(t *testing.T) {
 		{"bad cache size", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--cache-size", "32MB"}, "not a size in bytes"},
 		{"tiny cache", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--cache-size", "4096"}, "--cache-size must be between"},
 		{"huge memtable", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--memtable-size", "4GiB"}, "--memtable-size must be between"},
+		{"starved go memory", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--go-memory-limit", "1MiB"}, "--go-memory-limit must be 0"},
 		{"bad log level", []string{"start", "--id", "1", "--data-dir", dir, "--peers", peers, "--log-level", "loud"}, "--log-level"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

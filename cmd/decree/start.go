@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -51,12 +52,14 @@ type startFlags struct {
 	parallel      bool
 	cacheSize     byteSize
 	memtableSize  byteSize
+	goMemLimit    byteSize
 	logLevel      string
 	logFormat     string
 }
 
 func runStart(args []string, _, stderr io.Writer) error {
-	f := startFlags{cacheSize: byteSize(txlog.DefaultCacheSize), memtableSize: byteSize(txlog.DefaultMemTableSize)}
+	f := startFlags{cacheSize: byteSize(txlog.DefaultCacheSize), memtableSize: byteSize(txlog.DefaultMemTableSize),
+		goMemLimit: defaultGoMemoryLimit}
 	fs := flag.NewFlagSet("start", flag.ContinueOnError)
 	fs.Uint64Var(&f.id, "id", 0, "this node's raft id (a key of --peers)")
 	fs.StringVar(&f.listen, "listen", "", "host:port to serve on (default: this node's address in --peers)")
@@ -77,6 +80,7 @@ func runStart(args []string, _, stderr io.Writer) error {
 	fs.BoolVar(&f.parallel, "parallel-commit", false, "stage transactions in raft while they vote: COMMITTED after one consensus round")
 	fs.Var(&f.cacheSize, "cache-size", "Pebble block cache in bytes (or KiB, MiB, GiB)")
 	fs.Var(&f.memtableSize, "memtable-size", "Pebble memtable in bytes (or KiB, MiB, GiB); at most two are held")
+	fs.Var(&f.goMemLimit, "go-memory-limit", "soft limit of the Go runtime's memory, in bytes (or KiB, MiB, GiB); 0 for none; GOMEMLIMIT wins")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "host:port for plain-HTTP operator endpoints (/debug/pprof); off when empty")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
@@ -137,6 +141,9 @@ func (f *startFlags) nodeConfig() (coordinator.Config, error) {
 	if f.memtableSize < 1<<20 || f.memtableSize > maxMemTableSize {
 		return coordinator.Config{}, usagef("--memtable-size must be between 1MiB and %v, not %v", byteSize(maxMemTableSize), f.memtableSize)
 	}
+	if f.goMemLimit != 0 && f.goMemLimit < minGoMemoryLimit {
+		return coordinator.Config{}, usagef("--go-memory-limit must be 0 (none) or at least %v, not %v", byteSize(minGoMemoryLimit), f.goMemLimit)
+	}
 	return coordinator.Config{
 		ID:            f.id,
 		Peers:         peers,
@@ -147,10 +154,27 @@ func (f *startFlags) nodeConfig() (coordinator.Config, error) {
 	}, nil
 }
 
+// defaultGoMemoryLimit is the Go runtime's soft memory limit for a node.
+// decree collects garbage at GOGC=400 (see main.go) to save CPU; the limit
+// makes the collector work harder instead of letting the heap reach five
+// times its live size when the live heap grows (a follower catching up
+// holds many entries at once), so that a node's memory stays bounded by
+// configuration. The static build keeps Pebble's memtables and block
+// cache on the Go heap too: cache + two memtables (64 MiB by default) are
+// inside this limit.
+const defaultGoMemoryLimit = 384 << 20
+
+// minGoMemoryLimit keeps a limit from starving the node: below it the
+// collector would run continuously.
+const minGoMemoryLimit = 64 << 20
+
 // serve opens the store and the port, runs the node until SIGTERM/SIGINT or
 // a fatal node error, then shuts down in reverse order.
 func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 	log := logger.With().Str("component", "main").Uint64("node", cfg.ID).Logger()
+	if os.Getenv("GOMEMLIMIT") == "" && f.goMemLimit > 0 {
+		debug.SetMemoryLimit(int64(f.goMemLimit))
+	}
 	if err := os.MkdirAll(f.dataDir, 0o755); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
