@@ -1,0 +1,230 @@
+package txlog
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// writeEntries saves entries 1..n, each with its own synced Save, into a
+// store in dir, and closes it.
+func writeEntries(t *testing.T, dir string, n uint64) {
+	t.Helper()
+	s, err := Open(dir, testID, Options{})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	for i := uint64(1); i <= n; i++ {
+		mustSave(t, s, hardState(1, 1, i), []*raftpb.Entry{entry(1, i)}, nil)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+}
+
+// walPath returns the store's single WAL.
+func walPath(t *testing.T, dir string) string {
+	t.Helper()
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	if len(logs) != 1 {
+		t.Fatalf("wal files in %s: %v, want one", dir, logs)
+	}
+	return logs[0]
+}
+
+// flipBytes inverts n bytes of the file at path starting at off (from the
+// end when off is negative).
+func flipBytes(t *testing.T, path string, off, n int) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off < 0 {
+		off += len(data)
+	}
+	for i := off; i < off+n; i++ {
+		data[i] ^= 0xff
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOpenRefusesDamagedWAL flips bytes in the middle, or at the start, of
+// the WAL of a store whose every entry was synced: the open must fail
+// rather than serve the prefix before the damage.
+func TestOpenRefusesDamagedWAL(t *testing.T) {
+	for name, at := range map[string]func(size int) int{
+		"middle": func(size int) int { return size / 2 },
+		"header": func(int) int { return 0 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeEntries(t, dir, 20)
+			wal := walPath(t, dir)
+			st, err := os.Stat(wal)
+			if err != nil {
+				t.Fatal(err)
+			}
+			flipBytes(t, wal, at(int(st.Size())), 4)
+			s, err := Open(dir, testID, Options{})
+			if err == nil {
+				last, _ := s.LastIndex()
+				_ = s.Close()
+				t.Fatalf("opened a damaged store serving %d of 20 entries", last)
+			}
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("open: %v, want ErrCorrupt", err)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+// TestOpenToleratesTornTail cuts the last write short, as a crash during
+// it can: the store opens without it.
+func TestOpenToleratesTornTail(t *testing.T) {
+	dir := t.TempDir()
+	writeEntries(t, dir, 20)
+	wal := walPath(t, dir)
+	st, err := os.Stat(wal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Past the close's empty trailer chunk and into the last entry.
+	if err := os.Truncate(wal, st.Size()-walSyncHeader-30); err != nil {
+		t.Fatal(err)
+	}
+	s := openStore(t, dir, nil)
+	if last, _ := s.LastIndex(); last != 19 {
+		t.Fatalf("last index %d after a torn last write, want 19", last)
+	}
+}
+
+// TestOpenRefusesLostWAL removes the WAL, which holds all of a young
+// store's data: the directory must not look new.
+func TestOpenRefusesLostWAL(t *testing.T) {
+	dir := t.TempDir()
+	writeEntries(t, dir, 20)
+	if err := os.Remove(walPath(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(dir, testID, Options{})
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("open without the wal: %v, want ErrCorrupt", err)
+	}
+	t.Log(err)
+}
+
+func TestOpenRefusesForeignDirectory(t *testing.T) {
+	t.Run("coordinator on participant log", func(t *testing.T) {
+		dir := t.TempDir()
+		l, err := OpenParticipantLog(dir, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		_, err = Open(dir, testID, Options{})
+		if !errors.Is(err, ErrIdentityMismatch) || !strings.Contains(err.Error(), "participant log") {
+			t.Fatalf("open: %v, want ErrIdentityMismatch naming a participant log", err)
+		}
+		t.Log(err)
+		// The same from a participant log of an earlier version, without
+		// the identity file.
+		if err := os.Remove(filepath.Join(dir, identityFile)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err = Open(dir, testID, Options{}); !errors.Is(err, ErrIdentityMismatch) {
+			t.Fatalf("open without identity file: %v, want ErrIdentityMismatch", err)
+		}
+	})
+	t.Run("participant on coordinator store", func(t *testing.T) {
+		dir := t.TempDir()
+		writeEntries(t, dir, 1)
+		_, err := OpenParticipantLog(dir, Options{})
+		if !errors.Is(err, ErrIdentityMismatch) || !strings.Contains(err.Error(), "coordinator") {
+			t.Fatalf("open: %v, want ErrIdentityMismatch naming a coordinator store", err)
+		}
+		t.Log(err)
+	})
+	t.Run("unknown pebble data", func(t *testing.T) {
+		dir := t.TempDir()
+		db, err := pebble.Open(dir, &pebble.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Set([]byte("k"), []byte("v"), pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Open(dir, testID, Options{}); !errors.Is(err, ErrIdentityMismatch) {
+			t.Fatalf("coordinator open: %v, want ErrIdentityMismatch", err)
+		}
+		_, err = OpenParticipantLog(dir, Options{})
+		if !errors.Is(err, ErrIdentityMismatch) {
+			t.Fatalf("participant open: %v, want ErrIdentityMismatch", err)
+		}
+		t.Log(err)
+	})
+}
+
+// TestOpenUpgradesStoreWithoutIdentityFile opens a store as an earlier
+// version left it (identity inside Pebble only): it opens with its data
+// and gains the file, which then protects it.
+func TestOpenUpgradesStoreWithoutIdentityFile(t *testing.T) {
+	dir := t.TempDir()
+	writeEntries(t, dir, 5)
+	path := filepath.Join(dir, identityFile)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	s := openStore(t, dir, nil)
+	if last, _ := s.LastIndex(); last != 5 {
+		t.Fatalf("last index %d after upgrade, want 5", last)
+	}
+	got, ok, err := readIdentityFile(vfs.Default, dir)
+	if err != nil || !ok || got != (diskIdentity{Kind: kindCoordinator, Node: testID}) {
+		t.Fatalf("identity file after upgrade: %+v %v %v", got, ok, err)
+	}
+}
+
+func TestOpenRefusesDamagedIdentityFile(t *testing.T) {
+	dir := t.TempDir()
+	writeEntries(t, dir, 1)
+	flipBytes(t, filepath.Join(dir, identityFile), 8, 1)
+	if _, err := Open(dir, testID, Options{}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("open: %v, want ErrCorrupt", err)
+	}
+}
+
+// TestParticipantLogRefusesLostWAL: a participant log whose WAL is gone
+// must not come back as a new participant with a new identity.
+func TestParticipantLogRefusesLostWAL(t *testing.T) {
+	dir := t.TempDir()
+	l, err := OpenParticipantLog(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(walPath(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = OpenParticipantLog(dir, Options{})
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("open without the wal: %v, want ErrCorrupt", err)
+	}
+}
