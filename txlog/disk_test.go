@@ -11,6 +11,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
 )
 
 // writeEntries saves entries 1..n, each with its own synced Save, into a
@@ -227,4 +228,48 @@ func TestParticipantLogRefusesLostWAL(t *testing.T) {
 	if !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("open without the wal: %v, want ErrCorrupt", err)
 	}
+}
+
+// TestOpenRefusesInconsistentState writes states no Save can produce (as
+// damage outside the WAL could leave): the open fails with ErrCorrupt, not
+// with a panic inside raft later.
+func TestOpenRefusesInconsistentState(t *testing.T) {
+	for name, damage := range map[string]func(s *Store) error{
+		"commit beyond log": func(s *Store) error {
+			return setProtoDirect(s, hardStateKey, hardState(1, 1, 50))
+		},
+		"snapshot descriptor of another index": func(s *Store) error {
+			snap := &raftpb.Snapshot{
+				Data:     SnapshotDescriptor{ClusterID: testID.ClusterID, Index: 2}.Marshal(),
+				Metadata: &raftpb.SnapshotMetadata{Index: new(uint64(3)), Term: new(uint64(1))},
+			}
+			return setProtoDirect(s, snapshotKey, snap)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeEntries(t, dir, 5)
+			s := openStore(t, dir, nil)
+			if err := damage(s); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Open(dir, testID, Options{})
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("open: %v, want ErrCorrupt", err)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+func setProtoDirect(s *Store, key []byte, m proto.Message) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := setProto(b, key, m); err != nil {
+		return err
+	}
+	return b.Commit(pebble.Sync)
 }
