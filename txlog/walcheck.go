@@ -123,8 +123,10 @@ func walValidPrefix(data []byte, logNum uint32) int {
 	p := 0
 	for p < len(data) {
 		blockEnd := (p/walBlockSize + 1) * walBlockSize
-		if blockEnd-p < walLegacyHeader {
-			p = blockEnd // block trailer padding
+		if blockEnd-p < walSyncHeader && isZero(data[p:min(blockEnd, len(data))]) {
+			// The writer zero-fills the end of a block too short for a
+			// header; Pebble's reader skips it the same way.
+			p = blockEnd
 			continue
 		}
 		c, ok := parseChunk(data, p, logNum)
@@ -177,4 +179,13 @@ func parseChunk(data []byte, p int, logNum uint32) (walChunk, bool) {
 		chunk.syncedOffset = binary.LittleEndian.Uint64(data[p+11:])
 	}
 	return chunk, true
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
