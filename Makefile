@@ -11,7 +11,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 TEST_TIMEOUT ?= 12m
 
-.PHONY: all build test test-short demo sim proto lint vet fmt-check clean
+.PHONY: all build test test-short fuzz-short demo sim proto lint vet fmt-check clean
 
 all: build
 
@@ -46,6 +46,19 @@ ifdef SEED
 else
 	$(GO) test -count=1 -timeout 120m -run 'TestSimulation$$' -v ./coordinator -args -sim.seeds=$(SEEDS) -sim.first=$(FIRST) $(if $(VERIFY),-sim.verify)
 endif
+
+## fuzz-short: every fuzz target in the repository for FUZZTIME each, starting
+## from its committed seed corpus (testdata/fuzz/<target>). `go test -fuzz`
+## takes one target per run, so they are found with `go test -list` in each
+## package that has any, and run one by one
+FUZZTIME ?= 10s
+fuzz-short:
+	@set -e; for dir in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		for target in $$($(GO) test -list '^Fuzz' $$dir | grep '^Fuzz'); do \
+			echo "== fuzz $$dir $$target ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$dir; \
+		done; \
+	done
 
 ## test-short: skip the slow multi-process tests
 test-short:

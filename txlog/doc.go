@@ -29,6 +29,15 @@
 // An in-memory raft.MemoryStorage mirrors the durable log so that Raft's reads
 // never touch the disk.
 //
+// Damaged, lost and foreign data (both kinds of store): beside Pebble's
+// files, DECREE-IDENTITY records which kind of store the directory holds and
+// its identity, so a directory that once held a store never looks new and a
+// coordinator never adopts a participant's directory (ErrIdentityMismatch).
+// Damage in Pebble's last WAL before data that had been synced, which Pebble
+// itself would take for a torn write, and recovered Raft state that no Save
+// could produce, are refused at open with ErrCorrupt (see verifyWAL and
+// Store.checkRecovered).
+//
 // The package also holds a participant's store, ParticipantLog: a separate
 // Pebble database with the participant SDK's per-transaction records (PTxn,
 // under p/txn/<id>) and the user resource's keys (under u/), written

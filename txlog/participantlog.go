@@ -56,38 +56,51 @@ type ParticipantLog struct {
 // directory is in use, the error wraps ErrLocked. A coordinator data
 // directory is refused.
 func OpenParticipantLog(dir string, opts Options) (*ParticipantLog, error) {
-	db, lock, err := openLocked(dir, opts)
+	d, err := openLocked(dir, opts)
 	if err != nil {
 		return nil, err
 	}
-	l := &ParticipantLog{db: db, lock: lock, log: opts.Logger.With().Str("component", "participantlog").Logger()}
-	if err := l.checkStamp(dir); err != nil {
-		_ = db.Close()
-		_ = lock.Close()
-		return nil, err
-	}
-	if err := l.loadID(); err != nil {
-		_ = db.Close()
-		_ = lock.Close()
+	l := &ParticipantLog{db: d.db, lock: d.lock, log: opts.Logger.With().Str("component", "participantlog").Logger()}
+	if err := l.load(d); err != nil {
+		d.close()
 		return nil, err
 	}
 	l.log.Info().Str("dir", dir).Str("participant_id", l.id).Msg("opened participant log")
 	return l, nil
 }
 
+// load checks the stamp and identity of the log, creating them in a new
+// one, and writes the identity file if it is missing (new logs, and logs of
+// earlier versions). The file comes after the synced stamp, so a crash
+// between the two is completed by the next open.
+func (l *ParticipantLog) load(d *disk) error {
+	if err := d.refuseForeign(kindParticipant); err != nil {
+		return err
+	}
+	if err := l.checkStamp(d); err != nil {
+		return err
+	}
+	if err := l.loadID(); err != nil {
+		return err
+	}
+	if d.hasFile && d.file.ParticipantID != l.id {
+		return fmt.Errorf("%w: %s: identity file says participant %s, database %s",
+			ErrCorrupt, d.dir, d.file.ParticipantID, l.id)
+	}
+	return d.writeFile(diskIdentity{Kind: kindParticipant, ParticipantID: l.id})
+}
+
 // checkStamp stamps a new directory (synced) or checks the stamp of an
 // existing one.
-func (l *ParticipantLog) checkStamp(dir string) error {
-	if _, found, err := getCopy(l.db, identityKey); err != nil {
-		return fmt.Errorf("read identity: %w", err)
-	} else if found {
-		return fmt.Errorf("open participant log: %s is a coordinator data directory", dir)
-	}
+func (l *ParticipantLog) checkStamp(d *disk) error {
 	val, found, err := getCopy(l.db, participantStampKey)
 	if err != nil {
 		return fmt.Errorf("read participant log stamp: %w", err)
 	}
 	if !found {
+		if err := d.refuseUnstamped(kindParticipant); err != nil {
+			return err
+		}
 		// The stamp and the identity of a new log are born together.
 		id, err := newParticipantID()
 		if err != nil {
@@ -103,8 +116,13 @@ func (l *ParticipantLog) checkStamp(dir string) error {
 		l.syncs.Add(1)
 		return nil
 	}
+	if _, found, err := getCopy(l.db, identityKey); err != nil {
+		return fmt.Errorf("read identity: %w", err)
+	} else if found {
+		return fmt.Errorf("%w: %s holds %s, not %s", ErrIdentityMismatch, d.dir, kindCoordinator, kindParticipant)
+	}
 	if !bytes.Equal(val, []byte{participantLogV1}) {
-		return fmt.Errorf("open participant log: unsupported format stamp %x in %s", val, dir)
+		return fmt.Errorf("open participant log: unsupported format stamp %x in %s", val, d.dir)
 	}
 	return nil
 }
@@ -117,6 +135,9 @@ func (l *ParticipantLog) loadID() error {
 		return fmt.Errorf("read participant id: %w", err)
 	}
 	if found {
+		if len(val) == 0 || len(val) > maxParticipantIDLen {
+			return fmt.Errorf("%w: participant id of %d bytes", ErrCorrupt, len(val))
+		}
 		l.id = string(val)
 		return nil
 	}

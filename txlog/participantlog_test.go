@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"reflect"
 	"sync"
 	"testing"
@@ -353,6 +355,9 @@ func TestParticipantLogIdentity(t *testing.T) {
 	// A log written before identities existed gets one when opened, and
 	// keeps it.
 	if err := l.db.Delete(participantIDKey, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, identityFile)); err != nil {
 		t.Fatal(err)
 	}
 	l = reopenPLog(t, l, dir, nil)

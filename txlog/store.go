@@ -90,48 +90,93 @@ var _ raft.Storage = (*Store)(nil)
 // id; an existing one must carry the same id, otherwise the error wraps
 // ErrIdentityMismatch. If the directory is in use, the error wraps ErrLocked.
 func Open(dir string, id Identity, opts Options) (*Store, error) {
-	db, lock, err := openLocked(dir, opts)
+	d, err := openLocked(dir, opts)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, lock: lock, log: opts.Logger, dir: dir, fs: opts.FS, identity: id,
+	s := &Store{db: d.db, lock: d.lock, log: opts.Logger, dir: dir, fs: d.fs, identity: id,
 		stagingFileSize: opts.StagingFileSize, pending: make(map[uint64]*stagedState)}
-	if s.fs == nil {
-		s.fs = vfs.Default
-	}
 	if s.stagingFileSize == 0 {
 		s.stagingFileSize = DefaultStagingFileSize
 	}
-	if err := s.load(dir, id); err != nil {
+	if err := s.load(d, id); err != nil {
 		// The load error is the one worth reporting.
-		_ = db.Close()
-		_ = lock.Close()
+		d.close()
 		return nil, err
 	}
 	return s, nil
 }
 
-// lockDir takes Pebble's directory lock before Pebble opens, so that a lock
-// conflict can be told apart from other open failures.
 // openLocked takes dir's lock (ErrLocked if another process or store holds
-// it) and opens Pebble there; on failure nothing stays held.
-func openLocked(dir string, opts Options) (*pebble.DB, *pebble.Lock, error) {
+// it), reads its identity file, checks its last WAL (ErrCorrupt, see
+// verifyWAL) and opens Pebble there; on failure nothing stays held.
+func openLocked(dir string, opts Options) (*disk, error) {
 	fsys := opts.FS
 	if fsys == nil {
 		fsys = vfs.Default
 	}
 	lock, err := lockDir(dir, fsys)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	db, err := openPebble(dir, fsys, lock, opts)
-	if err != nil {
+	d := &disk{lock: lock, fs: fsys, dir: dir}
+	if d.db, err = openChecked(d, opts); err != nil {
 		_ = lock.Close()
-		return nil, nil, fmt.Errorf("open pebble in %s: %w", dir, err)
+		return nil, err
 	}
-	return db, lock, nil
+	return d, nil
 }
 
+// openChecked reads d's identity file and opens Pebble after checking its
+// WAL.
+func openChecked(d *disk, opts Options) (*pebble.DB, error) {
+	var err error
+	if d.file, d.hasFile, err = readIdentityFile(d.fs, d.dir); err != nil {
+		return nil, err
+	}
+	fresh, err := isEmptyDir(d.fs, d.dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := verifyWAL(d.fs, d.dir); err != nil {
+		return nil, err
+	}
+	db, err := openPebble(d.dir, d.fs, d.lock, opts)
+	if err != nil {
+		return nil, fmt.Errorf("open pebble in %s: %w", d.dir, err)
+	}
+	if !fresh {
+		return db, nil
+	}
+	// A new database's first WAL is created before its format version is
+	// raised to FormatNewest, so it lacks the synced offsets verifyWAL
+	// needs; reopening starts a WAL that has them before anything is
+	// written.
+	if err := db.Close(); err != nil {
+		return nil, fmt.Errorf("close new pebble in %s: %w", d.dir, err)
+	}
+	if db, err = openPebble(d.dir, d.fs, d.lock, opts); err != nil {
+		return nil, fmt.Errorf("reopen pebble in %s: %w", d.dir, err)
+	}
+	return db, nil
+}
+
+// isEmptyDir reports whether dir holds nothing but Pebble's lock file.
+func isEmptyDir(fsys vfs.FS, dir string) (bool, error) {
+	names, err := fsys.List(dir)
+	if err != nil {
+		return false, fmt.Errorf("list %s: %w", dir, err)
+	}
+	for _, n := range names {
+		if n != "LOCK" {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// lockDir takes Pebble's directory lock before Pebble opens, so that a lock
+// conflict can be told apart from other open failures.
 func lockDir(dir string, fsys vfs.FS) (*pebble.Lock, error) {
 	if err := fsys.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
@@ -175,8 +220,9 @@ func openPebble(dir string, fsys vfs.FS, lock *pebble.Lock, opts Options) (*pebb
 
 // load checks or writes the identity, then rebuilds the in-memory state
 // from Pebble.
-func (s *Store) load(dir string, id Identity) error {
-	if err := s.checkIdentity(dir, id); err != nil {
+func (s *Store) load(d *disk, id Identity) error {
+	dir := d.dir
+	if err := s.checkIdentity(d, id); err != nil {
 		return err
 	}
 	// Staged snapshot state from before a restart was never installed (an
@@ -199,35 +245,93 @@ func (s *Store) load(dir string, id Identity) error {
 	s.snapMeta = snap.GetMetadata()
 	first, _ := s.mem.FirstIndex()
 	last, _ := s.mem.LastIndex()
+	if err := s.checkRecovered(last); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrCorrupt, dir, err)
+	}
 	s.log.Info().Str("dir", dir).Uint64("applied", applied).
 		Uint64("first_index", first).Uint64("last_index", last).Msg("opened store")
 	return nil
 }
 
-// checkIdentity stamps a new directory with id (synced, so that a crash
-// cannot leave log data without an owner) or verifies the stored one.
-func (s *Store) checkIdentity(dir string, id Identity) error {
+// checkRecovered checks what every state this store ever had satisfies, so
+// that damage the WAL check cannot see (in SSTables, or a WAL written
+// without synced offsets by an earlier version) is refused with a clear
+// error instead of a panic inside raft or a node serving a state it never
+// had. Each Save writes its entries and hard state in one batch, so:
+//   - the commit index is within the stored log (raft panics otherwise);
+//   - the snapshot's descriptor names the snapshot's own index and this
+//     cluster.
+//
+// Contiguity of the stored entries is checked while loading them.
+func (s *Store) checkRecovered(last uint64) error {
+	hs, _, _ := s.mem.InitialState()
+	if c := hs.GetCommit(); c > last {
+		return fmt.Errorf("commit index %d is beyond the last stored entry %d", c, last)
+	}
+	if s.snapMeta.GetIndex() == 0 {
+		return nil
+	}
+	snap, _ := s.mem.Snapshot()
+	d, err := UnmarshalSnapshotDescriptor(snap.GetData())
+	if err != nil {
+		return err
+	}
+	if d.Index != s.snapMeta.GetIndex() || d.ClusterID != s.identity.ClusterID {
+		return fmt.Errorf("snapshot at %d describes index %d of cluster %d", s.snapMeta.GetIndex(), d.Index, d.ClusterID)
+	}
+	return nil
+}
+
+// checkIdentity stamps a new directory with id or verifies the stored one.
+// The stamp is synced into Pebble before the identity file is written, so a
+// crash between the two leaves a stamped database without a file, which the
+// next open completes (as it does for directories of earlier versions).
+func (s *Store) checkIdentity(d *disk, id Identity) error {
+	dir := d.dir
+	if err := d.refuseForeign(kindCoordinator); err != nil {
+		return err
+	}
+	file := diskIdentity{Kind: kindCoordinator, Node: id}
 	val, found, err := s.get(identityKey)
 	if err != nil {
 		return fmt.Errorf("read identity: %w", err)
 	}
 	if !found {
-		enc := binary.BigEndian.AppendUint64(encodeUint64(id.ClusterID), id.NodeID)
-		if err := s.db.Set(identityKey, enc, pebble.Sync); err != nil {
+		if err := d.refuseUnstamped(kindCoordinator); err != nil {
+			return err
+		}
+		if err := s.db.Set(identityKey, encodeIdentity(id), pebble.Sync); err != nil {
 			return fmt.Errorf("write identity: %w", err)
 		}
 		s.syncs.Add(1)
-		return nil
+		return d.writeFile(file)
 	}
-	if len(val) != 16 {
-		return fmt.Errorf("read identity: corrupt value of %d bytes", len(val))
+	got, err := decodeIdentity(val)
+	if err != nil {
+		return fmt.Errorf("%w: read identity in %s: %w", ErrCorrupt, dir, err)
 	}
-	got := Identity{ClusterID: binary.BigEndian.Uint64(val), NodeID: binary.BigEndian.Uint64(val[8:])}
 	if got != id {
 		return fmt.Errorf("%w: %s holds cluster %d node %d, expected cluster %d node %d",
 			ErrIdentityMismatch, dir, got.ClusterID, got.NodeID, id.ClusterID, id.NodeID)
 	}
-	return nil
+	if d.hasFile && d.file.Node != got {
+		return fmt.Errorf("%w: %s: identity file says cluster %d node %d, database cluster %d node %d",
+			ErrCorrupt, dir, d.file.Node.ClusterID, d.file.Node.NodeID, got.ClusterID, got.NodeID)
+	}
+	return d.writeFile(file)
+}
+
+// encodeIdentity is the value of identityKey.
+func encodeIdentity(id Identity) []byte {
+	return binary.BigEndian.AppendUint64(encodeUint64(id.ClusterID), id.NodeID)
+}
+
+// decodeIdentity decodes the value of identityKey.
+func decodeIdentity(val []byte) (Identity, error) {
+	if len(val) != 16 {
+		return Identity{}, fmt.Errorf("corrupt identity value of %d bytes", len(val))
+	}
+	return Identity{ClusterID: binary.BigEndian.Uint64(val), NodeID: binary.BigEndian.Uint64(val[8:])}, nil
 }
 
 func (s *Store) loadApplied() (uint64, error) {
