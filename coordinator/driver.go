@@ -346,7 +346,7 @@ func scanUnfinished(s interface {
 	ScanUnfinished(func(*txlog.Record) bool) error
 }) (txns, staged []RecoveredTxn, err error) {
 	err = s.ScanUnfinished(func(r *txlog.Record) bool {
-		rt := RecoveredTxn{ID: r.ID, Outcome: outcomeFromRecord(r.Outcome), Participants: r.Participants}
+		rt := RecoveredTxn{ID: r.ID, Outcome: outcomeFromRecord(r.Outcome), Participants: r.Participants, DecidedAt: r.DecidedAt}
 		switch {
 		case r.Outcome == txlog.OutcomeUnknown:
 			staged = append(staged, rt)
