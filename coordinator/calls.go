@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -17,6 +18,11 @@ import (
 // call still goes alone), well under a participant's default 4 MiB limit on
 // received messages.
 const maxCallBatchBytes = 1 << 20
+
+// linkIdleTimeout is how long a participant's link stays open without a
+// call. An address that is gone for good would otherwise keep its stream,
+// two goroutines and a connection forever; the next call re-opens it.
+const linkIdleTimeout = 2 * time.Minute
 
 // callDone receives the end of one call: the participant's reply, or why
 // there is none. It runs on a goroutine of the mux and must not block for
@@ -44,16 +50,21 @@ type callMux struct {
 	sweep time.Duration
 	// openTimeout bounds opening a stream.
 	openTimeout time.Duration
+	// idle is how long a link may go without a call before it closes.
+	idle time.Duration
 
 	mu    sync.Mutex
 	links map[string]*callLink
 	wg    sync.WaitGroup
+	// running counts the mux's goroutines (links' senders, sweepers,
+	// receivers and unary calls), for tests and leak checks.
+	running atomic.Int64
 }
 
 func newCallMux(ctx context.Context, conns *connPool, clock Clock, openTimeout time.Duration, log zerolog.Logger) *callMux {
 	return &callMux{
 		ctx: ctx, conns: conns, clock: clock, log: log,
-		sweep: 50 * time.Millisecond, openTimeout: openTimeout,
+		sweep: 50 * time.Millisecond, openTimeout: openTimeout, idle: linkIdleTimeout,
 		links: make(map[string]*callLink),
 	}
 }
@@ -63,12 +74,38 @@ func newCallMux(ctx context.Context, conns *connPool, clock Clock, openTimeout t
 // caller's goroutine, with ErrStopped.
 func (m *callMux) call(addr string, c *decreev1.Call, timeout time.Duration, done callDone) {
 	pc := &pendingCall{call: c, size: callSize(c), deadline: m.clock.Now().Add(timeout), done: done}
-	l, err := m.link(addr)
-	if err != nil {
-		done(nil, err)
-		return
+	m.submit(addr, pc)
+}
+
+// submit queues pc on addr's link, opening a new link if the one found
+// closed for idleness meanwhile.
+func (m *callMux) submit(addr string, pc *pendingCall) {
+	for {
+		l, err := m.link(addr)
+		if err != nil {
+			pc.done(nil, err)
+			return
+		}
+		if l.enqueue(pc) {
+			return
+		}
 	}
-	l.enqueue(pc)
+}
+
+// spawn runs f on a goroutine of the mux.
+func (m *callMux) spawn(f func()) {
+	m.running.Add(1)
+	m.wg.Go(func() {
+		defer m.running.Add(-1)
+		f()
+	})
+}
+
+// linkCount is the number of open links.
+func (m *callMux) linkCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.links)
 }
 
 // callSync is call for a caller that waits: it returns the reply, or the
@@ -100,10 +137,10 @@ func (m *callMux) link(addr string) (*callLink, error) {
 	}
 	l, ok := m.links[addr]
 	if !ok {
-		l = &callLink{mux: m, addr: addr, wake: make(chan struct{}, 1),
-			log: m.log.With().Str("participant", addr).Logger()}
+		l = &callLink{mux: m, addr: addr, wake: make(chan struct{}, 1), closed: make(chan struct{}),
+			lastUse: m.clock.Now(), log: m.log.With().Str("participant", addr).Logger()}
 		m.links[addr] = l
-		m.wg.Go(l.run)
+		m.spawn(l.run)
 	}
 	return l, nil
 }
@@ -134,12 +171,18 @@ type callLink struct {
 	addr string
 	log  zerolog.Logger
 	wake chan struct{}
+	// closed is closed when the link retires for idleness: its goroutines
+	// end, and calls go to a new link.
+	closed chan struct{}
 
 	mu      sync.Mutex
 	queue   []*pendingCall
 	cur     *callStream // nil: none open
 	unary   bool        // the participant does not serve Calls
 	nextSeq uint64
+	lastUse time.Time // the last call queued
+	unaryN  int       // unary calls in flight
+	retired bool
 }
 
 // callStream is one open Calls stream and the calls sent on it awaiting a
@@ -151,33 +194,42 @@ type callStream struct {
 	inflight map[uint64]*pendingCall
 }
 
-// enqueue queues pc for the sender. Once the mux has stopped it ends pc at
-// once: stop, which drains the queue for the last time, runs after the
-// context is cancelled and under the same lock.
-func (l *callLink) enqueue(pc *pendingCall) {
+// enqueue queues pc for the sender, or reports false if the link retired.
+// Once the mux has stopped it ends pc at once: stop, which drains the
+// queue for the last time, runs after the context is cancelled and under
+// the same lock.
+func (l *callLink) enqueue(pc *pendingCall) bool {
 	l.mu.Lock()
+	if l.retired {
+		l.mu.Unlock()
+		return false
+	}
 	if l.mux.ctx.Err() != nil {
 		l.mu.Unlock()
 		pc.done(nil, ErrStopped)
-		return
+		return true
 	}
 	l.queue = append(l.queue, pc)
+	l.lastUse = l.mux.clock.Now()
 	l.mu.Unlock()
 	select {
 	case l.wake <- struct{}{}:
 	default:
 	}
+	return true
 }
 
 // run sends what is queued. Deadlines are swept by another goroutine
 // (sweep): a Send blocked by a participant that stopped reading must not
 // hold them up.
 func (l *callLink) run() {
-	l.mux.wg.Go(l.sweep)
+	l.mux.spawn(l.sweep)
 	for {
 		select {
 		case <-l.mux.ctx.Done():
 			l.stop()
+			return
+		case <-l.closed:
 			return
 		case <-l.wake:
 			l.flush()
@@ -193,9 +245,44 @@ func (l *callLink) sweep() {
 		case <-l.mux.ctx.Done():
 			return
 		case <-tick:
-			l.expire(l.mux.clock.Now())
+			now := l.mux.clock.Now()
+			l.expire(now)
+			if l.retireIfIdle(now) {
+				return
+			}
 		}
 	}
+}
+
+// retireIfIdle closes a link that has had nothing to do for the idle
+// time: its stream, its goroutines and its connection. It leaves the
+// mux's map first, under both locks, so a new call either finds it still
+// open or opens a new one.
+func (l *callLink) retireIfIdle(now time.Time) bool {
+	m := l.mux
+	m.mu.Lock()
+	l.mu.Lock()
+	idle := len(l.queue) == 0 && l.unaryN == 0 && now.Sub(l.lastUse) >= m.idle &&
+		(l.cur == nil || len(l.cur.inflight) == 0)
+	var cs *callStream
+	if idle {
+		l.retired, cs, l.cur = true, l.cur, nil
+		if m.links[l.addr] == l {
+			delete(m.links, l.addr)
+		}
+	}
+	l.mu.Unlock()
+	m.mu.Unlock()
+	if !idle {
+		return false
+	}
+	l.log.Debug().Dur("idle", now.Sub(l.lastUse)).Msg("closing an idle participant link")
+	if cs != nil {
+		cs.cancel() // its receiver ends
+	}
+	close(l.closed)
+	m.conns.drop(l.addr)
+	return true
 }
 
 // flush sends everything queued, opening a stream first if none is open.
@@ -262,7 +349,7 @@ func (l *callLink) open() {
 			l.mu.Lock()
 			l.cur = cs
 			l.mu.Unlock()
-			l.mux.wg.Go(func() { l.receive(cs) })
+			l.mux.spawn(func() { l.receive(cs) })
 			return
 		}
 	}
@@ -341,7 +428,7 @@ func (l *callLink) died(cs *callStream, err error) {
 	if unimplemented {
 		l.log.Info().Msg("participant does not serve the calls stream; using unary calls")
 		for _, pc := range orphans {
-			l.enqueue(pc)
+			l.mux.submit(l.addr, pc)
 		}
 		return
 	}
@@ -410,10 +497,17 @@ func endAll(calls []*pendingCall, err error) {
 
 // callUnary makes one call with the unary method of its kind.
 func (l *callLink) callUnary(pc *pendingCall) {
-	l.mux.wg.Go(func() {
+	l.mu.Lock()
+	l.unaryN++
+	l.mu.Unlock()
+	l.mux.spawn(func() {
 		ctx, cancel := context.WithTimeout(l.mux.ctx, pc.deadline.Sub(l.mux.clock.Now()))
 		defer cancel()
 		r, err := l.invokeUnary(ctx, pc.call)
+		l.mu.Lock()
+		l.unaryN--
+		l.lastUse = l.mux.clock.Now()
+		l.mu.Unlock()
 		pc.done(r, err)
 	})
 }

@@ -39,6 +39,14 @@ func (c *stepClock) NewTicker(time.Duration) (<-chan time.Time, func()) {
 	return ch, func() {}
 }
 
+// tickCh returns the newest ticker's channel: a test sees a tick consumed
+// when it is empty again.
+func (c *stepClock) tickCh() chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ticks[len(c.ticks)-1]
+}
+
 // advance moves time on by d and ticks every ticker.
 func (c *stepClock) advance(d time.Duration) {
 	c.mu.Lock()
@@ -260,4 +268,64 @@ func inFlight(m *callMux, addr string) int {
 		return 0
 	}
 	return len(l.cur.inflight)
+}
+
+// A link without a call for the idle time closes its stream, ends its
+// goroutines and releases its connection; a later call opens it again. A
+// link with a call in flight stays open however long the call takes.
+func TestCallMuxClosesIdleLinks(t *testing.T) {
+	p := &scriptedParticipant{answer: voteYes}
+	addr := serveScripted(t, p)
+	clock := &stepClock{now: time.Unix(1000, 0)}
+	m := newTestMux(t, clock)
+	m.idle = time.Minute
+	call := func(id string) {
+		t.Helper()
+		r, err := m.callSync(context.Background(), addr, prepareCall(SendPrepare{ID: id, Participants: []string{addr}}), time.Hour)
+		if err != nil || r.GetPrepare().GetVote() != decreev1.Vote_VOTE_YES {
+			t.Fatalf("call %s: reply %v, err %v", id, r, err)
+		}
+	}
+	// swept waits until the link's sweeper has handled every tick so far:
+	// a tick sent after the last one was taken is taken only once that
+	// one is done.
+	swept := func() {
+		t.Helper()
+		for range 2 {
+			waitFor(t, 5*time.Second, "a sweep", func() bool { return len(clock.tickCh()) == 0 })
+			clock.advance(0)
+		}
+	}
+	call("t1")
+	if m.linkCount() != 1 || m.conns.size() != 1 || m.running.Load() != 3 {
+		t.Fatalf("after a call: %d links, %d conns, %d goroutines; want 1, 1, 3 (sender, sweeper, receiver)",
+			m.linkCount(), m.conns.size(), m.running.Load())
+	}
+	clock.advance(59 * time.Second)
+	swept()
+	if m.linkCount() != 1 {
+		t.Fatal("the link closed before its idle time")
+	}
+	clock.advance(time.Second)
+	waitFor(t, 5*time.Second, "the idle link released", func() bool {
+		return m.linkCount() == 0 && m.conns.size() == 0 && m.running.Load() == 0
+	})
+	call("t2")
+	if got := p.streams.Load(); got != 2 || m.linkCount() != 1 {
+		t.Fatalf("%d streams opened, %d links; want the second call on a new stream", got, m.linkCount())
+	}
+
+	// A call the participant never answers keeps the link busy.
+	p.mu.Lock()
+	p.answer = func(*decreev1.Call) *decreev1.Reply { return nil }
+	p.mu.Unlock()
+	done := make(chan error, 1)
+	m.call(addr, prepareCall(SendPrepare{ID: "t3", Participants: []string{addr}}), time.Hour,
+		func(_ *decreev1.Reply, err error) { done <- err })
+	waitFor(t, 5*time.Second, "call in flight", func() bool { return inFlight(m, addr) == 1 })
+	clock.advance(2 * time.Minute)
+	swept()
+	if m.linkCount() != 1 || inFlight(m, addr) != 1 {
+		t.Fatal("a link with a call in flight closed")
+	}
 }

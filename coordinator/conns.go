@@ -53,6 +53,25 @@ func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
 	return c, nil
 }
 
+// drop closes the connection to addr, if any: a participant link that
+// went idle releases it; the next get dials again.
+func (p *connPool) drop(addr string) {
+	p.mu.Lock()
+	c, ok := p.conns[addr]
+	delete(p.conns, addr)
+	p.mu.Unlock()
+	if ok {
+		c.Close()
+	}
+}
+
+// size is the number of connections held.
+func (p *connPool) size() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
 func (p *connPool) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()

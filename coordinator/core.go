@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -80,6 +81,7 @@ type Core struct {
 	term   uint64
 	now    time.Time
 	txns   map[string]*coreTxn
+	timers timerHeap // when each transaction has something due (core_timers.go)
 
 	finishing   []string
 	finishSince time.Time
@@ -132,6 +134,10 @@ type coreTxn struct {
 	replied      bool
 	waiters      []uint64
 	deliveries   map[string]*delivery
+	// decidedAt is when phase 2 began (the record's DecidedAt for one
+	// recovered from the log); sends counts its decision deliveries.
+	decidedAt time.Time
+	sends     int
 }
 
 type deliveryState uint8
@@ -227,6 +233,35 @@ func (c *Core) Undecided() []UndecidedTxn {
 	return out
 }
 
+// Phase2Txn is a decided transaction whose decision has not reached every
+// participant yet.
+type Phase2Txn struct {
+	ID string
+	// Age is the time since its decision (the leader's clock).
+	Age time.Duration
+	// Sends counts the decision deliveries this leader made for it.
+	Sends int
+}
+
+// Phase2Backlog lists the transactions in phase 2, oldest first (ties by
+// id). The leader's status and `decree txn list` show it: a participant
+// that never acknowledges leaves its transactions here.
+func (c *Core) Phase2Backlog() []Phase2Txn {
+	var out []Phase2Txn
+	for _, t := range c.txns {
+		if t.phase == phaseDelivering {
+			out = append(out, Phase2Txn{ID: t.id, Age: max(c.now.Sub(t.decidedAt), 0), Sends: t.sends})
+		}
+	}
+	slices.SortFunc(out, func(a, b Phase2Txn) int {
+		if c := cmp.Compare(b.Age, a.Age); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out
+}
+
 // UndecidedTxn is an in-flight transaction without an applied decision.
 type UndecidedTxn struct {
 	ID           string
@@ -277,6 +312,7 @@ func (c *Core) clientCommit(e ClientCommit) {
 		t.payloads[b.Participant] = b.Payload
 	}
 	c.txns[e.ID] = t
+	c.schedule(t.id, t.deadline)
 	for _, p := range t.participants {
 		c.emit(SendPrepare{ID: t.id, Participant: p, Payload: t.payloads[p],
 			Participants: slices.Clone(t.participants), OnePhase: t.onePhase, Term: c.term})
@@ -452,7 +488,7 @@ func (c *Core) participantResolved(e ParticipantResolved) {
 	}
 	switch {
 	case e.Err != "":
-		t.retry.arm(c.now, c.cfg.RetryMin, c.cfg.RetryMax)
+		c.armRetry(t, &t.retry)
 	case e.State == decreev1.ParticipantState_PARTICIPANT_STATE_COMMITTED:
 		t.votes[e.Participant] = decreev1.Vote_VOTE_COMMITTED
 		c.replyAll(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
@@ -538,7 +574,7 @@ func (c *Core) stagedResolved(t *coreTxn, e ParticipantResolved) {
 		return
 	}
 	if e.Err != "" {
-		t.retry.arm(c.now, c.cfg.RetryMin, c.cfg.RetryMax)
+		c.armRetry(t, &t.retry)
 		return
 	}
 	if other, dup := t.sameParticipant(e.Participant, e.ParticipantID); dup {
@@ -628,8 +664,11 @@ func (c *Core) replyAll(t *coreTxn, o decreev1.Outcome, reason string) {
 // read-only voter, or the participant of a one-phase commit.
 func (c *Core) startDelivery(t *coreTxn) {
 	t.phase = phaseDelivering
-	t.payloads = nil
+	if t.decidedAt.IsZero() {
+		t.decidedAt = c.now
+	}
 	c.release(t)
+	defer t.dropVoting()
 	for _, p := range t.participants {
 		v, voted := t.votes[p]
 		switch {
@@ -639,9 +678,22 @@ func (c *Core) startDelivery(t *coreTxn) {
 			continue
 		}
 		t.deliveries[p] = &delivery{state: deliveryInFlight}
-		c.emit(SendDecision{ID: t.id, Participant: p, Outcome: t.outcome, Term: c.term})
+		c.sendDecision(t, p)
 	}
 	c.maybeFinished(t)
+}
+
+func (c *Core) sendDecision(t *coreTxn, p string) {
+	t.sends++
+	c.emit(SendDecision{ID: t.id, Participant: p, Outcome: t.outcome, Term: c.term})
+}
+
+// dropVoting frees what only voting needed: a transaction waiting in
+// phase 2, perhaps for days on a participant that is gone, keeps no more
+// than its id, participants and deliveries.
+func (t *coreTxn) dropVoting() {
+	t.payloads, t.votes, t.identities, t.resolved = nil, nil, nil, nil
+	t.failure, t.waiters = "", nil
 }
 
 func (c *Core) delivering(id, participant string, term uint64) (*coreTxn, *delivery) {
@@ -669,12 +721,12 @@ func (c *Core) acked(e Acked) {
 }
 
 func (c *Core) deliveryFailed(e DeliveryFailed) {
-	_, d := c.delivering(e.ID, e.Participant, e.Term)
+	t, d := c.delivering(e.ID, e.Participant, e.Term)
 	if d == nil {
 		return
 	}
 	d.state = deliveryWaiting
-	d.retry.arm(c.now, c.cfg.RetryMin, c.cfg.RetryMax)
+	c.armRetry(t, &d.retry)
 }
 
 func (c *Core) maybeFinished(t *coreTxn) {
@@ -715,7 +767,7 @@ func (c *Core) proposeFailed(e ProposeFailed) {
 		return
 	}
 	if t, ok := c.txns[e.ID]; ok && t.phase == phaseDeciding {
-		t.retry.arm(c.now, c.cfg.RetryMin, c.cfg.RetryMax)
+		c.armRetry(t, &t.retry)
 	}
 }
 
@@ -742,6 +794,7 @@ func (c *Core) abandonAll() {
 		}
 	}
 	c.txns = make(map[string]*coreTxn)
+	c.timers = nil
 	c.finishing = nil
 	c.inFlight, c.heldBytes = 0, 0
 }
@@ -759,6 +812,9 @@ func (c *Core) recovered(e Recovered) {
 		}
 		t := &coreTxn{id: r.ID, participants: slices.Clone(r.Participants), outcome: r.Outcome,
 			replied: true, deliveries: make(map[string]*delivery)}
+		if r.DecidedAt != 0 {
+			t.decidedAt = time.Unix(0, r.DecidedAt)
+		}
 		c.txns[r.ID] = t
 		c.startDelivery(t)
 	}
@@ -768,9 +824,7 @@ func (c *Core) tick() {
 	if !c.leader {
 		return
 	}
-	for _, id := range c.sortedIDs() {
-		c.tickTxn(c.txns[id])
-	}
+	c.runDue()
 	c.flushFinished(true)
 	if c.collectMore || c.now.Sub(c.lastCollect) >= c.cfg.CollectEvery {
 		c.lastCollect, c.collectMore = c.now, false
@@ -782,7 +836,7 @@ func (c *Core) tick() {
 	}
 }
 
-// sortedIDs keeps the order of a tick's actions independent of map order.
+// sortedIDs keeps the order of actions independent of map order.
 func (c *Core) sortedIDs() []string {
 	ids := make([]string, 0, len(c.txns))
 	for id := range c.txns {
@@ -816,7 +870,7 @@ func (c *Core) tickTxn(t *coreTxn) {
 		for _, p := range t.participants {
 			if d, ok := t.deliveries[p]; ok && d.state == deliveryWaiting && d.retry.fire(c.now) {
 				d.state = deliveryInFlight
-				c.emit(SendDecision{ID: t.id, Participant: p, Outcome: t.outcome, Term: c.term})
+				c.sendDecision(t, p)
 			}
 		}
 	}

@@ -92,3 +92,24 @@ func benchIDs(b *testing.B, n int) []string {
 	}
 	return ids
 }
+
+// BenchmarkCoreTickIdle measures one tick of a leader whose 10,000
+// decided transactions all wait on a participant that never acknowledges
+// phase 2, between their retries: a tick should cost nothing then.
+func BenchmarkCoreTickIdle(b *testing.B) {
+	c := NewCore(CoreConfig{RetryMin: time.Hour, RetryMax: time.Hour})
+	now := time.Unix(1_700_000_000, 0)
+	c.Step(now, LeadershipChanged{Leader: true, Term: 2})
+	c.Step(now, Recovered{Term: 2})
+	parts := []string{"slow:7000"}
+	for _, id := range benchIDs(b, 10_000) {
+		c.Step(now, DecisionApplied{ID: id, Term: 2, Outcome: decreev1.Outcome_OUTCOME_COMMITTED, Participants: parts})
+		c.Step(now, DeliveryFailed{ID: id, Participant: parts[0], Term: 2, Err: "unavailable"})
+	}
+	for b.Loop() {
+		now = now.Add(10 * time.Millisecond)
+		if out := c.Step(now, Tick{}); len(out) > 0 {
+			b.Fatalf("an idle tick acted: %v", out)
+		}
+	}
+}

@@ -132,6 +132,7 @@ type RecoveredTxn struct {
 	ID           string
 	Outcome      decreev1.Outcome
 	Participants []string
+	DecidedAt    int64 // unix nanoseconds, 0 if unknown
 }
 
 // Recovered hands a new leader the decisions whose phase 2 it must finish,

@@ -77,14 +77,15 @@ type Driver struct {
 	conns *connPool
 	mux   *callMux // participant calls
 
-	evc    chan Event
-	listc  chan chan []UndecidedTxn
-	ctx    context.Context // cancelled by Stop; parent of every call
-	cancel context.CancelFunc
-	stopc  chan struct{}
-	donec  chan struct{}
-	stop   sync.Once
-	calls  sync.WaitGroup
+	evc     chan Event
+	listc   chan chan []UndecidedTxn
+	phase2c chan chan []Phase2Txn
+	ctx     context.Context // cancelled by Stop; parent of every call
+	cancel  context.CancelFunc
+	stopc   chan struct{}
+	donec   chan struct{}
+	stop    sync.Once
+	calls   sync.WaitGroup
 
 	nextReq atomic.Uint64
 	mu      sync.Mutex
@@ -105,12 +106,15 @@ func NewDriver(node *Node, cfg DriverConfig) *Driver {
 		conns:   newConnPool(cfg.Dial),
 		evc:     make(chan Event, 4096),
 		listc:   make(chan chan []UndecidedTxn),
+		phase2c: make(chan chan []Phase2Txn),
 		stopc:   make(chan struct{}),
 		donec:   make(chan struct{}),
 		waiting: make(map[uint64]chan Reply),
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.mux = newCallMux(d.ctx, d.conns, cfg.Clock, cfg.CallTimeout, d.log)
+	backlog := d.phase2Backlog
+	node.phase2.Store(&backlog)
 	go d.run()
 	return d
 }
@@ -141,6 +145,8 @@ func (d *Driver) run() {
 			d.step(Tick{})
 		case ch := <-d.listc:
 			ch <- d.core.Undecided()
+		case ch := <-d.phase2c:
+			ch <- d.core.Phase2Backlog()
 		case <-d.stopc:
 			d.step(LeadershipChanged{Leader: false, Term: d.term.Load()})
 			return
@@ -346,7 +352,7 @@ func scanUnfinished(s interface {
 	ScanUnfinished(func(*txlog.Record) bool) error
 }) (txns, staged []RecoveredTxn, err error) {
 	err = s.ScanUnfinished(func(r *txlog.Record) bool {
-		rt := RecoveredTxn{ID: r.ID, Outcome: outcomeFromRecord(r.Outcome), Participants: r.Participants}
+		rt := RecoveredTxn{ID: r.ID, Outcome: outcomeFromRecord(r.Outcome), Participants: r.Participants, DecidedAt: r.DecidedAt}
 		switch {
 		case r.Outcome == txlog.OutcomeUnknown:
 			staged = append(staged, rt)
@@ -396,18 +402,29 @@ func (d *Driver) reply(r Reply) {
 
 // undecided asks the loop for the transactions still in voting.
 func (d *Driver) undecided(ctx context.Context) ([]UndecidedTxn, error) {
-	ch := make(chan []UndecidedTxn, 1)
+	return askLoop(ctx, d, d.listc)
+}
+
+// phase2Backlog asks the loop for the transactions in phase 2.
+func (d *Driver) phase2Backlog(ctx context.Context) ([]Phase2Txn, error) {
+	return askLoop(ctx, d, d.phase2c)
+}
+
+// askLoop asks the driver loop for something only it may read.
+func askLoop[T any](ctx context.Context, d *Driver, reqc chan chan T) (T, error) {
+	var zero T
+	ch := make(chan T, 1)
 	select {
-	case d.listc <- ch:
+	case reqc <- ch:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return zero, ctx.Err()
 	case <-d.stopc:
-		return nil, ErrStopped
+		return zero, ErrStopped
 	}
 	select {
-	case u := <-ch:
-		return u, nil
+	case v := <-ch:
+		return v, nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return zero, ctx.Err()
 	}
 }

@@ -165,24 +165,43 @@ type adminService struct {
 	node *Node
 }
 
-func (a *adminService) Status(context.Context, *decreev1.StatusRequest) (*decreev1.StatusResponse, error) {
+func (a *adminService) Status(ctx context.Context, _ *decreev1.StatusRequest) (*decreev1.StatusResponse, error) {
 	st := a.node.Status()
+	count, oldest := a.phase2(ctx)
 	return &decreev1.StatusResponse{
-		Id:          st.ID,
-		Role:        roleToProto(st.Role),
-		Term:        st.Term,
-		Leader:      st.Leader,
-		Commit:      st.Commit,
-		Applied:     st.Applied,
-		ClusterId:   a.node.cfg.ClusterID,
-		Fsyncs:      a.node.SyncCount(),
-		Readies:     a.node.ReadyCount(),
-		Peers:       a.node.cfg.Peers,
-		CpuSeconds:  processCPUSeconds(),
-		RssBytes:    processRSSBytes(),
-		GoHeapBytes: goHeapBytes(),
-		Stats:       nodeStatsToProto(a.node.Stats()),
+		Phase2Backlog:          count,
+		Phase2OldestAgeSeconds: oldest.Seconds(),
+		Id:                     st.ID,
+		Role:                   roleToProto(st.Role),
+		Term:                   st.Term,
+		Leader:                 st.Leader,
+		Commit:                 st.Commit,
+		Applied:                st.Applied,
+		ClusterId:              a.node.cfg.ClusterID,
+		Fsyncs:                 a.node.SyncCount(),
+		Readies:                a.node.ReadyCount(),
+		Peers:                  a.node.cfg.Peers,
+		CpuSeconds:             processCPUSeconds(),
+		RssBytes:               processRSSBytes(),
+		GoHeapBytes:            goHeapBytes(),
+		Stats:                  nodeStatsToProto(a.node.Stats()),
 	}, nil
+}
+
+// phase2 summarizes the driver's phase-2 backlog. The status of a node
+// whose driver is busy or gone still answers, without it.
+func (a *adminService) phase2(ctx context.Context) (uint64, time.Duration) {
+	f := a.node.phase2.Load()
+	if f == nil {
+		return 0, 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	backlog, err := (*f)(ctx)
+	if err != nil || len(backlog) == 0 {
+		return 0, 0
+	}
+	return uint64(len(backlog)), backlog[0].Age
 }
 
 func roleToProto(s raft.StateType) decreev1.Role {

@@ -42,6 +42,9 @@ type Node struct {
 	store *txlog.Store
 	rn    *raft.RawNode
 	tr    Transport
+	// phase2 reports the 2PC driver's phase-2 backlog for Admin Status;
+	// the driver sets it (NewDriver), a node without one reports none.
+	phase2 atomic.Pointer[func(context.Context) ([]Phase2Txn, error)]
 
 	propc   chan *proposal
 	recvc   chan *raftpb.Message

@@ -214,12 +214,19 @@ func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1
 		return truncate(resp, limit), nil
 	}
 	scan := s.d.node.ScanRecords
+	var sends map[string]int
 	if filter == decreev1.TxnFilter_TXN_FILTER_UNFINISHED {
 		scan = s.d.node.store.ScanUnfinished // the index, not the whole table
+		var err error
+		if sends, err = s.d.decisionSends(ctx); err != nil {
+			return nil, s.d.statusOf(ctx, err)
+		}
 	}
 	err := scan(func(r *txlog.Record) bool {
 		if matches(filter, r) {
-			resp.Txns = append(resp.Txns, txnInfo(r))
+			info := txnInfo(r)
+			info.DecisionSends = uint32(sends[r.ID])
+			resp.Txns = append(resp.Txns, info)
 		}
 		return len(resp.Txns) < limit
 	})
@@ -227,6 +234,20 @@ func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1
 		return nil, status.Errorf(codes.Internal, "scan records: %v", err)
 	}
 	return truncate(resp, limit), nil
+}
+
+// decisionSends maps each transaction in phase 2 to the deliveries of its
+// decision this leader made.
+func (d *Driver) decisionSends(ctx context.Context) (map[string]int, error) {
+	backlog, err := d.phase2Backlog(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sends := make(map[string]int, len(backlog))
+	for _, t := range backlog {
+		sends[t.ID] = t.Sends
+	}
+	return sends, nil
 }
 
 func truncate(resp *decreev1.ListTransactionsResponse, limit int) *decreev1.ListTransactionsResponse {

@@ -371,3 +371,51 @@ func TestListUnfinishedReadsTheUnfinishedRecords(t *testing.T) {
 		t.Fatalf("unfinished, limit 1 = %q, want %q", got, want)
 	}
 }
+
+// A participant that never acknowledges phase 2 leaves its transactions
+// in the leader's backlog: Admin Status counts them with the oldest's age,
+// and the unfinished listing shows how often the leader sent each one.
+func TestStatusShowsThePhase2Backlog(t *testing.T) {
+	// The leader takes up decisions proposed behind its back at a rescan.
+	c := newTestClusterWith(t, 3, nil, func(d *coordinator.DriverConfig) { d.Core.RescanEvery = 100 * time.Millisecond })
+	lead := c.leader()
+	ids := []string{newTxnID(1), newTxnID(2)}
+	for _, id := range ids {
+		// Nobody listens at port 9: the decision never arrives.
+		if _, err := c.propose(lead, decide(id, committed, "127.0.0.1:9")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := grpc.NewClient(c.peers[lead], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	admin, cc := decreev1.NewAdminClient(conn), decreev1.NewCoordinatorClient(conn)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := admin.Status(ctx, &decreev1.StatusRequest{})
+		if err != nil {
+			cancel()
+			t.Fatalf("status: %v", err)
+		}
+		list, err := cc.ListTransactions(ctx, &decreev1.ListTransactionsRequest{Filter: decreev1.TxnFilter_TXN_FILTER_UNFINISHED})
+		cancel()
+		if err != nil {
+			t.Fatalf("list unfinished: %v", err)
+		}
+		sent := len(list.GetTxns()) == len(ids)
+		for _, tx := range list.GetTxns() {
+			sent = sent && tx.GetDecisionSends() >= 2 // the first send and at least one retry
+		}
+		if st.GetPhase2Backlog() == uint64(len(ids)) && st.GetPhase2OldestAgeSeconds() > 0 && sent {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backlog %d, oldest %.3fs, listing %v; want %d waiting, a positive age and retried sends",
+				st.GetPhase2Backlog(), st.GetPhase2OldestAgeSeconds(), list.GetTxns(), len(ids))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -28,10 +28,15 @@ type statusRow struct {
 	Applied  uint64 `json:"applied"`
 	// RSSBytes and GoHeapBytes are the node process's resident memory and
 	// live Go heap.
-	RSSBytes    uint64     `json:"rss_bytes"`
-	GoHeapBytes uint64     `json:"go_heap_bytes"`
-	Stats       *nodeStats `json:"stats,omitempty"`
-	Error       string     `json:"error,omitempty"`
+	RSSBytes    uint64 `json:"rss_bytes"`
+	GoHeapBytes uint64 `json:"go_heap_bytes"`
+	// Phase2Backlog counts the decided transactions whose decision has not
+	// reached every participant (the leader's; 0 elsewhere), and
+	// Phase2OldestAgeSeconds is how long the oldest has waited.
+	Phase2Backlog          uint64     `json:"phase2_backlog"`
+	Phase2OldestAgeSeconds float64    `json:"phase2_oldest_age_s"`
+	Stats                  *nodeStats `json:"stats,omitempty"`
+	Error                  string     `json:"error,omitempty"`
 }
 
 // nodeStats are a node's background-work counters (decreev1.NodeStats),
@@ -140,6 +145,7 @@ func statusOf(ep string, timeout time.Duration) statusRow {
 	row.ID, row.Role, row.Term = st.GetId(), roleName(st.GetRole()), st.GetTerm()
 	row.Leader, row.Commit, row.Applied = st.GetLeader(), st.GetCommit(), st.GetApplied()
 	row.RSSBytes, row.GoHeapBytes = st.GetRssBytes(), st.GetGoHeapBytes()
+	row.Phase2Backlog, row.Phase2OldestAgeSeconds = st.GetPhase2Backlog(), st.GetPhase2OldestAgeSeconds()
 	ns := nodeStatsFromProto(st.GetStats())
 	row.Stats = &ns
 	return row
@@ -158,15 +164,25 @@ func roleName(r decreev1.Role) string {
 
 func printStatusTable(w io.Writer, rows []statusRow) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tENDPOINT\tROLE\tTERM\tLEADER\tCOMMIT\tAPPLIED\tRSS")
+	fmt.Fprintln(tw, "ID\tENDPOINT\tROLE\tTERM\tLEADER\tCOMMIT\tAPPLIED\tRSS\tPHASE2")
 	for _, r := range rows {
 		if r.Role == "unreachable" {
-			fmt.Fprintf(tw, "-\t%s\tunreachable\t-\t-\t-\t-\t-\n", r.Endpoint)
+			fmt.Fprintf(tw, "-\t%s\tunreachable\t-\t-\t-\t-\t-\t-\n", r.Endpoint)
 			continue
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", r.ID, r.Endpoint, r.Role, r.Term, r.Leader, r.Commit, r.Applied, mib(r.RSSBytes))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", r.ID, r.Endpoint, r.Role, r.Term, r.Leader, r.Commit, r.Applied,
+			mib(r.RSSBytes), phase2Cell(r))
 	}
 	return tw.Flush()
+}
+
+// phase2Cell shows the phase-2 backlog: how many wait, and the oldest.
+func phase2Cell(r statusRow) string {
+	if r.Phase2Backlog == 0 {
+		return "0"
+	}
+	age := time.Duration(r.Phase2OldestAgeSeconds * float64(time.Second)).Round(time.Second)
+	return fmt.Sprintf("%d (oldest %v)", r.Phase2Backlog, age)
 }
 
 // mib shows a byte count in MiB, to one decimal.

@@ -112,6 +112,11 @@ type txnRow struct {
 	Finished     bool     `json:"finished"`
 	DecidedAt    string   `json:"decided_at,omitempty"`
 	Reason       string   `json:"reason"`
+	// AgeSeconds (since the decision) and DecisionSends (the leader's
+	// deliveries of it) show how long an unfinished transaction has been
+	// waiting in phase 2, and how hard the leader tried.
+	AgeSeconds    float64 `json:"age_seconds,omitempty"`
+	DecisionSends int     `json:"decision_sends,omitempty"`
 }
 
 func runTxnList(args []string, stdout, stderr io.Writer) error {
@@ -142,25 +147,44 @@ func runTxnList(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return asUsage(err)
 	}
-	rows := txnRows(txns)
+	rows := txnRows(txns, time.Now())
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rows)
 	}
+	if *state == "unfinished" {
+		return printUnfinishedTable(stdout, rows)
+	}
 	return printTxnTable(stdout, rows)
 }
 
-func txnRows(txns []client.TxnInfo) []txnRow {
+func txnRows(txns []client.TxnInfo, now time.Time) []txnRow {
 	rows := make([]txnRow, len(txns))
 	for i, t := range txns {
 		rows[i] = txnRow{ID: t.ID, State: t.State.String(), Participants: nonNil(t.Participants),
-			Acked: nonNil(t.Acked), Finished: t.Finished, Reason: t.Reason}
+			Acked: nonNil(t.Acked), Finished: t.Finished, Reason: t.Reason, DecisionSends: t.DecisionSends}
 		if !t.DecidedAt.IsZero() {
 			rows[i].DecidedAt = t.DecidedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+			if !t.Finished {
+				rows[i].AgeSeconds = max(now.Sub(t.DecidedAt), 0).Round(time.Millisecond).Seconds()
+			}
 		}
 	}
 	return rows
+}
+
+// printUnfinishedTable lists transactions waiting in phase 2 with how
+// long they have waited and how often the leader sent the decision.
+func printUnfinishedTable(w io.Writer, rows []txnRow) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tPARTICIPANTS\tACKED\tAGE\tSENDS\tREASON")
+	for _, r := range rows {
+		age := time.Duration(r.AgeSeconds * float64(time.Second)).Round(time.Second)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%d\t%s\n", r.ID, r.State, orDash(strings.Join(r.Participants, ",")),
+			orDash(strings.Join(r.Acked, ",")), age, r.DecisionSends, orDash(r.Reason))
+	}
+	return tw.Flush()
 }
 
 func printTxnTable(w io.Writer, rows []txnRow) error {

@@ -135,6 +135,9 @@ type TxnInfo struct {
 	// DecidedAt is the deciding leader's clock; zero while undecided.
 	DecidedAt time.Time
 	Reason    string
+	// DecisionSends counts the leader's deliveries of the decision, for
+	// an unfinished transaction listed by the leader that drives it.
+	DecisionSends int
 }
 
 // List returns up to limit transactions matching filter (limit 0: the
@@ -172,6 +175,8 @@ func txnInfo(t *decreev1.TxnInfo) TxnInfo {
 		Acked:        t.GetAcked(),
 		Finished:     t.GetFinished(),
 		Reason:       t.GetReason(),
+
+		DecisionSends: int(t.GetDecisionSends()),
 	}
 	if ns := t.GetDecidedAt(); ns != 0 {
 		info.DecidedAt = time.Unix(0, ns)

@@ -140,9 +140,15 @@ type StatusResponse struct {
 	// block cache and memtables are outside it.
 	GoHeapBytes uint64 `protobuf:"varint,13,opt,name=go_heap_bytes,json=goHeapBytes,proto3" json:"go_heap_bytes,omitempty"`
 	// The node's background-work counters since it started; they only grow.
-	Stats         *NodeStats `protobuf:"bytes,14,opt,name=stats,proto3" json:"stats,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Stats *NodeStats `protobuf:"bytes,14,opt,name=stats,proto3" json:"stats,omitempty"`
+	// phase2_backlog counts the decided transactions whose decision has not
+	// reached every participant yet, as held by this node's 2PC driver (0 on
+	// a follower); phase2_oldest_age_seconds is the age of the oldest one's
+	// decision. A participant that never acknowledges keeps them growing.
+	Phase2Backlog          uint64  `protobuf:"varint,15,opt,name=phase2_backlog,json=phase2Backlog,proto3" json:"phase2_backlog,omitempty"`
+	Phase2OldestAgeSeconds float64 `protobuf:"fixed64,16,opt,name=phase2_oldest_age_seconds,json=phase2OldestAgeSeconds,proto3" json:"phase2_oldest_age_seconds,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -271,6 +277,20 @@ func (x *StatusResponse) GetStats() *NodeStats {
 		return x.Stats
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetPhase2Backlog() uint64 {
+	if x != nil {
+		return x.Phase2Backlog
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetPhase2OldestAgeSeconds() float64 {
+	if x != nil {
+		return x.Phase2OldestAgeSeconds
+	}
+	return 0
 }
 
 // NodeStats counts a node's background work (coordinator.NodeStats).
@@ -410,7 +430,7 @@ var File_decree_v1_admin_proto protoreflect.FileDescriptor
 const file_decree_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x15decree/v1/admin.proto\x12\tdecree.v1\"\x0f\n" +
-	"\rStatusRequest\"\xf8\x03\n" +
+	"\rStatusRequest\"\xda\x04\n" +
 	"\x0eStatusResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x0f.decree.v1.RoleR\x04role\x12\x12\n" +
@@ -428,7 +448,9 @@ const file_decree_v1_admin_proto_rawDesc = "" +
 	"cpuSeconds\x12\x1b\n" +
 	"\trss_bytes\x18\f \x01(\x04R\brssBytes\x12\"\n" +
 	"\rgo_heap_bytes\x18\r \x01(\x04R\vgoHeapBytes\x12*\n" +
-	"\x05stats\x18\x0e \x01(\v2\x14.decree.v1.NodeStatsR\x05stats\x1a8\n" +
+	"\x05stats\x18\x0e \x01(\v2\x14.decree.v1.NodeStatsR\x05stats\x12%\n" +
+	"\x0ephase2_backlog\x18\x0f \x01(\x04R\rphase2Backlog\x129\n" +
+	"\x19phase2_oldest_age_seconds\x18\x10 \x01(\x01R\x16phase2OldestAgeSeconds\x1a8\n" +
 	"\n" +
 	"PeersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +

@@ -498,14 +498,17 @@ func (x *ListTransactionsRequest) GetLimit() uint32 {
 }
 
 type TxnInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TxnId         string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
-	State         TxnState               `protobuf:"varint,2,opt,name=state,proto3,enum=decree.v1.TxnState" json:"state,omitempty"`
-	Participants  []string               `protobuf:"bytes,3,rep,name=participants,proto3" json:"participants,omitempty"`
-	Acked         []string               `protobuf:"bytes,4,rep,name=acked,proto3" json:"acked,omitempty"`
-	Finished      bool                   `protobuf:"varint,5,opt,name=finished,proto3" json:"finished,omitempty"`
-	DecidedAt     int64                  `protobuf:"varint,6,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
-	Reason        string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	TxnId        string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	State        TxnState               `protobuf:"varint,2,opt,name=state,proto3,enum=decree.v1.TxnState" json:"state,omitempty"`
+	Participants []string               `protobuf:"bytes,3,rep,name=participants,proto3" json:"participants,omitempty"`
+	Acked        []string               `protobuf:"bytes,4,rep,name=acked,proto3" json:"acked,omitempty"`
+	Finished     bool                   `protobuf:"varint,5,opt,name=finished,proto3" json:"finished,omitempty"`
+	DecidedAt    int64                  `protobuf:"varint,6,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	Reason       string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// decision_sends counts the leader's deliveries of the decision since it
+	// took up the transaction (leader soft state; 0 when not known).
+	DecisionSends uint32 `protobuf:"varint,8,opt,name=decision_sends,json=decisionSends,proto3" json:"decision_sends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -589,6 +592,13 @@ func (x *TxnInfo) GetReason() string {
 	return ""
 }
 
+func (x *TxnInfo) GetDecisionSends() uint32 {
+	if x != nil {
+		return x.DecisionSends
+	}
+	return 0
+}
+
 type ListTransactionsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Txns          []*TxnInfo             `protobuf:"bytes,1,rep,name=txns,proto3" json:"txns,omitempty"`
@@ -661,7 +671,7 @@ const file_decree_v1_coordinator_proto_rawDesc = "" +
 	"decided_at\x18\x06 \x01(\x03R\tdecidedAt\"]\n" +
 	"\x17ListTransactionsRequest\x12,\n" +
 	"\x06filter\x18\x01 \x01(\x0e2\x14.decree.v1.TxnFilterR\x06filter\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"\xd8\x01\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\xff\x01\n" +
 	"\aTxnInfo\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.decree.v1.TxnStateR\x05state\x12\"\n" +
@@ -670,7 +680,8 @@ const file_decree_v1_coordinator_proto_rawDesc = "" +
 	"\bfinished\x18\x05 \x01(\bR\bfinished\x12\x1d\n" +
 	"\n" +
 	"decided_at\x18\x06 \x01(\x03R\tdecidedAt\x12\x16\n" +
-	"\x06reason\x18\a \x01(\tR\x06reason\"B\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12%\n" +
+	"\x0edecision_sends\x18\b \x01(\rR\rdecisionSends\"B\n" +
 	"\x18ListTransactionsResponse\x12&\n" +
 	"\x04txns\x18\x01 \x03(\v2\x12.decree.v1.TxnInfoR\x04txns*\x87\x01\n" +
 	"\bTxnState\x12\x19\n" +
