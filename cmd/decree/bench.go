@@ -57,6 +57,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The logger (from every node, participant and client goroutine) and
+	// the progress line share stderr: one write at a time.
+	stderr = &lockedWriter{w: stderr}
 	lvl, err := zerolog.ParseLevel(strings.ToLower(f.logLevel))
 	if err != nil {
 		return usagef("--log-level: %v", err)
@@ -469,4 +472,17 @@ func writeJSONFile(path string, v any) error {
 		return fmt.Errorf("write results: %w", err)
 	}
 	return nil
+}
+
+// lockedWriter serialises writes to w, which the caller may not have made
+// safe for concurrent use (a test's bytes.Buffer).
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

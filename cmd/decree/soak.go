@@ -121,6 +121,7 @@ func runSoak(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	stderr = &lockedWriter{w: stderr} // as in bench: the logger and the progress share it
 	lvl, err := zerolog.ParseLevel(strings.ToLower(f.logLevel))
 	if err != nil {
 		return usagef("--log-level: %v", err)
