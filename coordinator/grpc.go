@@ -182,7 +182,16 @@ func (a *adminService) Status(context.Context, *decreev1.StatusRequest) (*decree
 		RssBytes:    processRSSBytes(),
 		GoHeapBytes: goHeapBytes(),
 		Stats:       nodeStatsToProto(a.node.Stats()),
+		Members:     membersToProto(a.node.Members()),
 	}, nil
+}
+
+func membersToProto(ms []Member) []*decreev1.MemberProgress {
+	out := make([]*decreev1.MemberProgress, len(ms))
+	for i, m := range ms {
+		out[i] = &decreev1.MemberProgress{Id: m.ID, Match: m.Match}
+	}
+	return out
 }
 
 func roleToProto(s raft.StateType) decreev1.Role {
