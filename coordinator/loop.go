@@ -469,7 +469,7 @@ func (n *Node) compact(compact uint64) error {
 // publishMembers records the leader's progress of every member for Status;
 // once per tick, so the hot path pays nothing.
 func (n *Node) publishMembers() {
-	if n.rn.BasicStatus().RaftState != raft.StateLeader {
+	if n.role != raft.StateLeader {
 		if n.members.Load() != nil {
 			n.members.Store(nil)
 		}
