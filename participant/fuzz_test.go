@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"sync"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -35,10 +38,14 @@ type fuzzModel struct {
 	yes       map[string]*decreev1.PrepareRequest // voted YES (or COMMITTED) with this request
 	committed map[string]bool
 	aborted   map[string]bool
+	// unknown holds ids a Calls batch touched: its calls run
+	// concurrently, so their order, and the model's view, is unknown.
+	unknown map[string]bool
 }
 
 // FuzzParticipantRPC feeds arbitrary Prepare, Commit, Abort and Resolve
-// requests to a real participant through its service methods. Each op is
+// requests to a real participant through its service methods, and (kind
+// with both high bits set) Calls batches through ServeCalls. Each op is
 // [kind, length, body...]: kind's low two bits pick the call, bit 2
 // replaces the decoded id by one of four valid ids (bits 4-5) so that
 // calls meet, bit 3 gives a Prepare a valid participant list. It checks
@@ -59,13 +66,17 @@ func FuzzParticipantRPC(f *testing.F) {
 		// Start is not called: no outcome query is ever sent to the coordinator.
 		p := newParticipant(t, fuzzResource{}, participant.Options{Log: log, Coordinators: []string{"127.0.0.1:1"}})
 		srv := p.Server()
-		m := &fuzzModel{yes: map[string]*decreev1.PrepareRequest{}, committed: map[string]bool{}, aborted: map[string]bool{}}
+		m := &fuzzModel{yes: map[string]*decreev1.PrepareRequest{}, committed: map[string]bool{}, aborted: map[string]bool{}, unknown: map[string]bool{}}
 		for len(data) >= 2 {
 			kind, n := data[0], int(data[1])
 			data = data[2:]
 			n = min(n, len(data))
 			body := data[:n]
 			data = data[n:]
+			if kind&0xc0 == 0xc0 {
+				fuzzCalls(t, srv, m, body)
+				continue
+			}
 			fuzzCall(t, srv, m, kind, body)
 		}
 	})
@@ -125,6 +136,71 @@ func fuzzCall(t *testing.T, srv decreev1.ParticipantServer, m *fuzzModel, kind b
 	}
 }
 
+// fuzzCalls serves one CallBatch on a Calls stream and checks that every
+// call is answered once, with a reply of its kind or a gRPC status.
+func fuzzCalls(t *testing.T, srv decreev1.ParticipantServer, m *fuzzModel, body []byte) {
+	batch := &decreev1.CallBatch{}
+	if proto.Unmarshal(body, batch) != nil {
+		return
+	}
+	seqs := map[uint64]int{}
+	for _, c := range batch.GetCalls() {
+		seqs[c.GetSeq()]++
+		for _, id := range []string{c.GetPrepare().GetTxnId(), c.GetCommit().GetTxnId(),
+			c.GetAbort().GetTxnId(), c.GetResolve().GetTxnId()} {
+			m.unknown[id] = true
+		}
+	}
+	st := &fakeCallsStream{ctx: context.Background(), in: []*decreev1.CallBatch{batch}}
+	if err := participant.ServeCalls(st, srv); err != nil {
+		checkStatus(t, "calls", err)
+	}
+	for _, r := range st.replies {
+		if seqs[r.GetSeq()] == 0 {
+			t.Fatalf("reply for seq %d, which no call carried (or more replies than calls)", r.GetSeq())
+		}
+		seqs[r.GetSeq()]--
+		if e := r.GetError(); e != nil && (codes.Code(e.GetCode()) == codes.OK || codes.Code(e.GetCode()) == codes.Unknown) {
+			t.Fatalf("call %d failed with code %v: %s", r.GetSeq(), codes.Code(e.GetCode()), e.GetMessage())
+		}
+	}
+	for seq, n := range seqs {
+		if n != 0 {
+			t.Fatalf("%d calls with seq %d got no reply", n, seq)
+		}
+	}
+}
+
+// fakeCallsStream is a Calls stream that delivers its batches, then EOF,
+// and keeps the replies sent.
+type fakeCallsStream struct {
+	grpc.ServerStream
+	ctx     context.Context
+	in      []*decreev1.CallBatch
+	mu      sync.Mutex
+	replies []*decreev1.Reply
+}
+
+func (s *fakeCallsStream) Context() context.Context { return s.ctx }
+
+func (s *fakeCallsStream) Recv() (*decreev1.CallBatch, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.in) == 0 {
+		return nil, io.EOF
+	}
+	b := s.in[0]
+	s.in = s.in[1:]
+	return b, nil
+}
+
+func (s *fakeCallsStream) Send(b *decreev1.ReplyBatch) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.replies = append(s.replies, b.GetReplies()...)
+	return nil
+}
+
 func checkStatus(t *testing.T, call string, err error) {
 	if err == nil {
 		return
@@ -137,6 +213,9 @@ func checkStatus(t *testing.T, call string, err error) {
 
 func (m *fuzzModel) prepared(t *testing.T, req *decreev1.PrepareRequest, vote decreev1.Vote) {
 	id := req.GetTxnId()
+	if m.unknown[id] {
+		return
+	}
 	switch vote {
 	case decreev1.Vote_VOTE_YES, decreev1.Vote_VOTE_COMMITTED:
 		if m.aborted[id] {
@@ -161,7 +240,7 @@ func (m *fuzzModel) prepared(t *testing.T, req *decreev1.PrepareRequest, vote de
 }
 
 func (m *fuzzModel) decided(t *testing.T, id string, err error, commit bool) {
-	if err != nil {
+	if err != nil || m.unknown[id] {
 		return
 	}
 	if commit {
@@ -182,6 +261,7 @@ func (m *fuzzModel) decided(t *testing.T, id string, err error, commit bool) {
 
 func (m *fuzzModel) resolved(t *testing.T, id string, st decreev1.ParticipantState) {
 	switch {
+	case m.unknown[id]:
 	case m.committed[id] && st != decreev1.ParticipantState_PARTICIPANT_STATE_COMMITTED,
 		m.aborted[id] && st != decreev1.ParticipantState_PARTICIPANT_STATE_ABORTED:
 		t.Fatalf("resolve %s answered %v, want the decided outcome (committed %v)", id, st, m.committed[id])
@@ -218,5 +298,12 @@ func fuzzSeeds() [][]byte {
 		seq(prep(a, "x", false), prep(a, "y", false), prep(b, "no", false)),
 		seq(prep(b, "x", true), op(b|2, dec)),
 		seq(op(0, &decreev1.PrepareRequest{TxnId: "not-a-uuid\x00", Participants: make([]string, 100)})),
+		seq(op(0xc0, &decreev1.CallBatch{Calls: []*decreev1.Call{
+			{Seq: 1, Kind: &decreev1.Call_Prepare{Prepare: &decreev1.PrepareRequest{TxnId: fuzzIDs[2],
+				Payload: []byte("x"), Participants: []string{"self:1", "other:1"}, Term: 1}}},
+			{Seq: 2, Kind: &decreev1.Call_Commit{Commit: &decreev1.DecisionRequest{TxnId: fuzzIDs[3], Term: 1}}},
+			{Seq: 2, Kind: &decreev1.Call_Resolve{Resolve: &decreev1.ResolveRequest{TxnId: "x"}}},
+			{Seq: 3},
+		}}), op(4|32|1, dec)),
 	}
 }
