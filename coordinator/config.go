@@ -27,6 +27,12 @@ type Config struct {
 	Peers map[uint64]string
 	// ClusterID identifies the cluster; see ClusterID.
 	ClusterID uint64
+	// JoinExisting says the cluster already exists (etcd's
+	// --initial-cluster-state existing): a store without raft state is
+	// then refused with ErrLostState instead of bootstrapping a new group
+	// from Peers. A node that lost its disk and bootstrapped again would
+	// start from an empty hard state and could vote twice in one term.
+	JoinExisting bool
 
 	// TickInterval is the raft logical clock period (default 100ms).
 	TickInterval time.Duration

@@ -185,6 +185,7 @@ func (a *adminService) Status(ctx context.Context, _ *decreev1.StatusRequest) (*
 		RssBytes:               processRSSBytes(),
 		GoHeapBytes:            goHeapBytes(),
 		Stats:                  nodeStatsToProto(a.node.Stats()),
+		Members:                membersToProto(a.node.Members()),
 	}, nil
 }
 
@@ -202,6 +203,14 @@ func (a *adminService) phase2(ctx context.Context) (uint64, time.Duration) {
 		return 0, 0
 	}
 	return uint64(len(backlog)), backlog[0].Age
+}
+
+func membersToProto(ms []Member) []*decreev1.MemberProgress {
+	out := make([]*decreev1.MemberProgress, len(ms))
+	for i, m := range ms {
+		out[i] = &decreev1.MemberProgress{Id: m.ID, Match: m.Match}
+	}
+	return out
 }
 
 func roleToProto(s raft.StateType) decreev1.Role {

@@ -1,8 +1,10 @@
 package coordinator
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -58,6 +60,7 @@ func (n *Node) run() {
 func (n *Node) tick() {
 	n.rn.Tick()
 	n.ticks++
+	n.publishMembers()
 	if n.ticks%sweepEveryTicks == 0 {
 		n.sweepAbandoned()
 	}
@@ -461,4 +464,21 @@ func (n *Node) compact(compact uint64) error {
 		return fmt.Errorf("compact log below %d: %w", compact, err)
 	}
 	return nil
+}
+
+// publishMembers records the leader's progress of every member for Status;
+// once per tick, so the hot path pays nothing.
+func (n *Node) publishMembers() {
+	if n.role != raft.StateLeader {
+		if n.members.Load() != nil {
+			n.members.Store(nil)
+		}
+		return
+	}
+	var ms []Member
+	n.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		ms = append(ms, Member{ID: id, Match: pr.Match})
+	})
+	slices.SortFunc(ms, func(a, b Member) int { return cmp.Compare(a.ID, b.ID) })
+	n.members.Store(&ms)
 }

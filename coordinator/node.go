@@ -57,6 +57,7 @@ type Node struct {
 	err     error // why the loop ended; written before donec closes
 
 	status  atomic.Pointer[Status]
+	members atomic.Pointer[[]Member] // the leader's view of its followers; nil elsewhere
 	readies atomic.Uint64
 	stats   nodeStats
 	// collectLimit, when set, replaces the package's collectLimit; the
@@ -117,6 +118,49 @@ type report struct {
 	peer        uint64
 	snapshot    bool
 	snapshotErr bool
+}
+
+// ErrLostState refuses to bootstrap a node whose store holds no raft state
+// although its cluster already exists: its log and votes are lost.
+var ErrLostState = errors.New("the data dir holds no raft state but this node's cluster already exists " +
+	"(its data dir was lost or wiped): starting it empty could vote twice in one term and lose committed data; " +
+	"replace the node instead: remove it from the cluster and add a new member with an empty data dir " +
+	"(membership commands come in issue 13), or restore its data dir")
+
+// Fresh reports whether store holds no raft state yet, so that a node
+// started on it would bootstrap a new group.
+func Fresh(store *txlog.Store) (bool, error) {
+	hs, _, err := store.InitialState()
+	if err != nil {
+		return false, fmt.Errorf("load raft state: %w", err)
+	}
+	snap, err := store.Snapshot()
+	if err != nil {
+		return false, fmt.Errorf("load snapshot: %w", err)
+	}
+	last, err := store.LastIndex()
+	if err != nil {
+		return false, fmt.Errorf("load last index: %w", err)
+	}
+	return raft.IsEmptyHardState(hs) && last == 0 && raft.IsEmptySnap(snap), nil
+}
+
+// Member is the leader's view of one member's log: Match is the highest
+// index the member has acknowledged (raft's Progress.Match).
+type Member struct {
+	ID    uint64
+	Match uint64
+}
+
+// Members returns, on the leader, what each member has acknowledged, as of
+// the last tick; nil on other nodes. A leader learns Match only from
+// acknowledgements it received itself: after a restart or a change of
+// leader it starts from 0.
+func (n *Node) Members() []Member {
+	if m := n.members.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 // NewNode starts a node on an opened store. On a fresh store it bootstraps
@@ -210,6 +254,9 @@ func (n *Node) initRaft() error {
 	n.rn = rn
 	n.role = rn.BasicStatus().RaftState
 	fresh := raft.IsEmptyHardState(hs) && last == 0 && raft.IsEmptySnap(snap)
+	if fresh && n.cfg.JoinExisting {
+		return fmt.Errorf("node %d: %w", n.cfg.ID, ErrLostState)
+	}
 	if fresh {
 		peers := make([]raft.Peer, 0, len(n.cfg.Peers))
 		for id := range n.cfg.Peers {

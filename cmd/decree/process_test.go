@@ -96,6 +96,16 @@ func freeAddrs(t *testing.T, n int) []string {
 }
 
 func newProcCluster(t *testing.T, size int) *procCluster {
+	c := newIdleProcCluster(t, size)
+	for id := range c.addrs {
+		c.start(id)
+	}
+	return c
+}
+
+// newIdleProcCluster prepares a cluster's addresses and dirs and starts no
+// node.
+func newIdleProcCluster(t *testing.T, size int) *procCluster {
 	c := &procCluster{t: t, bin: decreeBinary(t), addrs: map[uint64]string{}, dirs: map[uint64]string{},
 		procs: map[uint64]*exec.Cmd{}, logs: map[uint64]string{}}
 	var parts []string
@@ -106,9 +116,6 @@ func newProcCluster(t *testing.T, size int) *procCluster {
 		parts = append(parts, fmt.Sprintf("%d=%s", id, a))
 	}
 	c.peers = strings.Join(parts, ",")
-	for id := range c.addrs {
-		c.start(id)
-	}
 	t.Cleanup(func() {
 		for id := range c.procs {
 			c.kill(id)
@@ -125,8 +132,7 @@ func newProcCluster(t *testing.T, size int) *procCluster {
 
 func (c *procCluster) start(id uint64) {
 	c.t.Helper()
-	cmd := exec.Command(c.bin, "start", "--id", fmt.Sprint(id), "--listen", c.addrs[id], "--peers", c.peers,
-		"--data-dir", c.dirs[id], "--log-level", "info")
+	cmd := exec.Command(c.bin, c.startArgs(id)...)
 	// Each node logs to a file that outlives its restarts.
 	path := c.dirs[id] + ".log"
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -139,6 +145,11 @@ func (c *procCluster) start(id uint64) {
 		c.t.Fatal(err)
 	}
 	c.procs[id], c.logs[id] = cmd, path
+}
+
+func (c *procCluster) startArgs(id uint64, extra ...string) []string {
+	return append([]string{"start", "--id", fmt.Sprint(id), "--listen", c.addrs[id], "--peers", c.peers,
+		"--data-dir", c.dirs[id], "--log-level", "info"}, extra...)
 }
 
 // kill sends SIGKILL to a process this test started, by its PID.

@@ -53,6 +53,7 @@ type startFlags struct {
 	cacheSize     byteSize
 	memtableSize  byteSize
 	goMemLimit    byteSize
+	clusterState  string
 	logLevel      string
 	logFormat     string
 }
@@ -82,6 +83,9 @@ func runStart(args []string, _, stderr io.Writer) error {
 	fs.Var(&f.memtableSize, "memtable-size", "Pebble memtable in bytes (or KiB, MiB, GiB); at most two are held")
 	fs.Var(&f.goMemLimit, "go-memory-limit", "soft limit of the Go runtime's memory, in bytes (or KiB, MiB, GiB); 0 for none; GOMEMLIMIT wins")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "host:port for plain-HTTP operator endpoints (/debug/pprof); off when empty")
+	fs.StringVar(&f.clusterState, "initial-cluster-state", clusterStateAuto,
+		"new: bootstrap a new cluster on an empty data dir; existing: the cluster exists, refuse an empty data dir; "+
+			"unset: bootstrap an empty data dir unless a peer's leader reports this node ran before")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -141,6 +145,11 @@ func (f *startFlags) nodeConfig() (coordinator.Config, error) {
 	if f.memtableSize < 1<<20 || f.memtableSize > maxMemTableSize {
 		return coordinator.Config{}, usagef("--memtable-size must be between 1MiB and %v, not %v", byteSize(maxMemTableSize), f.memtableSize)
 	}
+	switch f.clusterState {
+	case clusterStateAuto, clusterStateNew, clusterStateExisting:
+	default:
+		return coordinator.Config{}, usagef("--initial-cluster-state must be new or existing, not %q", f.clusterState)
+	}
 	if f.goMemLimit != 0 && f.goMemLimit < minGoMemoryLimit {
 		return coordinator.Config{}, usagef("--go-memory-limit must be 0 (none) or at least %v, not %v", byteSize(minGoMemoryLimit), f.goMemLimit)
 	}
@@ -151,6 +160,7 @@ func (f *startFlags) nodeConfig() (coordinator.Config, error) {
 		TickInterval:  f.tick,
 		ElectionTicks: f.electionTicks,
 		SnapshotEvery: f.snapshotEvery,
+		JoinExisting:  f.clusterState == clusterStateExisting,
 	}, nil
 }
 
@@ -185,6 +195,9 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 		return err
 	}
 	defer store.Close()
+	if err := checkBootstrap(cfg, f, store); err != nil {
+		return err
+	}
 	tcp, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.listen, err)
@@ -245,6 +258,19 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 	}
 	log.Info().Msg("stopped cleanly")
 	return nil
+}
+
+// checkBootstrap refuses, with no --initial-cluster-state, to bootstrap
+// an empty store of a node that a peer's leader knows ran before.
+func checkBootstrap(cfg coordinator.Config, f startFlags, store *txlog.Store) error {
+	if f.clusterState != clusterStateAuto {
+		return nil
+	}
+	fresh, err := coordinator.Fresh(store)
+	if err != nil || !fresh {
+		return err
+	}
+	return checkNeverJoined(context.Background(), cfg)
 }
 
 // stopServer drains in-flight calls, but never waits longer than d: peer

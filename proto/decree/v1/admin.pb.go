@@ -147,8 +147,12 @@ type StatusResponse struct {
 	// decision. A participant that never acknowledges keeps them growing.
 	Phase2Backlog          uint64  `protobuf:"varint,15,opt,name=phase2_backlog,json=phase2Backlog,proto3" json:"phase2_backlog,omitempty"`
 	Phase2OldestAgeSeconds float64 `protobuf:"fixed64,16,opt,name=phase2_oldest_age_seconds,json=phase2OldestAgeSeconds,proto3" json:"phase2_oldest_age_seconds,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// members is, on the leader only, what each member has acknowledged
+	// (raft's Progress.Match), by id; empty on other nodes. A node whose
+	// data dir was wiped asks for it before bootstrapping (see decree start).
+	Members       []*MemberProgress `protobuf:"bytes,17,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -293,6 +297,68 @@ func (x *StatusResponse) GetPhase2OldestAgeSeconds() float64 {
 	return 0
 }
 
+func (x *StatusResponse) GetMembers() []*MemberProgress {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+// MemberProgress is the leader's view of one member's log.
+type MemberProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// match is the highest log index the member has acknowledged to this
+	// leader; 0 until it acknowledges one.
+	Match         uint64 `protobuf:"varint,2,opt,name=match,proto3" json:"match,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberProgress) Reset() {
+	*x = MemberProgress{}
+	mi := &file_decree_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberProgress) ProtoMessage() {}
+
+func (x *MemberProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_decree_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberProgress.ProtoReflect.Descriptor instead.
+func (*MemberProgress) Descriptor() ([]byte, []int) {
+	return file_decree_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MemberProgress) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *MemberProgress) GetMatch() uint64 {
+	if x != nil {
+		return x.Match
+	}
+	return 0
+}
+
 // NodeStats counts a node's background work (coordinator.NodeStats).
 type NodeStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -320,7 +386,7 @@ type NodeStats struct {
 
 func (x *NodeStats) Reset() {
 	*x = NodeStats{}
-	mi := &file_decree_v1_admin_proto_msgTypes[2]
+	mi := &file_decree_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -332,7 +398,7 @@ func (x *NodeStats) String() string {
 func (*NodeStats) ProtoMessage() {}
 
 func (x *NodeStats) ProtoReflect() protoreflect.Message {
-	mi := &file_decree_v1_admin_proto_msgTypes[2]
+	mi := &file_decree_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -345,7 +411,7 @@ func (x *NodeStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStats.ProtoReflect.Descriptor instead.
 func (*NodeStats) Descriptor() ([]byte, []int) {
-	return file_decree_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_decree_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *NodeStats) GetSnapshotsSent() uint64 {
@@ -430,7 +496,7 @@ var File_decree_v1_admin_proto protoreflect.FileDescriptor
 const file_decree_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x15decree/v1/admin.proto\x12\tdecree.v1\"\x0f\n" +
-	"\rStatusRequest\"\xda\x04\n" +
+	"\rStatusRequest\"\x8f\x05\n" +
 	"\x0eStatusResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x0f.decree.v1.RoleR\x04role\x12\x12\n" +
@@ -450,11 +516,15 @@ const file_decree_v1_admin_proto_rawDesc = "" +
 	"\rgo_heap_bytes\x18\r \x01(\x04R\vgoHeapBytes\x12*\n" +
 	"\x05stats\x18\x0e \x01(\v2\x14.decree.v1.NodeStatsR\x05stats\x12%\n" +
 	"\x0ephase2_backlog\x18\x0f \x01(\x04R\rphase2Backlog\x129\n" +
-	"\x19phase2_oldest_age_seconds\x18\x10 \x01(\x01R\x16phase2OldestAgeSeconds\x1a8\n" +
+	"\x19phase2_oldest_age_seconds\x18\x10 \x01(\x01R\x16phase2OldestAgeSeconds\x123\n" +
+	"\amembers\x18\x11 \x03(\v2\x19.decree.v1.MemberProgressR\amembers\x1a8\n" +
 	"\n" +
 	"PeersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"6\n" +
+	"\x0eMemberProgress\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
+	"\x05match\x18\x02 \x01(\x04R\x05match\"\x80\x04\n" +
 	"\tNodeStats\x12%\n" +
 	"\x0esnapshots_sent\x18\x01 \x01(\x04R\rsnapshotsSent\x12.\n" +
 	"\x13snapshot_bytes_sent\x18\x02 \x01(\x04R\x11snapshotBytesSent\x122\n" +
@@ -490,25 +560,27 @@ func file_decree_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_decree_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_decree_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_decree_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_decree_v1_admin_proto_goTypes = []any{
 	(Role)(0),              // 0: decree.v1.Role
 	(*StatusRequest)(nil),  // 1: decree.v1.StatusRequest
 	(*StatusResponse)(nil), // 2: decree.v1.StatusResponse
-	(*NodeStats)(nil),      // 3: decree.v1.NodeStats
-	nil,                    // 4: decree.v1.StatusResponse.PeersEntry
+	(*MemberProgress)(nil), // 3: decree.v1.MemberProgress
+	(*NodeStats)(nil),      // 4: decree.v1.NodeStats
+	nil,                    // 5: decree.v1.StatusResponse.PeersEntry
 }
 var file_decree_v1_admin_proto_depIdxs = []int32{
 	0, // 0: decree.v1.StatusResponse.role:type_name -> decree.v1.Role
-	4, // 1: decree.v1.StatusResponse.peers:type_name -> decree.v1.StatusResponse.PeersEntry
-	3, // 2: decree.v1.StatusResponse.stats:type_name -> decree.v1.NodeStats
-	1, // 3: decree.v1.Admin.Status:input_type -> decree.v1.StatusRequest
-	2, // 4: decree.v1.Admin.Status:output_type -> decree.v1.StatusResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 1: decree.v1.StatusResponse.peers:type_name -> decree.v1.StatusResponse.PeersEntry
+	4, // 2: decree.v1.StatusResponse.stats:type_name -> decree.v1.NodeStats
+	3, // 3: decree.v1.StatusResponse.members:type_name -> decree.v1.MemberProgress
+	1, // 4: decree.v1.Admin.Status:input_type -> decree.v1.StatusRequest
+	2, // 5: decree.v1.Admin.Status:output_type -> decree.v1.StatusResponse
+	5, // [5:6] is the sub-list for method output_type
+	4, // [4:5] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_decree_v1_admin_proto_init() }
@@ -522,7 +594,7 @@ func file_decree_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_decree_v1_admin_proto_rawDesc), len(file_decree_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
