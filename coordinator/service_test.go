@@ -392,30 +392,22 @@ func TestStatusShowsThePhase2Backlog(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	admin, cc := decreev1.NewAdminClient(conn), decreev1.NewCoordinatorClient(conn)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	var st *decreev1.StatusResponse
+	var list *decreev1.ListTransactionsResponse
+	coordinator.WaitFor(t, 20*time.Second, "the backlog of retried sends in status and the unfinished listing", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		st, err := admin.Status(ctx, &decreev1.StatusRequest{})
-		if err != nil {
-			cancel()
+		defer cancel()
+		var err error
+		if st, err = admin.Status(ctx, &decreev1.StatusRequest{}); err != nil {
 			t.Fatalf("status: %v", err)
 		}
-		list, err := cc.ListTransactions(ctx, &decreev1.ListTransactionsRequest{Filter: decreev1.TxnFilter_TXN_FILTER_UNFINISHED})
-		cancel()
-		if err != nil {
+		if list, err = cc.ListTransactions(ctx, &decreev1.ListTransactionsRequest{Filter: decreev1.TxnFilter_TXN_FILTER_UNFINISHED}); err != nil {
 			t.Fatalf("list unfinished: %v", err)
 		}
 		sent := len(list.GetTxns()) == len(ids)
 		for _, tx := range list.GetTxns() {
 			sent = sent && tx.GetDecisionSends() >= 2 // the first send and at least one retry
 		}
-		if st.GetPhase2Backlog() == uint64(len(ids)) && st.GetPhase2OldestAgeSeconds() > 0 && sent {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backlog %d, oldest %.3fs, listing %v; want %d waiting, a positive age and retried sends",
-				st.GetPhase2Backlog(), st.GetPhase2OldestAgeSeconds(), list.GetTxns(), len(ids))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return st.GetPhase2Backlog() == uint64(len(ids)) && st.GetPhase2OldestAgeSeconds() > 0 && sent
+	})
 }

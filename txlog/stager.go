@@ -98,9 +98,6 @@ func (st *Stager) Add(key, value []byte) error {
 	return nil
 }
 
-// Pairs is how many pairs have been added.
-func (st *Stager) Pairs() uint64 { return st.pairs }
-
 func (st *Stager) writeApplied() error {
 	st.appliedWritten = true
 	return st.set(appliedKey, encodeUint64(st.applied))
@@ -197,15 +194,6 @@ func (s *Store) addPending(index uint64, st *stagedState) {
 		return
 	}
 	s.pending[index] = st
-}
-
-// HasStaged reports whether a staged state for the snapshot at index is
-// waiting to be installed.
-func (s *Store) HasStaged(index uint64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.pending[index]
-	return ok
 }
 
 // saveSnapshot persists a Ready that carries a received snapshot: it
