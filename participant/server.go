@@ -101,11 +101,7 @@ func validatePrepare(ctx context.Context, req *decreev1.PrepareRequest, limits t
 // participant: the call's :authority, the very name the coordinator has in
 // the transaction's participant list.
 func calledAs(ctx context.Context) (string, bool) {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return "", false
-	}
-	v := md.Get(":authority")
+	v := metadata.ValueFromIncomingContext(ctx, ":authority")
 	if len(v) != 1 || v[0] == "" {
 		return "", false
 	}

@@ -15,12 +15,15 @@
 //	r/snap              marshalled raftpb.Snapshot (metadata and data)
 //	r/e/<index>         marshalled raftpb.Entry, index as 8-byte big endian
 //	s/applied           applied index, 8-byte big endian
-//	s/<key>             state machine data, e.g. s/txn/<id> for records
+//	s/<key>             state machine data, e.g. the coordinator's s/horizon;
+//	                    all of it sorts before s/txn/
 //	s/fin/<t><id>       index of finished records, t = 8 bytes big endian
 //	                    with the sign bit flipped (int64 order): the later
 //	                    of FinishedAt and the id's UUIDv7 time; empty value
-//	s/unf/<id>          index of records not finished; empty value
-//	s/index-version     8-byte big endian 1 once both indexes are complete
+//	s/index-version     8-byte big endian 2 once both indexes are complete
+//	s/open/<id>         index of records not finished; empty value
+//	s/txn/<id>          records: the last table, so a new (UUIDv7) id sorts
+//	                    after every key on disk (see index.go)
 //
 // Durability rules: Pebble is the source of truth and every mutation of the
 // Raft log that Raft relies on (Save, CreateSnapshot) is a single synced

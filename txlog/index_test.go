@@ -1,10 +1,12 @@
 package txlog
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,7 +176,7 @@ func TestOpenBuildsIndexOfStoreWrittenWithoutOne(t *testing.T) {
 
 func TestIndexKeysAreReserved(t *testing.T) {
 	s := openMem(t)
-	for _, key := range []string{"index-version", "fin/x", "unf/x"} {
+	for _, key := range []string{"index-version", "fin/x", "open/x", "unf/x", "txn/x", "zz"} {
 		func() {
 			b := s.NewStateBatch()
 			defer b.Discard()
@@ -185,5 +187,96 @@ func TestIndexKeysAreReserved(t *testing.T) {
 			}()
 			b.Set([]byte(key), nil)
 		}()
+	}
+}
+
+// A store written with index version 1 keeps its unfinished index under
+// s/unf/, after the record table; Open moves it before.
+func TestOpenMovesVersion1UnfinishedIndex(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir, nil)
+	n := indexBuildBatch + 3 // more than one batch
+	var want []string
+	b := s.db.NewBatch()
+	for i := range n {
+		id := idAt(int64(1000+i), 0)
+		want = append(want, id)
+		_ = b.Set(stateKey(recordKey(id)), record(id, OutcomeCommitted).Marshal(), nil)
+		_ = b.Set(stateKey(append(slices.Clone(unfPrefixV1), id...)), nil, nil)
+	}
+	_ = b.DeleteRange(stateKey(unfPrefix), stateKey(prefixEnd(unfPrefix)), nil)
+	_ = b.Set(stateKey(indexVersionKey), encodeUint64(1), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		t.Fatalf("write a version 1 store: %v", err)
+	}
+	if got := unfinishedIDs(t, s); len(got) != 0 {
+		t.Fatalf("setup: %d entries under the new prefix", len(got))
+	}
+
+	s = reopen(t, s, dir, nil)
+	if got := unfinishedIDs(t, s); !slices.Equal(got, want) {
+		t.Fatalf("unfinished index has %d entries, want %d", len(got), len(want))
+	}
+	v1 := stateKey(unfPrefixV1)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: v1, UpperBound: prefixEnd(v1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.First() {
+		t.Errorf("version 1 entry %q left behind", it.Key())
+	}
+	_ = it.Close()
+	if v, ok, err := s.GetState(indexVersionKey); err != nil || !ok || binary.BigEndian.Uint64(v) != indexVersion {
+		t.Fatalf("index version marker = %x, %v, %v", v, ok, err)
+	}
+}
+
+func TestOpenRefusesNewerIndexVersion(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir, nil)
+	if err := s.db.Set(stateKey(indexVersionKey), encodeUint64(indexVersion+1), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := Open(dir, testID, Options{}); err == nil {
+		_ = s.Close()
+		t.Fatal("Open accepted an index version from a newer build")
+	} else if !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("Open: %v, want an error naming a newer version", err)
+	}
+}
+
+// The records are the last table of the keyspace: every other key a store
+// writes sorts before any record, so a new id is beyond every table on
+// disk (see index.go).
+func TestRecordTableSortsLast(t *testing.T) {
+	s := openMem(t)
+	first := stateKey(recordKey(""))
+	b := s.NewStateBatch()
+	b.Set([]byte("horizon"), []byte("x"))
+	r := record(idAt(1, 0), OutcomeCommitted)
+	b.PutRecord(r)
+	b.PutRecord(finished(idAt(2, 0), int64(time.Hour)))
+	if err := s.CommitState(b, 1); err != nil {
+		t.Fatal(err)
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: statePrefix, UpperBound: stateEnd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	records := 0
+	for it.First(); it.Valid(); it.Next() {
+		if bytes.Compare(it.Key(), first) >= 0 {
+			if !bytes.HasPrefix(it.Key(), first) {
+				t.Errorf("key %q sorts after the record table", it.Key())
+			}
+			records++
+		}
+	}
+	if records != 2 {
+		t.Fatalf("%d records, want 2", records)
 	}
 }

@@ -28,7 +28,8 @@ func (s *Store) NewStateBatch() *StateBatch {
 }
 
 // Set writes key. It panics on the keys txlog maintains itself: "applied",
-// which only CommitState writes, the record indexes and their marker.
+// which only CommitState writes, the record indexes and their marker, and
+// on keys that sort at or after the record table ("txn/").
 func (b *StateBatch) Set(key, value []byte) {
 	checkWritable(key)
 	_ = b.open().Set(stateKey(key), value, nil) // a non-indexed batch never fails to add
@@ -86,9 +87,13 @@ func (b *StateBatch) open() *pebble.Batch {
 	return b.batch
 }
 
+// checkWritable panics on a key txlog maintains itself, and on any key that
+// sorts at or after the record table: the records must be the last table
+// in the keyspace (see index.go).
 func checkWritable(key []byte) {
 	if string(key) == reservedStateKey || bytes.Equal(key, indexVersionKey) ||
-		bytes.HasPrefix(key, finPrefix) || bytes.HasPrefix(key, unfPrefix) {
+		bytes.HasPrefix(key, finPrefix) || bytes.HasPrefix(key, unfPrefix) ||
+		bytes.Compare(key, recordPrefix) >= 0 {
 		panic(fmt.Sprintf("txlog: state key %q is reserved", key))
 	}
 }

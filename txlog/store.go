@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
 	"go.etcd.io/raft/v3"
@@ -205,7 +206,7 @@ func openPebble(dir string, fsys vfs.FS, lock *pebble.Lock, opts Options) (*pebb
 	}
 	cache := pebble.NewCache(size)
 	defer cache.Unref() // the DB holds its own reference
-	return pebble.Open(dir, &pebble.Options{
+	o := &pebble.Options{
 		FS:           fsys,
 		Lock:         lock,
 		Cache:        cache,
@@ -215,8 +216,21 @@ func openPebble(dir string, fsys vfs.FS, lock *pebble.Lock, opts Options) (*pebb
 		MemTableStopWritesThreshold: 2,
 		Logger:                      pebbleLogger{log: opts.Logger},
 		FormatMajorVersion:          pebble.FormatNewest,
-	})
+	}
+	o.Levels[0].FilterPolicy = bloom.FilterPolicy(bloomBitsPerKey)
+	return pebble.Open(dir, o)
 }
+
+// bloomBitsPerKey sizes the bloom filter every level has (L1 and below
+// inherit L0's): 10 bits a key give about a 1% false-positive rate, as in
+// CockroachDB. Most point reads here are misses: the Commit handler and the
+// apply of Staged or Decide look up an id that is new. Without filters each
+// miss reads an index and a data block of every level that overlaps the
+// key, and as the record table grows those reads leave the 32 MiB block
+// cache for the disk: in a soak a leader spent 28% of its CPU in them after
+// 90 seconds. Filters are built at flush and compaction, and into the
+// SSTables of a received snapshot (Stager uses the L0 writer options).
+const bloomBitsPerKey = 10
 
 // load checks or writes the identity, then rebuilds the in-memory state
 // from Pebble.

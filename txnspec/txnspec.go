@@ -6,10 +6,10 @@
 package txnspec
 
 import (
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -46,9 +46,12 @@ func ParseID(id string) (time.Time, error) {
 			i--
 			continue
 		}
-		if _, err := hex.Decode(raw[j:j+1], []byte(id[i:i+2])); err != nil {
+		hi, ok1 := unhex(id[i])
+		lo, ok2 := unhex(id[i+1])
+		if !ok1 || !ok2 {
 			return time.Time{}, fmt.Errorf("transaction id %q is not a canonical UUID", id)
 		}
+		raw[j] = hi<<4 | lo
 		j++
 	}
 	if raw[6]>>4 != 7 || raw[8]>>6 != 0b10 {
@@ -56,6 +59,20 @@ func ParseID(id string) (time.Time, error) {
 	}
 	ms := int64(raw[0])<<40 | int64(raw[1])<<32 | int64(raw[2])<<24 | int64(raw[3])<<16 | int64(raw[4])<<8 | int64(raw[5])
 	return time.UnixMilli(ms), nil
+}
+
+// unhex decodes one hex digit, either case (as encoding/hex does; this runs
+// for every id on every call, where hex.Decode's slice handling showed).
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 // maxHostLen is the longest DNS name; an IPv6 literal is shorter.
@@ -116,15 +133,15 @@ func (l Limits) CheckParticipants(ps []string) error {
 	if len(ps) > l.MaxParticipants {
 		return fmt.Errorf("%d participants exceed the limit of %d", len(ps), l.MaxParticipants)
 	}
-	seen := make(map[string]struct{}, len(ps))
 	for i, p := range ps {
 		if err := ValidateAddr(p); err != nil {
 			return fmt.Errorf("participant %d: %w", i, err)
 		}
-		if _, dup := seen[p]; dup {
+		// Lists are short (MaxParticipants): comparing with those before
+		// costs less than building a set, on a path every call takes.
+		if slices.Contains(ps[:i], p) {
 			return fmt.Errorf("participant %d: %s appears twice", i, p)
 		}
-		seen[p] = struct{}{}
 	}
 	return nil
 }

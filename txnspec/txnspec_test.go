@@ -1,6 +1,7 @@
 package txnspec
 
 import (
+	"encoding/hex"
 	"strings"
 	"testing"
 )
@@ -71,4 +72,40 @@ func TestLimits(t *testing.T) {
 	if err := (Limits{}).CheckParticipants(many); err == nil || !strings.Contains(err.Error(), "exceed the limit of 64") {
 		t.Errorf("default limit: %v", err)
 	}
+}
+
+// ParseID decodes hex digits itself: it must accept and refuse exactly
+// what encoding/hex does, at every position, for every byte.
+func TestParseIDDigitsMatchEncodingHex(t *testing.T) {
+	good := "01890a5d-ac96-774b-bcce-b302099a8057"
+	for i := range len(good) {
+		if good[i] == '-' {
+			continue
+		}
+		for c := range 256 {
+			id := good[:i] + string([]byte{byte(c)}) + good[i+1:]
+			_, herr := hex.DecodeString(strings.ReplaceAll(id, "-", ""))
+			ts, err := ParseID(id)
+			versionOK := i != 14 && i != 19 // the version and variant digits are checked too
+			if herr == nil && versionOK && (err != nil || ts.UnixMilli() != mustMillis(t, id)) {
+				t.Fatalf("ParseID(%q) = %v, %v; encoding/hex accepts it", id, ts, err)
+			}
+			if herr != nil && err == nil {
+				t.Fatalf("ParseID(%q) accepted a byte encoding/hex refuses", id)
+			}
+		}
+	}
+}
+
+func mustMillis(t *testing.T, id string) int64 {
+	t.Helper()
+	raw, err := hex.DecodeString(strings.ReplaceAll(id, "-", "")[:12])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ms int64
+	for _, b := range raw {
+		ms = ms<<8 | int64(b)
+	}
+	return ms
 }
