@@ -8,6 +8,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/decree-tx/decree/internal/clock"
 	"github.com/decree-tx/decree/txlog"
 	"github.com/decree-tx/decree/txnspec"
 	"github.com/rs/zerolog"
@@ -24,12 +25,9 @@ const (
 	DefaultMaxParticipants = txnspec.DefaultMaxParticipants
 )
 
-// Clock is the participant's source of time.
-type Clock interface {
-	Now() time.Time
-	// After delivers the time once d has passed.
-	After(d time.Duration) <-chan time.Time
-}
+// Clock is the participant's source of time. It is the same interface as
+// coordinator.Clock and client.Clock.
+type Clock = clock.Clock
 
 // Options configures New.
 type Options struct {
@@ -90,7 +88,7 @@ func (o Options) withDefaults() (Options, error) {
 	l := txnspec.Limits{MaxParticipants: o.MaxParticipants, MaxPayload: o.MaxPayload}.WithDefaults()
 	o.MaxParticipants, o.MaxPayload = l.MaxParticipants, l.MaxPayload
 	if o.Clock == nil {
-		o.Clock = wallClock{}
+		o.Clock = clock.Wall{}
 	}
 	if o.Rand == nil {
 		o.Rand = rand.Float64
@@ -104,12 +102,6 @@ func positiveOr(d, def time.Duration) time.Duration {
 	}
 	return d
 }
-
-// wallClock is the real clock.
-type wallClock struct{}
-
-func (wallClock) Now() time.Time                         { return time.Now() }
-func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // OutcomeSource tells a participant the cluster's outcome of a transaction
 // it holds prepared: COMMITTED, ABORTED (the cluster aborts an unknown id

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/decree-tx/decree/internal/backoff"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
@@ -125,12 +126,7 @@ func (p *Participant) resolveOne(ctx context.Context, t dueTxn) bool {
 }
 
 // backoff returns the wait before query attempt+1: RetryMin doubled per
-// attempt up to RetryMax, jittered down by up to half.
+// attempt up to RetryMax, jittered within [d/2, d).
 func (p *Participant) backoff(attempt int) time.Duration {
-	d := p.opts.RetryMin
-	for i := 1; i < attempt && d < p.opts.RetryMax; i++ {
-		d *= 2
-	}
-	d = min(d, p.opts.RetryMax)
-	return d/2 + time.Duration(p.opts.Rand()*float64(d/2))
+	return backoff.Policy{Min: p.opts.RetryMin, Max: p.opts.RetryMax, Rand: p.opts.Rand}.Delay(attempt)
 }

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/decree-tx/decree/internal/clock"
 	"github.com/decree-tx/decree/txnspec"
 )
 
@@ -50,15 +51,8 @@ var (
 )
 
 // Clock is the client's source of time, injected so tests control back-off.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type wallClock struct{}
-
-func (wallClock) Now() time.Time                         { return time.Now() }
-func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+// It is the same interface as coordinator.Clock and participant.Clock.
+type Clock = clock.Clock
 
 // Options configure a Client. The zero value is usable.
 type Options struct {
@@ -95,7 +89,7 @@ func (o Options) withDefaults() (Options, error) {
 		o.Rand = rand.Float64
 	}
 	if o.Clock == nil {
-		o.Clock = wallClock{}
+		o.Clock = clock.Wall{}
 	}
 	if o.NewID == nil {
 		o.NewID = newV7

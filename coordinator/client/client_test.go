@@ -409,11 +409,19 @@ func TestClientList(t *testing.T) {
 	}
 }
 
+// The client's retries follow its options: RetryMin doubling to RetryMax,
+// jittered by Rand.
 func TestClientBackoff(t *testing.T) {
-	b := &delays{min: 20 * time.Millisecond, max: 100 * time.Millisecond, rand: func() float64 { return 0.5 }}
+	c, err := Dial([]string{"127.0.0.1:1"}, Options{RetryMin: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond,
+		Rand: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	b := c.newBackoff()
 	var got []time.Duration
 	for range 5 {
-		got = append(got, b.next())
+		got = append(got, b.Next())
 	}
 	want := []time.Duration{15, 30, 60, 75, 75}
 	for i := range want {

@@ -140,6 +140,11 @@ func (c *instantClock) After(d time.Duration) <-chan time.Time {
 	return ch
 }
 
+// NewTicker is never called: the client only waits.
+func (c *instantClock) NewTicker(time.Duration) (<-chan time.Time, func()) {
+	panic("the client does not tick")
+}
+
 func (c *instantClock) delays() []time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -151,6 +156,9 @@ type stoppedClock struct{}
 
 func (stoppedClock) Now() time.Time                       { return time.Unix(1_700_000_000, 0) }
 func (stoppedClock) After(time.Duration) <-chan time.Time { return nil }
+func (stoppedClock) NewTicker(time.Duration) (<-chan time.Time, func()) {
+	panic("the client does not tick")
+}
 
 // dialTest connects a client with a deterministic clock and jitter.
 func dialTest(t *testing.T, clock Clock, endpoints ...string) *Client {

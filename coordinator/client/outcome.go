@@ -50,7 +50,7 @@ func (c *Client) await(ctx context.Context, id string, parts []string) (Result, 
 		if err != nil || res.State.decided() || res.State == StateForgotten {
 			return res, err
 		}
-		d := b.next()
+		d := b.Next()
 		c.log.Debug().Str("txn", id).Stringer("state", res.State).Dur("backoff", d).Msg("outcome not decided yet")
 		if err := c.sleep(ctx, d); err != nil {
 			return res, &interrupted{ctx: err}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/decree-tx/decree/internal/backoff"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
@@ -102,7 +103,7 @@ func (c *Client) until(ctx context.Context, op string, retryAmbiguous bool, call
 		followed = hint != "" && next == hint && !followed
 		var d time.Duration
 		if !followed {
-			d = b.next()
+			d = b.Next()
 		}
 		c.log.Debug().Str("op", op).Str("node", addr).Err(err).Str("hint", hint).
 			Str("next", next).Dur("backoff", d).Msg("retrying on another node")
@@ -150,23 +151,9 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// delays doubles from min to max; each delay is jittered uniformly within
-// [d/2, d) so clients that failed together do not retry together.
-type delays struct {
-	min, max, cur time.Duration
-	rand          func() float64
-}
-
-func (c *Client) newBackoff() *delays {
-	return &delays{min: c.opts.RetryMin, max: c.opts.RetryMax, rand: c.opts.Rand}
-}
-
-func (b *delays) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	half := b.cur / 2
-	return half + time.Duration(b.rand()*float64(b.cur-half))
+// newBackoff returns the schedule of one call's retries: doubling from
+// RetryMin to RetryMax, each delay jittered within [d/2, d) so clients
+// that failed together do not retry together.
+func (c *Client) newBackoff() *backoff.Backoff {
+	return &backoff.Backoff{Policy: backoff.Policy{Min: c.opts.RetryMin, Max: c.opts.RetryMax, Rand: c.opts.Rand}}
 }
