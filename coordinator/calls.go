@@ -365,9 +365,26 @@ func (l *callLink) open() {
 // whose address swallows packets must not hold the link for long.
 func (l *callLink) openStream(pc decreev1.ParticipantClient) (*callStream, error) {
 	ctx, cancel := context.WithCancel(l.mux.ctx)
-	timer := time.AfterFunc(l.mux.openTimeout, cancel)
+	// The opening and the timeout race to settle first: the timeout
+	// cancels the stream only if it wins, and then the opening, even a
+	// successful one, is reported late. The watcher lives only as long as
+	// the opening, so it is not one of the mux's counted goroutines.
+	var settled atomic.Bool
+	opened := make(chan struct{})
+	timeout := l.mux.clock.After(l.mux.openTimeout)
+	go func() {
+		select {
+		case <-timeout:
+			if settled.CompareAndSwap(false, true) {
+				cancel()
+			}
+		case <-opened:
+		}
+	}()
 	stream, err := pc.Calls(ctx)
-	if !timer.Stop() && err == nil {
+	late := !settled.CompareAndSwap(false, true)
+	close(opened)
+	if late && err == nil {
 		err = fmt.Errorf("opening the calls stream took over %v", l.mux.openTimeout)
 	}
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/decree-tx/decree/internal/clock"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
@@ -38,6 +39,9 @@ func (c *stepClock) NewTicker(time.Duration) (<-chan time.Time, func()) {
 	c.mu.Unlock()
 	return ch, func() {}
 }
+
+// After never fires: the tests time nothing out but through tickers.
+func (c *stepClock) After(time.Duration) <-chan time.Time { return nil }
 
 // tickCh returns the newest ticker's channel: a test sees a tick consumed
 // when it is empty again.
@@ -215,6 +219,56 @@ func TestCallMuxDeadlineAndWrongReply(t *testing.T) {
 	clock.advance(2 * time.Second)
 	if r := collect(t, ch, 1)["txn-1"]; status.Code(r.err) != codes.DeadlineExceeded {
 		t.Fatalf("txn-1 ended with %v, want DeadlineExceeded", r.err)
+	}
+}
+
+// Opening a Calls stream is bounded by openTimeout on the injected clock: a
+// participant address that accepts connections but never answers fails
+// the calls once the clock passes the timeout, long before their deadline.
+func TestCallMuxOpenTimeoutOnInjectedClock(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // never read nor written: no HTTP/2 preface
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		lis.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	var d net.Dialer
+	conns := newConnPool(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) })
+	clk := clock.NewFake(time.Unix(1000, 0))
+	// A wall-clock timeout this long would outlast the test's wait below.
+	m := newCallMux(ctx, conns, clk, time.Minute, zerolog.New(zerolog.NewTestWriter(t)))
+	t.Cleanup(func() { cancel(); m.wait(); conns.close() })
+
+	ch := prepareN(m, lis.Addr().String(), 1, time.Hour)
+	waitFor(t, 10*time.Second, "the stream opening", func() bool { return clk.Waiters() == 1 })
+	select {
+	case r := <-ch:
+		t.Fatalf("call ended before the open timeout: %v", r.err)
+	default:
+	}
+	clk.Advance(time.Minute)
+	if r := collect(t, ch, 1)["txn-0"]; status.Code(r.err) != codes.Unavailable {
+		t.Fatalf("call ended with %v, want Unavailable", r.err)
 	}
 }
 

@@ -3,10 +3,12 @@ package coordinator
 import (
 	"cmp"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/decree-tx/decree/internal/backoff"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
@@ -16,8 +18,13 @@ type CoreConfig struct {
 	// the transaction abort (default 5s).
 	PrepareTimeout time.Duration
 	// RetryMin and RetryMax bound the exponential backoff of phase-2
-	// deliveries and failed proposals (defaults 50ms and 5s).
+	// deliveries and failed proposals (defaults 50ms and 5s); each delay is
+	// jittered down within (d/2, d] (internal/backoff).
 	RetryMin, RetryMax time.Duration
+	// Rand returns a number in [0, 1) for the retries' jitter (default
+	// math/rand/v2.Float64). The core calls it only from Step, in an order
+	// fixed by the events, so a seeded source keeps a run deterministic.
+	Rand func() float64
 	// FinishBatch and FinishDelay batch Finished proposals: one is made
 	// when this many transactions are done, or the oldest has waited this
 	// long (defaults 256 and 20ms).
@@ -66,6 +73,9 @@ func (c CoreConfig) withDefaults() CoreConfig {
 	if c.MaxHeldBytes <= 0 {
 		c.MaxHeldBytes = 256 << 20
 	}
+	if c.Rand == nil {
+		c.Rand = rand.Float64
+	}
 	return c
 }
 
@@ -77,6 +87,7 @@ func (c CoreConfig) withDefaults() CoreConfig {
 // presumed abort.
 type Core struct {
 	cfg    CoreConfig
+	retry  backoff.Policy // of phase-2 deliveries, proposals and Resolves
 	leader bool
 	term   uint64
 	now    time.Time
@@ -153,16 +164,17 @@ type delivery struct {
 	retry retryState
 }
 
-// retryState is an exponential backoff schedule.
+// retryState is one retried operation: failures in a row, and when it is
+// due again. It keeps only the count; the Core holds the policy.
 type retryState struct {
-	backoff time.Duration
-	due     time.Time
-	armed   bool
+	attempts int
+	due      time.Time
+	armed    bool
 }
 
-func (r *retryState) arm(now time.Time, minD, maxD time.Duration) {
-	r.backoff = min(max(2*r.backoff, minD), maxD)
-	r.due = now.Add(r.backoff)
+func (r *retryState) arm(now time.Time, p backoff.Policy) {
+	r.attempts++
+	r.due = now.Add(p.Delay(r.attempts))
 	r.armed = true
 }
 
@@ -176,7 +188,9 @@ func (r *retryState) fire(now time.Time) bool {
 
 // NewCore returns a core that is not leader.
 func NewCore(cfg CoreConfig) *Core {
-	return &Core{cfg: cfg.withDefaults(), txns: make(map[string]*coreTxn)}
+	cfg = cfg.withDefaults()
+	return &Core{cfg: cfg, retry: backoff.Policy{Min: cfg.RetryMin, Max: cfg.RetryMax, Rand: cfg.Rand},
+		txns: make(map[string]*coreTxn)}
 }
 
 // Step applies one event at time now and returns the actions it produces.

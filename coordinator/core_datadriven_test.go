@@ -26,12 +26,15 @@ import (
 // the behaviour change.
 func TestCoreData(t *testing.T) {
 	datadriven.Walk(t, "testdata/core", func(t *testing.T, path string) {
-		env := newCoreEnv(CoreConfig{})
+		env := newCoreEnv(CoreConfig{Rand: noJitter})
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			return env.handle(t, d)
 		})
 	})
 }
+
+// noJitter makes every retry wait its full delay.
+func noJitter() float64 { return 0 }
 
 // coreEnv holds the core under test and its clock. Time starts at the
 // Unix epoch, so every time printed is an offset from the start of the
@@ -69,6 +72,10 @@ func (e *coreEnv) handle(t *testing.T, d *datadriven.TestData) string {
 		//	config parallel prepare-timeout=1s retry-min=50ms retry-max=200ms
 		//	  finish-batch=2 finish-delay=20ms retention=24h collect-every=1m
 		//	  rescan-every=30s max-in-flight=1 max-held-bytes=100
+		//	  jitter=0.5
+		//
+		// jitter fixes the retries' Rand: a delay d waits d - jitter·d/2.
+		// Left out, it is 0: every delay is d, the un-jittered schedule.
 		*e = *newCoreEnv(e.config(t, d))
 		return "ok"
 	case "become-leader", "become-follower":
@@ -277,7 +284,7 @@ func (e *coreEnv) txnState(b *strings.Builder, t *coreTxn) {
 		line("failure: %s", t.failure)
 	}
 	if t.retry.armed {
-		line("retry at %s (backoff %s)", e.since(t.retry.due), t.retry.backoff)
+		line("retry at %s (backoff %s)", e.since(t.retry.due), e.core.retry.Base(t.retry.attempts))
 	}
 	if len(t.waiters) > 0 {
 		reqs := make([]string, len(t.waiters))
@@ -295,7 +302,7 @@ func (e *coreEnv) txnState(b *strings.Builder, t *coreTxn) {
 		case deliveryInFlight:
 			line("%s: in flight", p)
 		case deliveryWaiting:
-			line("%s: retry at %s (backoff %s)", p, e.since(dl.retry.due), dl.retry.backoff)
+			line("%s: retry at %s (backoff %s)", p, e.since(dl.retry.due), e.core.retry.Base(dl.retry.attempts))
 		case deliveryAcked:
 			line("%s: acked", p)
 		}
@@ -370,7 +377,7 @@ func parseOutcome(t *testing.T, d *datadriven.TestData, word string) decreev1.Ou
 }
 
 func (e *coreEnv) config(t *testing.T, d *datadriven.TestData) CoreConfig {
-	var cfg CoreConfig
+	cfg := CoreConfig{Rand: noJitter}
 	durations := map[string]*time.Duration{"prepare-timeout": &cfg.PrepareTimeout, "retry-min": &cfg.RetryMin,
 		"retry-max": &cfg.RetryMax, "finish-delay": &cfg.FinishDelay, "retention": &cfg.Retention,
 		"collect-every": &cfg.CollectEvery, "rescan-every": &cfg.RescanEvery}
@@ -386,6 +393,13 @@ func (e *coreEnv) config(t *testing.T, d *datadriven.TestData) CoreConfig {
 			arg.Scan(t, 0, &cfg.MaxInFlight)
 		case arg.Key == "max-held-bytes":
 			arg.Scan(t, 0, &cfg.MaxHeldBytes)
+		case arg.Key == "jitter":
+			var r float64
+			arg.Scan(t, 0, &r)
+			if r < 0 || r >= 1 {
+				d.Fatalf(t, "config: jitter=%v is not in [0, 1)", r)
+			}
+			cfg.Rand = func() float64 { return r }
 		default:
 			d.Fatalf(t, "config: unknown argument %q", arg.Key)
 		}

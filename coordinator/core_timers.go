@@ -45,7 +45,7 @@ func (c *Core) schedule(id string, due time.Time) {
 
 // armRetry arms a transaction's retry and schedules the visit.
 func (c *Core) armRetry(t *coreTxn, r *retryState) {
-	r.arm(c.now, c.cfg.RetryMin, c.cfg.RetryMax)
+	r.arm(c.now, c.retry)
 	c.schedule(t.id, r.due)
 }
 

@@ -176,7 +176,7 @@ func NewNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
 		n.tr = NewPeerTransport(PeerTransportConfig{
 			ID: n.cfg.ID, ClusterID: n.cfg.ClusterID, Peers: n.cfg.Peers,
 			Dial: n.cfg.Dial, Reporter: n, Logger: n.cfg.Logger,
-			State: n.store, SnapshotChunkBytes: n.cfg.SnapshotChunkBytes, stats: &n.stats,
+			State: n.store, SnapshotChunkBytes: n.cfg.SnapshotChunkBytes, Clock: n.cfg.Clock, stats: &n.stats,
 		})
 	}
 	go n.run()

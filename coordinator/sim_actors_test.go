@@ -154,6 +154,9 @@ type simClock struct{ w *world }
 
 func (c simClock) Now() time.Time                       { return c.w.now }
 func (c simClock) After(time.Duration) <-chan time.Time { return nil }
+func (c simClock) NewTicker(time.Duration) (<-chan time.Time, func()) {
+	panic("the simulated participant does not tick")
+}
 
 // simResource stages "set k=v" and applies it on commit; "no" votes NO and
 // "ro" votes READ_ONLY.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -110,6 +111,9 @@ func (sn *simNode) boot() {
 		FinishDelay: 20 * time.Millisecond, RescanEvery: 2 * time.Second,
 		Retention: w.plan.retention, CollectEvery: collectEvery,
 		ParallelCommit: w.plan.parallel,
+		// The jitter has a stream of its own, seeded from the run's seed,
+		// so it does not shift the world's fault schedule.
+		Rand: rand.New(rand.NewPCG(w.seed, uint64(sn.id)<<32|uint64(sn.inc))).Float64,
 	})
 	sn.leader, sn.term = false, 0
 	sn.props, sn.reads, sn.inbox = nil, nil, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/decree-tx/decree/internal/backoff"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
@@ -42,6 +44,11 @@ type PeerTransportConfig struct {
 	// SnapshotChunkBytes sizes snapshot chunks (default
 	// DefaultSnapshotChunkBytes).
 	SnapshotChunkBytes int
+	// Clock times redials and snapshot transfers (default the wall clock).
+	Clock Clock
+	// Rand returns a number in [0, 1) to jitter redials (default
+	// math/rand/v2.Float64); it must be safe for concurrent use.
+	Rand func() float64
 
 	stats *nodeStats // the node's, when the node built the transport
 }
@@ -65,6 +72,12 @@ func NewPeerTransport(cfg PeerTransportConfig) *PeerTransport {
 	}
 	if cfg.SnapshotChunkBytes <= 0 {
 		cfg.SnapshotChunkBytes = DefaultSnapshotChunkBytes
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = WallClock{}
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &PeerTransport{
@@ -135,17 +148,18 @@ func (t *PeerTransport) sendSnapshot(p *peerSender, m *raftpb.Message) {
 	}
 	t.wg.Go(func() {
 		defer p.snapping.Store(false)
-		start := time.Now()
+		start := t.cfg.Clock.Now()
 		ts, err := p.streamSnapshot(t.ctx, m)
+		took := t.cfg.Clock.Now().Sub(start)
 		status := raft.SnapshotFinish
 		log := t.log.Info()
 		if err != nil {
 			status, log = raft.SnapshotFailure, t.log.Warn().Err(err)
 		} else {
-			t.cfg.stats.noteSnapshotSent(ts, time.Since(start))
+			t.cfg.stats.noteSnapshotSent(ts, took)
 		}
 		log.Uint64("peer", p.id).Uint64("index", m.GetSnapshot().GetMetadata().GetIndex()).
-			Uint64("pairs", ts.pairs).Uint64("bytes", ts.bytes).Dur("took", time.Since(start)).Msg("snapshot transfer ended")
+			Uint64("pairs", ts.pairs).Uint64("bytes", ts.bytes).Dur("took", took).Msg("snapshot transfer ended")
 		t.cfg.Reporter.ReportSnapshot(p.id, status)
 	})
 }
@@ -178,6 +192,8 @@ func (p *peerSender) streamSnapshot(ctx context.Context, m *raftpb.Message) (tra
 }
 
 const (
+	// minRedial and maxRedial bound the backoff between attempts to
+	// stream to a peer that is down.
 	minRedial = 50 * time.Millisecond
 	maxRedial = time.Second
 	// maxSendBatch bounds how many queued messages ride in one stream send.
@@ -194,19 +210,21 @@ func (p *peerSender) run(ctx context.Context) {
 	}
 	defer conn.Close()
 	client := decreev1.NewRaftClient(conn)
-	backoff := minRedial
+	redial := backoff.Backoff{Policy: backoff.Policy{Min: minRedial, Max: maxRedial, Rand: p.t.cfg.Rand}}
 	for ctx.Err() == nil {
 		err := p.stream(ctx, client)
 		if ctx.Err() != nil {
 			return
 		}
-		log.Debug().Err(err).Dur("retry_in", backoff).Msg("peer stream broken")
-		p.t.cfg.Reporter.ReportUnreachable(p.id)
-		p.dropFor(ctx, backoff)
-		backoff = min(2*backoff, maxRedial)
 		if err == nil {
-			backoff = minRedial
+			// The stream had worked: the peer was up, so this is a new
+			// outage and the backoff starts over.
+			redial.Reset()
 		}
+		d := redial.Next()
+		log.Debug().Err(err).Dur("retry_in", d).Msg("peer stream broken")
+		p.t.cfg.Reporter.ReportUnreachable(p.id)
+		p.dropFor(ctx, d)
 	}
 }
 
@@ -257,13 +275,12 @@ func (p *peerSender) send(s decreev1.Raft_StreamClient, batch []*raftpb.Message)
 // dropFor discards queued messages for d: while the peer is down they would
 // only be stale by the time it is back, and raft resends what matters.
 func (p *peerSender) dropFor(ctx context.Context, d time.Duration) {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
+	timer := p.t.cfg.Clock.After(d)
 	for {
 		select {
 		case m := <-p.queue:
 			p.t.dropped(m)
-		case <-timer.C:
+		case <-timer:
 			return
 		case <-ctx.Done():
 			return

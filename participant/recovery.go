@@ -126,7 +126,7 @@ func (p *Participant) resolveOne(ctx context.Context, t dueTxn) bool {
 }
 
 // backoff returns the wait before query attempt+1: RetryMin doubled per
-// attempt up to RetryMax, jittered within [d/2, d).
+// attempt up to RetryMax, jittered down within (d/2, d].
 func (p *Participant) backoff(attempt int) time.Duration {
 	return backoff.Policy{Min: p.opts.RetryMin, Max: p.opts.RetryMax, Rand: p.opts.Rand}.Delay(attempt)
 }

@@ -154,9 +154,10 @@ func TestBackoff(t *testing.T) {
 	p := newParticipant(t, &kvResource{}, participant.Options{
 		Log: log, RetryMin: 100 * time.Millisecond, RetryMax: time.Second, Rand: func() float64 { return jitter },
 	})
-	for attempt, want := range map[int]time.Duration{1: 50, 2: 100, 3: 200, 4: 400, 5: 500, 50: 500} {
+	// Rand 0 takes nothing off: RetryMin doubling, capped at RetryMax.
+	for attempt, want := range map[int]time.Duration{1: 100, 2: 200, 3: 400, 4: 800, 5: 1000, 50: 1000} {
 		if got := p.Backoff(attempt); got != want*time.Millisecond {
-			t.Errorf("backoff(%d) without jitter = %v, want %v", attempt, got, want*time.Millisecond)
+			t.Errorf("backoff(%d) at Rand 0 = %v, want %v", attempt, got, want*time.Millisecond)
 		}
 	}
 	jitter = 0.5

@@ -152,7 +152,7 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 }
 
 // newBackoff returns the schedule of one call's retries: doubling from
-// RetryMin to RetryMax, each delay jittered within [d/2, d) so clients
+// RetryMin to RetryMax, each delay jittered down within (d/2, d] so clients
 // that failed together do not retry together.
 func (c *Client) newBackoff() *backoff.Backoff {
 	return &backoff.Backoff{Policy: backoff.Policy{Min: c.opts.RetryMin, Max: c.opts.RetryMax, Rand: c.opts.Rand}}

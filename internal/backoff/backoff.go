@@ -10,11 +10,11 @@ import "time"
 
 // Policy is an exponential backoff with jitter. The delay before retry n
 // (n = 1 for the first) is d = Min·2^(n-1), capped at Max, then jittered
-// uniformly within [d/2, d): d/2 + Rand()·d/2. Jittering down, never up,
-// keeps every delay within Max and keeps the mean at 3/4 of d.
+// down uniformly within (d/2, d]: d - Rand()·d/2. Jittering down, never
+// up, keeps every delay within Max and the mean at 3/4 of d; Rand 0 (or a
+// nil Rand) gives d itself, so tests can ask for the exact schedule.
 //
-// A Max below Min is taken as Min. A nil Rand disables jitter (every delay
-// is d), for callers and tests that want exact times.
+// A Max below Min is taken as Min.
 type Policy struct {
 	Min, Max time.Duration
 	// Rand returns a number in [0, 1). It is called once per Delay; the
@@ -45,11 +45,10 @@ func (p Policy) jitter(d time.Duration) time.Duration {
 	if p.Rand == nil || d <= 0 {
 		return d
 	}
-	half := d / 2
-	span := d - half
-	// Rounding can carry Rand()·span up to span itself; keep d out.
+	span := d - d/2
+	// Rounding can carry Rand()·span up to span itself; keep d/2 out.
 	j := min(max(time.Duration(p.Rand()*float64(span)), 0), span-1)
-	return half + j
+	return d - j
 }
 
 // Backoff is the state of one operation retried under a Policy: the count

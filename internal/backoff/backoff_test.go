@@ -37,16 +37,16 @@ func TestMaxBelowMinIsMin(t *testing.T) {
 	}
 }
 
-// Every jittered delay lies in [d/2, d), the bottom of the range at Rand 0
-// and just under d as Rand nears 1.
+// Every jittered delay lies in (d/2, d]: d itself at Rand 0, and just over
+// d/2 as Rand nears 1.
 func TestJitterRange(t *testing.T) {
 	for _, tc := range []struct {
 		r    float64
 		want time.Duration
 	}{
-		{0, 50 * ms},
+		{0, 100 * ms},
 		{0.5, 75 * ms},
-		{math.Nextafter(1, 0), 100*ms - 1},
+		{math.Nextafter(1, 0), 50*ms + 1},
 	} {
 		p := Policy{Min: 100 * ms, Max: time.Second, Rand: func() float64 { return tc.r }}
 		if got := p.Delay(1); got != tc.want {
@@ -58,15 +58,15 @@ func TestJitterRange(t *testing.T) {
 	for n := 1; n < 20; n++ {
 		d := p.Base(n)
 		for range 200 {
-			if got := p.Delay(n); got < d/2 || got >= d {
-				t.Fatalf("Delay(%d) = %v, outside [%v, %v)", n, got, d/2, d)
+			if got := p.Delay(n); got <= d/2 || got > d {
+				t.Fatalf("Delay(%d) = %v, outside (%v, %v]", n, got, d/2, d)
 			}
 		}
 	}
 	// A tiny delay still stays in range.
 	one := Policy{Min: 1, Max: 1, Rand: func() float64 { return math.Nextafter(1, 0) }}
-	if got := one.Delay(1); got != 0 {
-		t.Errorf("Delay of 1ns = %v, want 0", got)
+	if got := one.Delay(1); got != 1 {
+		t.Errorf("Delay of 1ns = %v, want 1ns", got)
 	}
 }
 
