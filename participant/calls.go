@@ -161,7 +161,10 @@ func (w *callWorkers) start(c *decreev1.Call) bool {
 }
 
 // workerIdle is how long a worker waits for another call before it ends,
-// so that a stream's pool shrinks back after a burst.
+// so that a stream's pool shrinks back after a burst. It is a real timer,
+// not Options.Clock: it only bounds how long an idle goroutine lingers,
+// which no protocol step or test observes, and the loop resets it after
+// every call, which a Clock's After would do with a new timer each time.
 const workerIdle = 10 * time.Second
 
 // loop runs c, then whatever calls it is handed, until the stream is done
