@@ -19,9 +19,9 @@ const (
 	// forwardedKey marks a call a follower forwarded, so a node that is not
 	// leader either does not forward it again (no loops).
 	forwardedKey = "decree-forwarded"
-	// LeaderHintKey is the trailer that names the leader's address when a
-	// node answers Unavailable.
-	LeaderHintKey = "decree-leader"
+	// LeaderHintKey names the leader's address in a response (see
+	// decreev1.LeaderHintKey, the wire protocol's one definition).
+	LeaderHintKey = decreev1.LeaderHintKey
 )
 
 // Register adds the Coordinator service to s.

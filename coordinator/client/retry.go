@@ -17,8 +17,9 @@ import (
 )
 
 // LeaderHintKey is the response metadata key in which a node that cannot
-// serve names the leader it knows (host:port).
-const LeaderHintKey = "decree-leader"
+// serve names the leader it knows (host:port); decreev1.LeaderHintKey is
+// its one definition.
+const LeaderHintKey = decreev1.LeaderHintKey
 
 // errClass says what a failed call tells about the request.
 type errClass int
