@@ -119,7 +119,7 @@ func (c *Config) withDefaults() (Config, error) {
 // simulation and tests call it on every start. CheckPeerNames also
 // resolves names, which cmd does before starting a node.
 func ValidatePeers(id uint64, peers map[uint64]string) error {
-	return checkPeers(id, peers, func(addr string) []string { return []string{literalEndpoint(addr)} })
+	return checkPeers(id, peers, func(host string, port uint16) []string { return []string{literalEndpoint(host, port)} })
 }
 
 // Resolver looks up a host name's addresses (net.DefaultResolver.LookupNetIP
@@ -131,10 +131,12 @@ type Resolver func(ctx context.Context, host string) ([]netip.Addr, error)
 // never reach a quorum). A name that does not resolve is compared as
 // written: a peer whose name is not in DNS yet must not stop the others.
 func CheckPeerNames(ctx context.Context, id uint64, peers map[uint64]string, lookup Resolver) error {
-	return checkPeers(id, peers, func(addr string) []string { return resolvedEndpoints(ctx, addr, lookup) })
+	return checkPeers(id, peers, func(host string, port uint16) []string { return resolvedEndpoints(ctx, host, port, lookup) })
 }
 
-func checkPeers(id uint64, peers map[uint64]string, endpoints func(addr string) []string) error {
+// checkPeers validates every peer's address with txnspec.ParseAddr, the
+// one address parser, and compares the endpoints each one names.
+func checkPeers(id uint64, peers map[uint64]string, endpoints func(host string, port uint16) []string) error {
 	if len(peers) == 0 {
 		return errors.New("no peers configured")
 	}
@@ -149,10 +151,11 @@ func checkPeers(id uint64, peers map[uint64]string, endpoints func(addr string) 
 		if pid == 0 {
 			return errors.New("peer id 0 is reserved")
 		}
-		if err := txnspec.ValidateAddr(addr); err != nil {
+		host, port, err := txnspec.ParseAddr(addr)
+		if err != nil {
 			return fmt.Errorf("peer %d: %w", pid, err)
 		}
-		for _, ep := range endpoints(addr) {
+		for _, ep := range endpoints(host, port) {
 			if other, dup := seen[ep]; dup {
 				return fmt.Errorf("peers %d (%s) and %d (%s) share address %s: one node cannot be two members",
 					other, peers[other], pid, addr, ep)
@@ -166,35 +169,37 @@ func checkPeers(id uint64, peers map[uint64]string, endpoints func(addr string) 
 	return nil
 }
 
-// literalEndpoint is a valid address in a canonical form: an IP literal
-// as netip prints it, a name in lower case.
-func literalEndpoint(addr string) string {
-	host, port, _ := net.SplitHostPort(addr)
+// literalEndpoint is an address in a canonical form: an IP literal as
+// netip prints it, a name in lower case, the port as a number.
+func literalEndpoint(host string, port uint16) string {
 	if ip, err := netip.ParseAddr(host); err == nil {
-		return net.JoinHostPort(ip.Unmap().WithZone("").String(), port)
+		return ipEndpoint(ip, port)
 	}
-	return strings.ToLower(addr)
+	return net.JoinHostPort(strings.ToLower(host), strconv.Itoa(int(port)))
+}
+
+func ipEndpoint(ip netip.Addr, port uint16) string {
+	return netip.AddrPortFrom(ip.Unmap().WithZone(""), port).String()
 }
 
 // resolveTimeout bounds resolving one peer's name.
 const resolveTimeout = 5 * time.Second
 
-// resolvedEndpoints lists the ip:port endpoints a valid address names: its
-// host resolved, or the address as written when it does not resolve.
-func resolvedEndpoints(ctx context.Context, addr string, lookup Resolver) []string {
-	host, port, _ := net.SplitHostPort(addr)
+// resolvedEndpoints lists the ip:port endpoints an address names: its host
+// resolved, or the address as written when it does not resolve.
+func resolvedEndpoints(ctx context.Context, host string, port uint16, lookup Resolver) []string {
 	if _, err := netip.ParseAddr(host); err == nil {
-		return []string{literalEndpoint(addr)}
+		return []string{literalEndpoint(host, port)}
 	}
 	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
 	defer cancel()
 	ips, err := lookup(ctx, host)
 	if err != nil || len(ips) == 0 {
-		return []string{literalEndpoint(addr)}
+		return []string{literalEndpoint(host, port)}
 	}
 	out := make([]string, 0, len(ips))
 	for _, ip := range ips {
-		ep := net.JoinHostPort(ip.Unmap().WithZone("").String(), port)
+		ep := ipEndpoint(ip, port)
 		if !slices.Contains(out, ep) {
 			out = append(out, ep)
 		}

@@ -78,6 +78,54 @@ func TestValidatePeers(t *testing.T) {
 	}
 }
 
+// The peer addresses ParsePeers, ValidatePeers and CheckPeerNames accept
+// are txnspec.ValidateAddr's: each of its refusals reaches the operator
+// named after the peer.
+func TestPeerAddressesAreCheckedByTheOneValidator(t *testing.T) {
+	lookup := func(context.Context, string) ([]netip.Addr, error) { return nil, errors.New("no such host") }
+	for _, tc := range []struct{ addr, wantErr string }{
+		{"127.0.0.1", "missing port"},
+		{"127.0.0.1:", "no valid port"},
+		{"127.0.0.1:notaport", "no valid port"},
+		{"127.0.0.1:0", "no valid port"},
+		{"127.0.0.1:65536", "no valid port"},
+		{"127.0.0.1:-1", "no valid port"},
+		{":7001", "no host"},
+		{"[]:7001", "no host"},
+		{"ho st:7001", "control character or space"},
+		{"host\x00:7001", "control character or space"},
+		{"host:7001\n", "control character or space"},
+		{"h\x7f:7001", "control character or space"},
+		{strings.Repeat("h", 254) + ":7001", "exceeds the limit"},
+		{"[::1:7001", "missing ']'"},
+		{"a:b:7001", "too many colons"},
+	} {
+		peers := map[uint64]string{1: "127.0.0.1:7000", 2: tc.addr}
+		errs := map[string]error{
+			"ValidatePeers":  coordinator.ValidatePeers(1, peers),
+			"CheckPeerNames": coordinator.CheckPeerNames(t.Context(), 1, peers, lookup),
+		}
+		// ParsePeers trims spaces and splits on ',' and '=' first.
+		if !strings.ContainsAny(tc.addr, ",=") && strings.TrimSpace(tc.addr) == tc.addr {
+			_, errs["ParsePeers"] = coordinator.ParsePeers("1=127.0.0.1:7000,2=" + tc.addr)
+		}
+		for name, err := range errs {
+			if err == nil || !strings.Contains(err.Error(), "peer 2: ") || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s with peer 2 = %q: %v, want %q", name, tc.addr, err, tc.wantErr)
+			}
+		}
+	}
+	for _, ok := range []string{"localhost:1", "[::1]:65535", "node-2.example:7001", strings.Repeat("h", 253) + ":7001"} {
+		if err := coordinator.ValidatePeers(1, map[uint64]string{1: "127.0.0.1:7000", 2: ok}); err != nil {
+			t.Errorf("ValidatePeers with peer 2 = %q: %v", ok, err)
+		}
+	}
+	// The port is compared as a number: one endpoint spelled twice.
+	if err := coordinator.ValidatePeers(1, map[uint64]string{1: "Node:07001", 2: "node:7001"}); err == nil || !strings.Contains(err.Error(), "share address") {
+		t.Errorf("node:07001 and node:7001: %v, want them refused as one endpoint", err)
+	}
+}
+
 func TestClusterIDDependsOnNameAndMembers(t *testing.T) {
 	a := map[uint64]string{1: "127.0.0.1:1", 2: "127.0.0.1:2"}
 	b := map[uint64]string{2: "127.0.0.1:2", 1: "127.0.0.1:1"}

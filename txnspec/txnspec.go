@@ -81,26 +81,35 @@ const maxHostLen = 253
 // ValidateAddr checks that addr is host:port with a non-empty host free of
 // control characters and spaces, and a port in 1..65535.
 func ValidateAddr(addr string) error {
+	_, _, err := ParseAddr(addr)
+	return err
+}
+
+// ParseAddr is ValidateAddr returning the parts: the host as written and
+// the port as a number (so "h:080" and "h:80" are one port). It is the one
+// parser of participant and peer addresses; callers that compare or
+// resolve addresses take the parts from it rather than split them again.
+func ParseAddr(addr string) (host string, port uint16, err error) {
 	for _, r := range addr {
 		if r <= ' ' || r == 0x7f {
-			return fmt.Errorf("address %q contains a control character or space", addr)
+			return "", 0, fmt.Errorf("address %q contains a control character or space", addr)
 		}
 	}
-	host, port, err := net.SplitHostPort(addr)
+	host, ps, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("address %q: %w", addr, err)
+		return "", 0, fmt.Errorf("address %q: %w", addr, err)
 	}
 	if host == "" {
-		return fmt.Errorf("address %q has no host", addr)
+		return "", 0, fmt.Errorf("address %q has no host", addr)
 	}
 	if len(host) > maxHostLen {
-		return fmt.Errorf("address %.40q...: host of %d bytes exceeds the limit of %d", addr, len(host), maxHostLen)
+		return "", 0, fmt.Errorf("address %.40q...: host of %d bytes exceeds the limit of %d", addr, len(host), maxHostLen)
 	}
-	p, err := strconv.ParseUint(port, 10, 16)
+	p, err := strconv.ParseUint(ps, 10, 16)
 	if err != nil || p == 0 {
-		return fmt.Errorf("address %q has no valid port", addr)
+		return "", 0, fmt.Errorf("address %q has no valid port", addr)
 	}
-	return nil
+	return host, uint16(p), nil
 }
 
 // Limits bounds a transaction. Zero fields take the defaults.

@@ -109,3 +109,23 @@ func mustMillis(t *testing.T, id string) int64 {
 	}
 	return ms
 }
+
+func TestParseAddrReturnsTheParts(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		host string
+		port uint16
+	}{
+		{"127.0.0.1:7001", "127.0.0.1", 7001},
+		{"[::1]:1", "::1", 1},
+		{"Node-1.example:065535", "Node-1.example", 65535},
+	} {
+		host, port, err := ParseAddr(tc.addr)
+		if err != nil || host != tc.host || port != tc.port {
+			t.Errorf("ParseAddr(%q) = %q, %d, %v; want %q, %d", tc.addr, host, port, err, tc.host, tc.port)
+		}
+	}
+	if _, _, err := ParseAddr("host:0"); err == nil {
+		t.Error("ParseAddr accepted port 0")
+	}
+}
