@@ -32,6 +32,7 @@ type member struct {
 	driver *coordinator.Driver
 	store  *txlog.Store
 	srv    *grpc.Server
+	calls  *callLog // the unary calls its server received
 }
 
 func newTestCluster(t testing.TB, size int, tune func(*coordinator.Config)) *testCluster {
@@ -88,11 +89,12 @@ func (c *testCluster) startOn(id uint64, lis net.Listener) {
 		c.dtune(&dcfg)
 	}
 	drv := coordinator.NewDriver(node, dcfg)
-	srv := grpc.NewServer(coordinator.ServerOptions(coordinator.ServerLimits{})...)
+	calls := &callLog{}
+	srv := grpc.NewServer(append(coordinator.ServerOptions(coordinator.ServerLimits{}), grpc.ChainUnaryInterceptor(calls.record))...)
 	node.Register(srv)
 	drv.Register(srv)
 	go srv.Serve(lis)
-	c.members[id] = &member{node: node, driver: drv, store: store, srv: srv}
+	c.members[id] = &member{node: node, driver: drv, store: store, srv: srv, calls: calls}
 }
 
 // restart starts a stopped node again on its old address and data dir.

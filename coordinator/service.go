@@ -39,11 +39,8 @@ func (s *coordinatorService) Commit(ctx context.Context, req *decreev1.CommitReq
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if fwd, err := s.d.forwarder(ctx); fwd != nil || err != nil {
-		if err != nil {
-			return nil, err
-		}
-		return fwd.Commit(forwardCtx(ctx), req)
+	if resp, done, err := forward(ctx, s.d, req, decreev1.CoordinatorClient.Commit); done {
+		return resp, err
 	}
 	staged := false
 	if r, ok, err := s.d.node.Record(req.GetTxnId()); err != nil {
@@ -82,11 +79,8 @@ func (s *coordinatorService) Outcome(ctx context.Context, req *decreev1.OutcomeR
 	if err := s.d.validateOutcome(req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if fwd, err := s.d.forwarder(ctx); fwd != nil || err != nil {
-		if err != nil {
-			return nil, err
-		}
-		return fwd.Outcome(forwardCtx(ctx), req)
+	if resp, done, err := forward(ctx, s.d, req, decreev1.CoordinatorClient.Outcome); done {
+		return resp, err
 	}
 	id := req.GetTxnId()
 	if r, ok, err := s.d.node.Record(id); err != nil {
@@ -189,11 +183,8 @@ func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1
 	if _, known := decreev1.TxnFilter_name[int32(req.GetFilter())]; !known {
 		return nil, invalidArgument("unknown transaction filter %d", req.GetFilter())
 	}
-	if fwd, err := s.d.forwarder(ctx); fwd != nil || err != nil {
-		if err != nil {
-			return nil, err
-		}
-		return fwd.ListTransactions(forwardCtx(ctx), req)
+	if resp, done, err := forward(ctx, s.d, req, decreev1.CoordinatorClient.ListTransactions); done {
+		return resp, err
 	}
 	limit := int(req.GetLimit())
 	if limit <= 0 || limit > s.d.cfg.MaxList {
@@ -268,6 +259,27 @@ func matches(f decreev1.TxnFilter, r *txlog.Record) bool {
 	default:
 		return true
 	}
+}
+
+// forward is the one forwarding path of the Coordinator service: on a
+// follower it sends req to the leader with call (a CoordinatorClient
+// method), marked as forwarded and under the caller's context, so its
+// deadline and cancellation reach the leader; it returns the leader's
+// answer, or why there is none, with done set. On the leader done is false
+// and the caller serves the request itself. Requests are validated before
+// forwarding: a bad one is refused where it arrived, without a hop.
+func forward[Req, Resp any](ctx context.Context, d *Driver, req Req,
+	call func(decreev1.CoordinatorClient, context.Context, Req, ...grpc.CallOption) (Resp, error),
+) (resp Resp, done bool, err error) {
+	fwd, err := d.forwarder(ctx)
+	if err != nil {
+		return resp, true, err
+	}
+	if fwd == nil {
+		return resp, false, nil
+	}
+	resp, err = call(fwd, forwardCtx(ctx), req)
+	return resp, true, err
 }
 
 func (d *Driver) forgotten(id string) bool { return isForgotten(id, d.node.horizon.Load()) }
