@@ -64,7 +64,7 @@ func newTestClusterWith(t testing.TB, size int, tune func(*coordinator.Config), 
 func (c *testCluster) config(id uint64) coordinator.Config {
 	cfg := coordinator.Config{
 		ID: id, Peers: c.peers, ClusterID: c.cid,
-		TickInterval: 20 * time.Millisecond, ElectionTicks: 10, HeartbeatTicks: 1,
+		RaftTickInterval: 20 * time.Millisecond, ElectionTicks: 10, HeartbeatTicks: 1,
 		Logger: zerolog.New(zerolog.NewTestWriter(c.t)).Level(zerolog.WarnLevel).With().Timestamp().Logger(),
 	}
 	if c.tune != nil {

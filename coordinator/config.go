@@ -19,6 +19,16 @@ import (
 	"github.com/decree-tx/decree/txnspec"
 )
 
+// Defaults of Config's fields; cmd/decree's flags default to them too.
+const (
+	DefaultRaftTickInterval = 100 * time.Millisecond
+	DefaultElectionTicks    = 10
+	DefaultHeartbeatTicks   = 1
+	DefaultSnapshotEvery    = 10000
+	DefaultCatchUpEntries   = 5000
+	DefaultMaxBatch         = 512
+)
+
 // Config configures a Node. Zero values take the documented defaults.
 type Config struct {
 	// ID is this node's raft id; it must be a key of Peers.
@@ -34,8 +44,10 @@ type Config struct {
 	// start from an empty hard state and could vote twice in one term.
 	JoinExisting bool
 
-	// TickInterval is the raft logical clock period (default 100ms).
-	TickInterval time.Duration
+	// RaftTickInterval is the period of raft's logical clock, the unit of
+	// ElectionTicks and HeartbeatTicks (default DefaultRaftTickInterval).
+	// The 2PC core's timers tick on DriverConfig.CoreTickInterval.
+	RaftTickInterval time.Duration
 	// ElectionTicks is raft's election timeout in ticks (default 10);
 	// followers wait a random time in [ElectionTicks, 2*ElectionTicks).
 	ElectionTicks int
@@ -70,29 +82,29 @@ func (c *Config) withDefaults() (Config, error) {
 	if err := ValidatePeers(cfg.ID, cfg.Peers); err != nil {
 		return cfg, err
 	}
-	if cfg.TickInterval <= 0 {
-		cfg.TickInterval = 100 * time.Millisecond
+	if cfg.RaftTickInterval <= 0 {
+		cfg.RaftTickInterval = DefaultRaftTickInterval
 	}
 	if cfg.ElectionTicks <= 0 {
-		cfg.ElectionTicks = 10
+		cfg.ElectionTicks = DefaultElectionTicks
 	}
 	if cfg.HeartbeatTicks <= 0 {
-		cfg.HeartbeatTicks = 1
+		cfg.HeartbeatTicks = DefaultHeartbeatTicks
 	}
 	if cfg.HeartbeatTicks >= cfg.ElectionTicks {
 		return cfg, fmt.Errorf("heartbeat ticks (%d) must be below election ticks (%d)", cfg.HeartbeatTicks, cfg.ElectionTicks)
 	}
 	if cfg.SnapshotEvery == 0 {
-		cfg.SnapshotEvery = 10000
+		cfg.SnapshotEvery = DefaultSnapshotEvery
 	}
 	if cfg.CatchUpEntries == 0 {
-		cfg.CatchUpEntries = 5000
+		cfg.CatchUpEntries = DefaultCatchUpEntries
 	}
 	if cfg.SnapshotChunkBytes <= 0 {
 		cfg.SnapshotChunkBytes = DefaultSnapshotChunkBytes
 	}
 	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = 512
+		cfg.MaxBatch = DefaultMaxBatch
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = WallClock{}

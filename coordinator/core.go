@@ -12,6 +12,20 @@ import (
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
+// Defaults of CoreConfig's fields.
+const (
+	DefaultPrepareTimeout = 5 * time.Second
+	DefaultRetryMin       = 50 * time.Millisecond
+	DefaultRetryMax       = 5 * time.Second
+	DefaultFinishBatch    = 256
+	DefaultFinishDelay    = 20 * time.Millisecond
+	DefaultRetention      = 24 * time.Hour
+	DefaultCollectEvery   = time.Minute
+	DefaultRescanEvery    = 30 * time.Second
+	DefaultMaxInFlight    = 10000
+	DefaultMaxHeldBytes   = 256 << 20
+)
+
 // CoreConfig tunes the 2PC core. Zero values take the defaults.
 type CoreConfig struct {
 	// PrepareTimeout bounds voting: a participant silent this long makes
@@ -57,21 +71,21 @@ func (c CoreConfig) withDefaults() CoreConfig {
 			*d = v
 		}
 	}
-	def(&c.PrepareTimeout, 5*time.Second)
-	def(&c.RetryMin, 50*time.Millisecond)
-	def(&c.RetryMax, 5*time.Second)
-	def(&c.FinishDelay, 20*time.Millisecond)
-	def(&c.Retention, 24*time.Hour)
-	def(&c.CollectEvery, time.Minute)
-	def(&c.RescanEvery, 30*time.Second)
+	def(&c.PrepareTimeout, DefaultPrepareTimeout)
+	def(&c.RetryMin, DefaultRetryMin)
+	def(&c.RetryMax, DefaultRetryMax)
+	def(&c.FinishDelay, DefaultFinishDelay)
+	def(&c.Retention, DefaultRetention)
+	def(&c.CollectEvery, DefaultCollectEvery)
+	def(&c.RescanEvery, DefaultRescanEvery)
 	if c.FinishBatch <= 0 {
-		c.FinishBatch = 256
+		c.FinishBatch = DefaultFinishBatch
 	}
 	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = 10000
+		c.MaxInFlight = DefaultMaxInFlight
 	}
 	if c.MaxHeldBytes <= 0 {
-		c.MaxHeldBytes = 256 << 20
+		c.MaxHeldBytes = DefaultMaxHeldBytes
 	}
 	if c.Rand == nil {
 		c.Rand = rand.Float64

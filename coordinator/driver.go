@@ -19,18 +19,27 @@ import (
 	"github.com/decree-tx/decree/txnspec"
 )
 
+// Defaults of DriverConfig's fields.
+const (
+	DefaultCoreTickInterval = 10 * time.Millisecond
+	DefaultCallTimeout      = 5 * time.Second
+	DefaultMaxList          = 1000
+)
+
 // DriverConfig configures a Driver. Zero values take the defaults.
 type DriverConfig struct {
 	Core CoreConfig
-	// TickInterval is how often the core's timers run (default 10ms).
-	TickInterval time.Duration
+	// CoreTickInterval is how often the 2PC core's timers run: voting
+	// deadlines, retries, Finished batching (default
+	// DefaultCoreTickInterval). Raft's clock is Config.RaftTickInterval.
+	CoreTickInterval time.Duration
 	// CallTimeout bounds one Commit/Abort/Resolve call to a participant,
-	// and one proposal (default 5s).
+	// and one proposal (default DefaultCallTimeout).
 	CallTimeout time.Duration
 	// Limits enforced on client requests.
-	MaxBranches int // default 64
-	MaxPayload  int // bytes per branch, default 1 MiB
-	// MaxList caps ListTransactions rows (default 1000).
+	MaxBranches int // default txnspec.DefaultMaxParticipants
+	MaxPayload  int // bytes per branch, default txnspec.DefaultMaxPayload
+	// MaxList caps ListTransactions rows (default DefaultMaxList).
 	MaxList int
 	Clock   Clock
 	Dial    func(ctx context.Context, addr string) (net.Conn, error)
@@ -38,11 +47,11 @@ type DriverConfig struct {
 }
 
 func (c DriverConfig) withDefaults() DriverConfig {
-	if c.TickInterval <= 0 {
-		c.TickInterval = 10 * time.Millisecond
+	if c.CoreTickInterval <= 0 {
+		c.CoreTickInterval = DefaultCoreTickInterval
 	}
 	if c.CallTimeout <= 0 {
-		c.CallTimeout = 5 * time.Second
+		c.CallTimeout = DefaultCallTimeout
 	}
 	if c.MaxBranches <= 0 {
 		c.MaxBranches = txnspec.DefaultMaxParticipants
@@ -51,7 +60,7 @@ func (c DriverConfig) withDefaults() DriverConfig {
 		c.MaxPayload = txnspec.DefaultMaxPayload
 	}
 	if c.MaxList <= 0 {
-		c.MaxList = 1000
+		c.MaxList = DefaultMaxList
 	}
 	if c.Clock == nil {
 		c.Clock = WallClock{}
@@ -131,7 +140,7 @@ func (d *Driver) Stop() {
 
 func (d *Driver) run() {
 	defer close(d.donec)
-	tickc, stopTick := d.cfg.Clock.NewTicker(d.cfg.TickInterval)
+	tickc, stopTick := d.cfg.Clock.NewTicker(d.cfg.CoreTickInterval)
 	defer stopTick()
 	for {
 		select {

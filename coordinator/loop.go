@@ -24,7 +24,7 @@ const sweepEveryTicks = 10
 
 func (n *Node) run() {
 	defer close(n.donec)
-	tickc, stopTick := n.cfg.Clock.NewTicker(n.cfg.TickInterval)
+	tickc, stopTick := n.cfg.Clock.NewTicker(n.cfg.RaftTickInterval)
 	defer stopTick()
 	for {
 		select {

@@ -314,7 +314,7 @@ func (d *Driver) forwarder(ctx context.Context) (decreev1.CoordinatorClient, err
 // awaitLeadership waits a few driver ticks for the driver to take up the
 // leadership raft just gave this node, rather than bounce the caller.
 func (d *Driver) awaitLeadership(ctx context.Context) bool {
-	tickc, stop := d.cfg.Clock.NewTicker(d.cfg.TickInterval)
+	tickc, stop := d.cfg.Clock.NewTicker(d.cfg.CoreTickInterval)
 	defer stop()
 	for range 5 {
 		select {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/decree-tx/decree/coordinator"
 	"github.com/decree-tx/decree/txlog"
+	"github.com/decree-tx/decree/txnspec"
 )
 
 // Bounds of the Pebble memory flags: below 1 MiB Pebble thrashes; a
@@ -67,15 +68,15 @@ func runStart(args []string, _, stderr io.Writer) error {
 	fs.StringVar(&f.peers, "peers", "", "every member as id=host:port, comma-separated")
 	fs.StringVar(&f.dataDir, "data-dir", "", "directory for this node's durable state")
 	fs.StringVar(&f.clusterName, "cluster-name", "decree", "cluster name; with --peers it forms the cluster id")
-	fs.DurationVar(&f.tick, "tick", 100*time.Millisecond, "raft tick interval")
-	fs.IntVar(&f.electionTicks, "election-ticks", 10, "raft election timeout in ticks")
-	fs.Uint64Var(&f.snapshotEvery, "snapshot-every", 10000, "snapshot after this many applied entries")
-	fs.DurationVar(&f.prepTimeout, "prepare-timeout", 5*time.Second, "abort a transaction whose participants have not all voted within this")
-	fs.DurationVar(&f.retention, "retention", 24*time.Hour, "keep finished transaction records this long for outcome queries")
-	fs.IntVar(&f.maxBranches, "max-branches", 64, "most participants one transaction may have")
-	fs.IntVar(&f.maxPayload, "max-payload", 1<<20, "largest branch payload in bytes")
-	fs.IntVar(&f.maxInFlight, "max-in-flight", 10000, "most transactions the leader votes on at once; more are refused (ResourceExhausted)")
-	fs.Int64Var(&f.maxHeldBytes, "max-held-bytes", 256<<20, "most payload bytes the leader holds for prepares; more are refused (ResourceExhausted)")
+	fs.DurationVar(&f.tick, "tick", coordinator.DefaultRaftTickInterval, "raft tick interval")
+	fs.IntVar(&f.electionTicks, "election-ticks", coordinator.DefaultElectionTicks, "raft election timeout in ticks")
+	fs.Uint64Var(&f.snapshotEvery, "snapshot-every", coordinator.DefaultSnapshotEvery, "snapshot after this many applied entries")
+	fs.DurationVar(&f.prepTimeout, "prepare-timeout", coordinator.DefaultPrepareTimeout, "abort a transaction whose participants have not all voted within this")
+	fs.DurationVar(&f.retention, "retention", coordinator.DefaultRetention, "keep finished transaction records this long for outcome queries")
+	fs.IntVar(&f.maxBranches, "max-branches", txnspec.DefaultMaxParticipants, "most participants one transaction may have")
+	fs.IntVar(&f.maxPayload, "max-payload", txnspec.DefaultMaxPayload, "largest branch payload in bytes")
+	fs.IntVar(&f.maxInFlight, "max-in-flight", coordinator.DefaultMaxInFlight, "most transactions the leader votes on at once; more are refused (ResourceExhausted)")
+	fs.Int64Var(&f.maxHeldBytes, "max-held-bytes", coordinator.DefaultMaxHeldBytes, "most payload bytes the leader holds for prepares; more are refused (ResourceExhausted)")
 	fs.IntVar(&f.maxConns, "max-connections", 1024, "most open connections to this node; more are closed at once")
 	fs.UintVar(&f.maxStreams, "max-streams", 1024, "most concurrent calls on one connection; more wait for a free one")
 	fs.BoolVar(&f.parallel, "parallel-commit", false, "stage transactions in raft while they vote: COMMITTED after one consensus round")
@@ -154,13 +155,13 @@ func (f *startFlags) nodeConfig() (coordinator.Config, error) {
 		return coordinator.Config{}, usagef("--go-memory-limit must be 0 (none) or at least %v, not %v", byteSize(minGoMemoryLimit), f.goMemLimit)
 	}
 	return coordinator.Config{
-		ID:            f.id,
-		Peers:         peers,
-		ClusterID:     coordinator.ClusterID(f.clusterName, peers),
-		TickInterval:  f.tick,
-		ElectionTicks: f.electionTicks,
-		SnapshotEvery: f.snapshotEvery,
-		JoinExisting:  f.clusterState == clusterStateExisting,
+		ID:               f.id,
+		Peers:            peers,
+		ClusterID:        coordinator.ClusterID(f.clusterName, peers),
+		RaftTickInterval: f.tick,
+		ElectionTicks:    f.electionTicks,
+		SnapshotEvery:    f.snapshotEvery,
+		JoinExisting:     f.clusterState == clusterStateExisting,
 	}, nil
 }
 
