@@ -88,7 +88,10 @@ func (c *testCluster) startOn(id uint64, lis net.Listener) {
 	if c.dtune != nil {
 		c.dtune(&dcfg)
 	}
-	drv := coordinator.NewDriver(node, dcfg)
+	drv, err := coordinator.NewDriver(node, dcfg)
+	if err != nil {
+		c.t.Fatalf("start driver %d: %v", id, err)
+	}
 	calls := &callLog{}
 	srv := grpc.NewServer(append(coordinator.ServerOptions(coordinator.ServerLimits{}), grpc.ChainUnaryInterceptor(calls.record))...)
 	node.Register(srv)

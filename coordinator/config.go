@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -77,9 +78,51 @@ type Config struct {
 	Logger zerolog.Logger
 }
 
+// Validate reports the settings of c that cannot work, each naming its
+// field: bad peers, a negative value (zero stands for the default), or
+// heartbeats no more frequent than elections. NewNode calls it.
+func (c *Config) Validate() error {
+	if err := ValidatePeers(c.ID, c.Peers); err != nil {
+		return err
+	}
+	if err := errors.Join(
+		notNegative("RaftTickInterval", c.RaftTickInterval),
+		notNegative("ElectionTicks", c.ElectionTicks),
+		notNegative("HeartbeatTicks", c.HeartbeatTicks),
+		notNegative("SnapshotChunkBytes", c.SnapshotChunkBytes),
+		notNegative("MaxBatch", c.MaxBatch),
+	); err != nil {
+		return err
+	}
+	heartbeat := cmp.Or(c.HeartbeatTicks, DefaultHeartbeatTicks)
+	election := cmp.Or(c.ElectionTicks, DefaultElectionTicks)
+	if heartbeat >= election {
+		return fmt.Errorf("HeartbeatTicks (%d) must be below ElectionTicks (%d)", heartbeat, election)
+	}
+	return nil
+}
+
+// notNegative refuses a negative setting: zero takes the default, and a
+// negative value has no meaning that could be meant.
+func notNegative[T int | int64 | time.Duration](field string, v T) error {
+	if v < 0 {
+		return fmt.Errorf("%s is %v: it must not be negative (zero takes the default)", field, v)
+	}
+	return nil
+}
+
+// orDefault describes an effective setting for an error message.
+func orDefault[T comparable](v, def T) string {
+	var zero T
+	if v == zero {
+		return fmt.Sprintf("%v, the default", def)
+	}
+	return fmt.Sprint(v)
+}
+
 func (c *Config) withDefaults() (Config, error) {
 	cfg := *c
-	if err := ValidatePeers(cfg.ID, cfg.Peers); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return cfg, err
 	}
 	if cfg.RaftTickInterval <= 0 {
@@ -90,9 +133,6 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.HeartbeatTicks <= 0 {
 		cfg.HeartbeatTicks = DefaultHeartbeatTicks
-	}
-	if cfg.HeartbeatTicks >= cfg.ElectionTicks {
-		return cfg, fmt.Errorf("heartbeat ticks (%d) must be below election ticks (%d)", cfg.HeartbeatTicks, cfg.ElectionTicks)
 	}
 	if cfg.SnapshotEvery == 0 {
 		cfg.SnapshotEvery = DefaultSnapshotEvery

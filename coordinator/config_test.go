@@ -3,9 +3,11 @@ package coordinator_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/decree-tx/decree/coordinator"
 )
@@ -138,5 +140,64 @@ func TestClusterIDDependsOnNameAndMembers(t *testing.T) {
 	}
 	if coordinator.ClusterID("x", a) == coordinator.ClusterID("x", c) {
 		t.Fatal("cluster id ignores the members")
+	}
+}
+
+// Settings that cannot work are refused with an error naming the fields;
+// zero values take the defaults and pass.
+func TestConfigsRefuseInvertedAndNegativeSettings(t *testing.T) {
+	peers := map[uint64]string{1: "127.0.0.1:7001"}
+	for _, tc := range []struct {
+		name    string
+		err     error
+		wantErr string // "" for valid
+	}{
+		{"node defaults", (&coordinator.Config{ID: 1, Peers: peers}).Validate(), ""},
+		{"node tick", (&coordinator.Config{ID: 1, Peers: peers, RaftTickInterval: -time.Millisecond}).Validate(), "RaftTickInterval is -1ms: it must not be negative"},
+		{"node batch", (&coordinator.Config{ID: 1, Peers: peers, MaxBatch: -1}).Validate(), "MaxBatch is -1"},
+		{"node chunk", (&coordinator.Config{ID: 1, Peers: peers, SnapshotChunkBytes: -1}).Validate(), "SnapshotChunkBytes is -1"},
+		{"heartbeat vs election", (&coordinator.Config{ID: 1, Peers: peers, HeartbeatTicks: 10}).Validate(), "HeartbeatTicks (10) must be below ElectionTicks (10)"},
+		{"heartbeat vs election set", (&coordinator.Config{ID: 1, Peers: peers, HeartbeatTicks: 3, ElectionTicks: 2}).Validate(), "HeartbeatTicks (3) must be below ElectionTicks (2)"},
+		{"node peers", (&coordinator.Config{ID: 2, Peers: peers}).Validate(), "not among the peers"},
+
+		{"core defaults", coordinator.CoreConfig{}.Validate(), ""},
+		{"core retry equal", coordinator.CoreConfig{RetryMin: time.Second, RetryMax: time.Second}.Validate(), ""},
+		{"core retry inverted", coordinator.CoreConfig{RetryMin: 2 * time.Second, RetryMax: time.Second}.Validate(), "RetryMin (2s) exceeds RetryMax (1s)"},
+		{"core retry past the default max", coordinator.CoreConfig{RetryMin: time.Minute}.Validate(), "RetryMin (1m0s) exceeds RetryMax (5s, the default)"},
+		{"core retry below the default min", coordinator.CoreConfig{RetryMax: time.Millisecond}.Validate(), "RetryMin (50ms, the default) exceeds RetryMax (1ms)"},
+		{"core negative", coordinator.CoreConfig{PrepareTimeout: -1, MaxInFlight: -5}.Validate(), "PrepareTimeout is -1ns"},
+		{"core negative, all named", coordinator.CoreConfig{PrepareTimeout: -1, MaxInFlight: -5}.Validate(), "MaxInFlight is -5"},
+		{"core held bytes", coordinator.CoreConfig{MaxHeldBytes: -1}.Validate(), "MaxHeldBytes is -1"},
+
+		{"driver defaults", coordinator.DriverConfig{}.Validate(), ""},
+		{"driver tick", coordinator.DriverConfig{CoreTickInterval: -1}.Validate(), "CoreTickInterval is -1ns"},
+		{"driver timeout", coordinator.DriverConfig{CallTimeout: -time.Second}.Validate(), "CallTimeout is -1s"},
+		{"driver limits", coordinator.DriverConfig{MaxBranches: -1, MaxPayload: -1, MaxList: -1}.Validate(), "MaxList is -1"},
+		{"driver core", coordinator.DriverConfig{Core: coordinator.CoreConfig{RetryMin: time.Hour, RetryMax: time.Minute}}.Validate(), "core: RetryMin (1h0m0s) exceeds RetryMax (1m0s)"},
+	} {
+		if tc.wantErr == "" && tc.err != nil || tc.wantErr != "" && (tc.err == nil || !strings.Contains(tc.err.Error(), tc.wantErr)) {
+			t.Errorf("%s: %v, want %q", tc.name, tc.err, tc.wantErr)
+		}
+	}
+}
+
+func TestNewCorePanicsOnAnInvalidConfig(t *testing.T) {
+	defer func() {
+		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "RetryMin") {
+			t.Fatalf("NewCore with RetryMin > RetryMax: recovered %v, want a panic naming RetryMin", r)
+		}
+	}()
+	coordinator.NewCore(coordinator.CoreConfig{RetryMin: time.Hour, RetryMax: time.Second})
+}
+
+// The constructors refuse an invalid config before they start anything.
+func TestConstructorsReturnTheValidationError(t *testing.T) {
+	if _, err := coordinator.NewDriver(nil, coordinator.DriverConfig{Core: coordinator.CoreConfig{RetryMin: time.Hour}}); err == nil ||
+		!strings.Contains(err.Error(), "RetryMin (1h0m0s) exceeds RetryMax") {
+		t.Errorf("NewDriver: %v, want the RetryMin error", err)
+	}
+	cfg := coordinator.Config{ID: 1, Peers: map[uint64]string{1: "127.0.0.1:7001"}, ElectionTicks: -1}
+	if _, err := coordinator.NewNode(cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "ElectionTicks is -1") {
+		t.Errorf("NewNode: %v, want the ElectionTicks error", err)
 	}
 }

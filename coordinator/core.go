@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -63,6 +64,31 @@ type CoreConfig struct {
 	// 10000 and 256 MiB).
 	MaxInFlight  int
 	MaxHeldBytes int64
+}
+
+// Validate reports the settings of c that cannot work, each naming its
+// field: a negative value (zero stands for the default), or a RetryMin
+// above RetryMax.
+func (c CoreConfig) Validate() error {
+	if err := errors.Join(
+		notNegative("PrepareTimeout", c.PrepareTimeout),
+		notNegative("RetryMin", c.RetryMin),
+		notNegative("RetryMax", c.RetryMax),
+		notNegative("FinishBatch", c.FinishBatch),
+		notNegative("FinishDelay", c.FinishDelay),
+		notNegative("Retention", c.Retention),
+		notNegative("CollectEvery", c.CollectEvery),
+		notNegative("RescanEvery", c.RescanEvery),
+		notNegative("MaxInFlight", c.MaxInFlight),
+		notNegative("MaxHeldBytes", c.MaxHeldBytes),
+	); err != nil {
+		return err
+	}
+	if d := c.withDefaults(); d.RetryMin > d.RetryMax {
+		return fmt.Errorf("RetryMin (%s) exceeds RetryMax (%s): the backoff could not grow from one to the other",
+			orDefault(c.RetryMin, DefaultRetryMin), orDefault(c.RetryMax, DefaultRetryMax))
+	}
+	return nil
 }
 
 func (c CoreConfig) withDefaults() CoreConfig {
@@ -200,8 +226,13 @@ func (r *retryState) fire(now time.Time) bool {
 	return false
 }
 
-// NewCore returns a core that is not leader.
+// NewCore returns a core that is not leader. Like etcd raft's newRaft, it
+// panics on an invalid cfg (see CoreConfig.Validate): NewDriver validates
+// what it is given and returns the error.
 func NewCore(cfg CoreConfig) *Core {
+	if err := cfg.Validate(); err != nil {
+		panic("coordinator core: " + err.Error())
+	}
 	cfg = cfg.withDefaults()
 	return &Core{cfg: cfg, retry: backoff.Policy{Min: cfg.RetryMin, Max: cfg.RetryMax, Rand: cfg.Rand},
 		txns: make(map[string]*coreTxn)}

@@ -46,6 +46,24 @@ type DriverConfig struct {
 	Logger  zerolog.Logger
 }
 
+// Validate reports the settings of c, its Core included, that cannot work,
+// each naming its field. NewDriver calls it.
+func (c DriverConfig) Validate() error {
+	if err := errors.Join(
+		notNegative("CoreTickInterval", c.CoreTickInterval),
+		notNegative("CallTimeout", c.CallTimeout),
+		notNegative("MaxBranches", c.MaxBranches),
+		notNegative("MaxPayload", c.MaxPayload),
+		notNegative("MaxList", c.MaxList),
+	); err != nil {
+		return err
+	}
+	if err := c.Core.Validate(); err != nil {
+		return fmt.Errorf("core: %w", err)
+	}
+	return nil
+}
+
 func (c DriverConfig) withDefaults() DriverConfig {
 	if c.CoreTickInterval <= 0 {
 		c.CoreTickInterval = DefaultCoreTickInterval
@@ -104,8 +122,11 @@ type Driver struct {
 	term   atomic.Uint64
 }
 
-// NewDriver starts the 2PC driver on node.
-func NewDriver(node *Node, cfg DriverConfig) *Driver {
+// NewDriver starts the 2PC driver on node, or returns why cfg cannot work.
+func NewDriver(node *Node, cfg DriverConfig) (*Driver, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("driver config: %w", err)
+	}
 	cfg = cfg.withDefaults()
 	d := &Driver{
 		cfg:     cfg,
@@ -125,7 +146,7 @@ func NewDriver(node *Node, cfg DriverConfig) *Driver {
 	backlog := d.phase2Backlog
 	node.phase2.Store(&backlog)
 	go d.run()
-	return d
+	return d, nil
 }
 
 // Stop ends the driver loop, waits for in-flight calls and closes

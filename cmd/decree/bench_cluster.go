@@ -80,10 +80,12 @@ func startEmbeddedCluster(dir string, parallel bool, logger zerolog.Logger) (_ *
 		if m.node, err = coordinator.NewNode(cfg, m.store, nil); err != nil {
 			return nil, fmt.Errorf("start node %d: %w", id, err)
 		}
-		m.drv = coordinator.NewDriver(m.node, coordinator.DriverConfig{
+		if m.drv, err = coordinator.NewDriver(m.node, coordinator.DriverConfig{
 			Core:        coordinator.CoreConfig{ParallelCommit: parallel},
 			MaxBranches: benchMaxParticipants, MaxPayload: benchMaxPayload, Logger: logger,
-		})
+		}); err != nil {
+			return nil, fmt.Errorf("start the driver of node %d: %w", id, err)
+		}
 		m.srv = grpc.NewServer(coordinator.ServerOptions(coordinator.ServerLimits{MaxBranches: benchMaxParticipants, MaxPayload: benchMaxPayload})...)
 		m.node.Register(m.srv)
 		m.drv.Register(m.srv)

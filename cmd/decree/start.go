@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -217,13 +218,17 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 		lis.Close()
 		return err
 	}
-	drv := coordinator.NewDriver(node, coordinator.DriverConfig{
+	drv, err := coordinator.NewDriver(node, coordinator.DriverConfig{
 		Core: coordinator.CoreConfig{PrepareTimeout: f.prepTimeout, Retention: f.retention, ParallelCommit: f.parallel,
 			MaxInFlight: f.maxInFlight, MaxHeldBytes: f.maxHeldBytes},
 		MaxBranches: f.maxBranches,
 		MaxPayload:  f.maxPayload,
 		Logger:      logger,
 	})
+	if err != nil {
+		lis.Close()
+		return errors.Join(err, node.Stop())
+	}
 	srv := grpc.NewServer(coordinator.ServerOptions(coordinator.ServerLimits{
 		MaxBranches: f.maxBranches, MaxPayload: f.maxPayload, MaxStreams: uint32(f.maxStreams)})...)
 	node.Register(srv)
