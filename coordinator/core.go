@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -146,6 +148,10 @@ type Core struct {
 	heldBytes int64
 
 	out []Action
+	// drop is why the current Step ignores its event, if it does;
+	// dropped counts the ignored events per kind (CoreStats).
+	drop    Dropped
+	dropped map[string]uint64
 }
 
 type txnPhase uint8
@@ -242,6 +248,7 @@ func NewCore(cfg CoreConfig) *Core {
 func (c *Core) Step(now time.Time, ev Event) []Action {
 	c.now = now
 	c.out = nil
+	c.drop = Dropped{}
 	switch e := ev.(type) {
 	case ClientCommit:
 		c.clientCommit(e)
@@ -254,7 +261,9 @@ func (c *Core) Step(now time.Time, ev Event) []Action {
 	case StagedApplied:
 		c.stagedApplied(e)
 	case RecoverStaged:
-		c.recoverStaged(e.ID, e.Participants)
+		if why := c.recoverStaged(e.ID, e.Participants); why != "" {
+			c.ignore(e.ID, why)
+		}
 	case DecisionApplied:
 		c.decisionApplied(e)
 	case ProposeFailed:
@@ -264,17 +273,77 @@ func (c *Core) Step(now time.Time, ev Event) []Action {
 	case DeliveryFailed:
 		c.deliveryFailed(e)
 	case LeadershipChanged:
+		// Not counted when it changes nothing: the driver reports its
+		// role on every stop, and the core takes a repeat as a no-op.
 		c.leadershipChanged(e)
 	case Recovered:
 		c.recovered(e)
 	case CollectApplied:
 		c.collectMore = c.leader && e.Term == c.term && e.More
+		if !c.leader || e.Term != c.term {
+			c.ignore("", dropStale)
+		}
 	case Tick:
 		c.tick()
 	default:
+		// A programming error, never input: Event's method is
+		// unexported, so only this package defines events, and the driver
+		// builds each from a decoded message it has already checked. An
+		// event type without its case here would be silently lost, which
+		// is worse than stopping.
 		panic(fmt.Sprintf("coordinator core: unknown event %T", ev))
 	}
+	if c.drop.Why != "" {
+		c.drop.Kind = reflect.TypeOf(ev).Name()
+		if c.dropped == nil {
+			c.dropped = make(map[string]uint64)
+		}
+		c.dropped[c.drop.Kind]++
+	}
 	return c.out
+}
+
+// Why the core ignores an event (Dropped.Why). Most are benign races: a
+// vote that arrives after its deadline aborted the transaction, an
+// acknowledgement from a leadership that ended. They are counted so that a
+// flood, or one that should not happen, shows.
+const (
+	dropStale              = "stale: from an earlier leadership or term"
+	dropUnknownTxn         = "no such transaction here: finished, abandoned with a leadership, or never started"
+	dropWrongPhase         = "the transaction is no longer in the phase the event is for"
+	dropUnknownParticipant = "the transaction has no such participant"
+	dropRepeated           = "a repeat of an answer already counted"
+	dropSettling           = "the transaction is already being settled or finished"
+)
+
+// Dropped describes an event the core ignored.
+type Dropped struct {
+	Kind string // the event's type, as VoteReceived
+	ID   string // the transaction it names, if any
+	Why  string
+}
+
+// Suspect says no correct driver should have fed the event: it names a
+// participant the transaction does not have.
+func (d Dropped) Suspect() bool { return d.Why == dropUnknownParticipant }
+
+// CoreStats counts what the core did not act on. Counters only grow.
+type CoreStats struct {
+	// Dropped counts the ignored events per kind (the event's type name).
+	Dropped map[string]uint64
+}
+
+// Stats returns the core's counters so far.
+func (c *Core) Stats() CoreStats {
+	return CoreStats{Dropped: maps.Clone(c.dropped)}
+}
+
+// LastDropped returns the event the last Step ignored, if it ignored it.
+func (c *Core) LastDropped() (Dropped, bool) { return c.drop, c.drop.Why != "" }
+
+// ignore notes that the current Step's event is dropped, and why.
+func (c *Core) ignore(id, why string) {
+	c.drop = Dropped{ID: id, Why: why}
 }
 
 // IsLeader reports whether the core acts as leader, and in which term.
@@ -443,16 +512,24 @@ func aliasReason(first, second, id string) string {
 // voting returns the transaction if feedback for it is current.
 func (c *Core) voting(id, participant string, term uint64) *coreTxn {
 	if !c.leader || term != c.term {
+		c.ignore(id, dropStale)
 		return nil
 	}
 	t, ok := c.txns[id]
-	if !ok || !slices.Contains(t.participants, participant) {
+	if !ok {
+		c.ignore(id, dropUnknownTxn)
+		return nil
+	}
+	if !slices.Contains(t.participants, participant) {
+		c.ignore(id, dropUnknownParticipant)
 		return nil
 	}
 	if t.phase != phaseVoting && t.phase != phaseResolving {
+		c.ignore(id, dropWrongPhase)
 		return nil
 	}
 	if _, dup := t.votes[participant]; dup {
+		c.ignore(id, dropRepeated)
 		return nil
 	}
 	return t
@@ -496,7 +573,11 @@ func (c *Core) voteReceived(e VoteReceived) {
 
 func (c *Core) prepareFailed(e PrepareFailed) {
 	t := c.voting(e.ID, e.Participant, e.Term)
-	if t == nil || t.phase == phaseResolving {
+	if t == nil {
+		return
+	}
+	if t.phase == phaseResolving {
+		c.ignore(e.ID, dropWrongPhase) // timed out: its participant is being asked
 		return
 	}
 	if e.Refused {
@@ -535,6 +616,7 @@ func (c *Core) resolveOnePhase(t *coreTxn, failure string) {
 
 func (c *Core) participantResolved(e ParticipantResolved) {
 	if !c.leader || e.Term != c.term {
+		c.ignore(e.ID, dropStale)
 		return
 	}
 	t, ok := c.txns[e.ID]
@@ -542,7 +624,15 @@ func (c *Core) participantResolved(e ParticipantResolved) {
 		c.stagedResolved(t, e)
 		return
 	}
-	if !ok || t.phase != phaseResolving || t.participants[0] != e.Participant {
+	switch {
+	case !ok:
+		c.ignore(e.ID, dropUnknownTxn)
+		return
+	case t.phase != phaseResolving:
+		c.ignore(e.ID, dropWrongPhase)
+		return
+	case t.participants[0] != e.Participant:
+		c.ignore(e.ID, dropUnknownParticipant)
 		return
 	}
 	switch {
@@ -565,10 +655,16 @@ func (c *Core) participantResolved(e ParticipantResolved) {
 // as soon as every vote is YES. A decision that applied first wins.
 func (c *Core) stagedApplied(e StagedApplied) {
 	if !c.leader || e.Term != c.term {
+		c.ignore(e.ID, dropStale)
 		return
 	}
 	t, ok := c.txns[e.ID]
-	if !ok || (t.phase != phaseVoting && t.phase != phaseDeciding) {
+	if !ok {
+		c.ignore(e.ID, dropUnknownTxn)
+		return
+	}
+	if t.phase != phaseVoting && t.phase != phaseDeciding {
+		c.ignore(e.ID, dropWrongPhase)
 		return
 	}
 	if e.Outcome != decreev1.Outcome_OUTCOME_UNSPECIFIED {
@@ -605,19 +701,21 @@ func (c *Core) maybeImplicitCommit(t *coreTxn) bool {
 // recoverStaged settles a staged transaction without a decision: every
 // participant is asked for its vote, and one that never voted aborts it
 // (so a late prepare cannot succeed). All prepared: commit; any aborted:
-// abort. No transaction aborts merely because the leader changed.
-func (c *Core) recoverStaged(id string, participants []string) {
+// abort. No transaction aborts merely because the leader changed. It
+// returns why it started nothing, if it did not.
+func (c *Core) recoverStaged(id string, participants []string) (ignored string) {
 	if !c.leader {
-		return
+		return dropStale
 	}
 	if _, ok := c.txns[id]; ok || slices.Contains(c.finishing, id) {
-		return
+		return dropSettling
 	}
 	t := &coreTxn{id: id, phase: phaseRecovering, participants: slices.Clone(participants), parallel: true,
 		staged: true, votes: map[string]decreev1.Vote{}, resolved: map[string]decreev1.ParticipantState{},
 		deliveries: make(map[string]*delivery)}
 	c.txns[id] = t
 	c.resolveUnanswered(t)
+	return ""
 }
 
 func (c *Core) resolveUnanswered(t *coreTxn) {
@@ -630,6 +728,7 @@ func (c *Core) resolveUnanswered(t *coreTxn) {
 
 func (c *Core) stagedResolved(t *coreTxn, e ParticipantResolved) {
 	if !slices.Contains(t.participants, e.Participant) {
+		c.ignore(e.ID, dropUnknownParticipant)
 		return
 	}
 	if e.Err != "" {
@@ -682,6 +781,7 @@ func (c *Core) proposeDecision(t *coreTxn) {
 
 func (c *Core) decisionApplied(e DecisionApplied) {
 	if !c.leader || e.Term != c.term {
+		c.ignore(e.ID, dropStale)
 		return
 	}
 	t, ok := c.txns[e.ID]
@@ -691,6 +791,8 @@ func (c *Core) decisionApplied(e DecisionApplied) {
 			t.phase, t.presumed = phaseRecovering, false
 			t.votes, t.resolved = map[string]decreev1.Vote{}, map[string]decreev1.ParticipantState{}
 			c.resolveUnanswered(t)
+		} else {
+			c.ignore(e.ID, dropWrongPhase) // no presumed abort of it in flight
 		}
 		return
 	}
@@ -700,6 +802,7 @@ func (c *Core) decisionApplied(e DecisionApplied) {
 		t = &coreTxn{id: e.ID, participants: slices.Clone(e.Participants), deliveries: make(map[string]*delivery)}
 		c.txns[e.ID] = t
 	} else if t.phase == phaseDelivering {
+		c.ignore(e.ID, dropRepeated)
 		return
 	}
 	if t.replied && e.Outcome != decreev1.Outcome_OUTCOME_COMMITTED {
@@ -757,14 +860,31 @@ func (t *coreTxn) dropVoting() {
 
 func (c *Core) delivering(id, participant string, term uint64) (*coreTxn, *delivery) {
 	if !c.leader || term != c.term {
+		c.ignore(id, dropStale)
 		return nil, nil
 	}
 	t, ok := c.txns[id]
-	if !ok || t.phase != phaseDelivering {
+	if !ok {
+		c.ignore(id, dropUnknownTxn)
+		return nil, nil
+	}
+	if t.phase != phaseDelivering {
+		c.ignore(id, dropWrongPhase)
 		return nil, nil
 	}
 	d, ok := t.deliveries[participant]
-	if !ok || d.state != deliveryInFlight {
+	if !ok {
+		// Either not a participant, or one phase 2 skips (it voted NO
+		// on an abort, READ_ONLY, or committed in one phase).
+		if !slices.Contains(t.participants, participant) {
+			c.ignore(id, dropUnknownParticipant)
+		} else {
+			c.ignore(id, dropWrongPhase)
+		}
+		return nil, nil
+	}
+	if d.state != deliveryInFlight {
+		c.ignore(id, dropRepeated)
 		return nil, nil
 	}
 	return t, d
@@ -815,6 +935,7 @@ func (c *Core) flushFinished(timed bool) {
 
 func (c *Core) proposeFailed(e ProposeFailed) {
 	if !c.leader || e.Term != c.term {
+		c.ignore(e.ID, dropStale)
 		return
 	}
 	if len(e.Finished) > 0 {
@@ -825,7 +946,13 @@ func (c *Core) proposeFailed(e ProposeFailed) {
 		c.finishing = append(c.finishing, e.Finished...)
 		return
 	}
-	if t, ok := c.txns[e.ID]; ok && t.phase == phaseDeciding {
+	t, ok := c.txns[e.ID]
+	switch {
+	case !ok:
+		c.ignore(e.ID, dropUnknownTxn)
+	case t.phase != phaseDeciding:
+		c.ignore(e.ID, dropWrongPhase)
+	default:
 		c.armRetry(t, &t.retry)
 	}
 }
@@ -860,6 +987,7 @@ func (c *Core) abandonAll() {
 
 func (c *Core) recovered(e Recovered) {
 	if !c.leader || e.Term != c.term {
+		c.ignore("", dropStale)
 		return
 	}
 	for _, r := range e.Staged {

@@ -107,6 +107,7 @@ type Driver struct {
 	evc     chan Event
 	listc   chan chan []UndecidedTxn
 	phase2c chan chan []Phase2Txn
+	statsc  chan chan CoreStats
 	ctx     context.Context // cancelled by Stop; parent of every call
 	cancel  context.CancelFunc
 	stopc   chan struct{}
@@ -120,7 +121,13 @@ type Driver struct {
 
 	leader atomic.Bool
 	term   atomic.Uint64
+
+	drops rateLog[[2]string] // lines about ignored events, per kind and reason
 }
+
+// dropLogEvery is how often the driver logs one kind of event the core
+// ignored, for one reason; the others are only counted (CoreStats).
+const dropLogEvery = 5 * time.Second
 
 // NewDriver starts the 2PC driver on node, or returns why cfg cannot work.
 func NewDriver(node *Node, cfg DriverConfig) (*Driver, error) {
@@ -137,6 +144,7 @@ func NewDriver(node *Node, cfg DriverConfig) (*Driver, error) {
 		evc:     make(chan Event, 4096),
 		listc:   make(chan chan []UndecidedTxn),
 		phase2c: make(chan chan []Phase2Txn),
+		statsc:  make(chan chan CoreStats),
 		stopc:   make(chan struct{}),
 		donec:   make(chan struct{}),
 		waiting: make(map[uint64]chan Reply),
@@ -177,6 +185,8 @@ func (d *Driver) run() {
 			ch <- d.core.Undecided()
 		case ch := <-d.phase2c:
 			ch <- d.core.Phase2Backlog()
+		case ch := <-d.statsc:
+			ch <- d.core.Stats()
 		case <-d.stopc:
 			d.step(LeadershipChanged{Leader: false, Term: d.term.Load()})
 			return
@@ -196,9 +206,32 @@ func (d *Driver) checkLeadership() {
 }
 
 func (d *Driver) step(ev Event) {
-	for _, a := range d.core.Step(d.cfg.Clock.Now(), ev) {
+	actions := d.core.Step(d.cfg.Clock.Now(), ev)
+	if dr, ok := d.core.LastDropped(); ok {
+		d.logDropped(dr)
+	}
+	for _, a := range actions {
 		d.execute(a)
 	}
+}
+
+// logDropped logs an event the core ignored (the core counts each one):
+// at most one line per kind and reason every dropLogEvery, with how many
+// were held back since the last, so that a flood of late answers cannot
+// flood the log. Most are benign races (a vote after its deadline, an
+// acknowledgement from an ended leadership), hence debug; one that no
+// correct driver feeds is a warning.
+func (d *Driver) logDropped(dr Dropped) {
+	suppressed, ok := d.drops.allow([2]string{dr.Kind, dr.Why}, d.cfg.Clock.Now(), dropLogEvery)
+	if !ok {
+		return
+	}
+	line := d.log.Debug()
+	if dr.Suspect() {
+		line = d.log.Warn()
+	}
+	line.Str("event", dr.Kind).Str("txn", dr.ID).Str("why", dr.Why).Uint64("also_dropped", suppressed).
+		Msg("the 2PC core ignored an event")
 }
 
 // feed hands an event to the loop; it gives up once the driver stops.
@@ -438,6 +471,11 @@ func (d *Driver) undecided(ctx context.Context) ([]UndecidedTxn, error) {
 // phase2Backlog asks the loop for the transactions in phase 2.
 func (d *Driver) phase2Backlog(ctx context.Context) ([]Phase2Txn, error) {
 	return askLoop(ctx, d, d.phase2c)
+}
+
+// CoreStats returns the core's counters: the events it ignored, per kind.
+func (d *Driver) CoreStats(ctx context.Context) (CoreStats, error) {
+	return askLoop(ctx, d, d.statsc)
 }
 
 // askLoop asks the driver loop for something only it may read.

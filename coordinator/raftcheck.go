@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"sync"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -46,7 +45,7 @@ var errStepStopped = errors.New("node is stopping")
 // raftGuard is the loop's state for defending raft against bad input and
 // for turning a bug into a clear stop instead of a crash.
 type raftGuard struct {
-	rejects rejectLog
+	rejects rateLog[uint64] // per sender, every rejectLogEvery
 	// fatal stops the loop before the next Ready: raft panicked on a
 	// message and its state may be half-modified. Owned by the loop.
 	fatal error
@@ -123,40 +122,10 @@ func (n *Node) rejectMessage(sender uint64, err error) {
 	if _, ok := n.cfg.Peers[sender]; !ok {
 		sender = 0 // unknown ids share one entry, so forged ids cannot grow the map
 	}
-	if suppressed, ok := n.guard.rejects.allow(sender, n.cfg.Clock.Now()); ok {
+	if suppressed, ok := n.guard.rejects.allow(sender, n.cfg.Clock.Now(), rejectLogEvery); ok {
 		n.log.Warn().Err(err).Uint64("from", sender).Uint64("also_dropped", suppressed).
 			Msg("dropping raft message no correct peer would send")
 	}
-}
-
-// rejectLog rate-limits warnings per sender. It is used by the loop and by
-// stream goroutines.
-type rejectLog struct {
-	mu   sync.Mutex
-	last map[uint64]rejectEntry
-}
-
-type rejectEntry struct {
-	at         time.Time
-	suppressed uint64
-}
-
-// allow reports whether to log now for sender, and how many rejections
-// from it went unlogged since the last line.
-func (l *rejectLog) allow(sender uint64, now time.Time) (uint64, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.last == nil {
-		l.last = make(map[uint64]rejectEntry)
-	}
-	e, seen := l.last[sender]
-	if seen && now.Sub(e.at) < rejectLogEvery {
-		e.suppressed++
-		l.last[sender] = e
-		return 0, false
-	}
-	l.last[sender] = rejectEntry{at: now}
-	return e.suppressed, true
 }
 
 // checkMessage returns why no correct peer could have sent m to this node
