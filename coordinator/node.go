@@ -142,7 +142,13 @@ func Fresh(store *txlog.Store) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("load last index: %w", err)
 	}
-	return raft.IsEmptyHardState(hs) && last == 0 && raft.IsEmptySnap(snap), nil
+	return isFresh(hs, snap, last), nil
+}
+
+// isFresh is the one rule for a store that has never held raft state: no
+// hard state, no log, no snapshot. Fresh and initRaft both decide by it.
+func isFresh(hs *raftpb.HardState, snap *raftpb.Snapshot, last uint64) bool {
+	return raft.IsEmptyHardState(hs) && last == 0 && raft.IsEmptySnap(snap)
 }
 
 // Member is the leader's view of one member's log: Match is the highest
@@ -253,7 +259,7 @@ func (n *Node) initRaft() error {
 	}
 	n.rn = rn
 	n.role = rn.BasicStatus().RaftState
-	fresh := raft.IsEmptyHardState(hs) && last == 0 && raft.IsEmptySnap(snap)
+	fresh := isFresh(hs, snap, last)
 	if fresh && n.cfg.JoinExisting {
 		return fmt.Errorf("node %d: %w", n.cfg.ID, ErrLostState)
 	}

@@ -142,18 +142,35 @@ func (l Limits) CheckParticipants(ps []string) error {
 	if len(ps) > l.MaxParticipants {
 		return fmt.Errorf("%d participants exceed the limit of %d", len(ps), l.MaxParticipants)
 	}
+	// A short list (the default limit is 64) is checked for duplicates by
+	// comparing with those before, which costs less than building a set on
+	// a path every call takes; a long one, allowed by a raised limit, gets
+	// a set, so a request cannot make the check quadratic.
+	var seen map[string]struct{}
+	if len(ps) > smallList {
+		seen = make(map[string]struct{}, len(ps))
+	}
 	for i, p := range ps {
 		if err := ValidateAddr(p); err != nil {
 			return fmt.Errorf("participant %d: %w", i, err)
 		}
-		// Lists are short (MaxParticipants): comparing with those before
-		// costs less than building a set, on a path every call takes.
-		if slices.Contains(ps[:i], p) {
+		dup := false
+		if seen != nil {
+			_, dup = seen[p]
+			seen[p] = struct{}{}
+		} else {
+			dup = slices.Contains(ps[:i], p)
+		}
+		if dup {
 			return fmt.Errorf("participant %d: %s appears twice", i, p)
 		}
 	}
 	return nil
 }
+
+// smallList is the longest participant list CheckParticipants checks for
+// duplicates by pairwise comparison.
+const smallList = 64
 
 // CheckPayload checks the size of one branch's payload.
 func (l Limits) CheckPayload(n int) error {

@@ -2,6 +2,7 @@ package txnspec
 
 import (
 	"encoding/hex"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -127,5 +128,23 @@ func TestParseAddrReturnsTheParts(t *testing.T) {
 	}
 	if _, _, err := ParseAddr("host:0"); err == nil {
 		t.Error("ParseAddr accepted port 0")
+	}
+}
+
+// A raised limit allows long lists: their duplicates are found as in short
+// ones (by a set, so the check stays linear).
+func TestCheckParticipantsLongList(t *testing.T) {
+	const n = 10 * smallList
+	l := Limits{MaxParticipants: n}
+	ps := make([]string, n)
+	for i := range ps {
+		ps[i] = "h" + strconv.Itoa(i) + ":1"
+	}
+	if err := l.CheckParticipants(ps); err != nil {
+		t.Fatalf("distinct list: %v", err)
+	}
+	ps[n-1] = ps[3]
+	if err := l.CheckParticipants(ps); err == nil || !strings.Contains(err.Error(), "h3:1 appears twice") {
+		t.Fatalf("duplicate in a long list: %v", err)
 	}
 }
