@@ -141,6 +141,7 @@ type Core struct {
 	lastCollect time.Time
 	collectMore bool // the last Collect left expired records: go on at the next tick
 	lastRescan  time.Time
+	load        retryState // a LoadUnfinished again after a LoadFailed
 
 	// inFlight and heldBytes count the client transactions not yet in
 	// phase 2, and their payload bytes (admit, release).
@@ -164,6 +165,9 @@ const (
 	// phaseRecovering: a staged transaction without a decision, found by
 	// this leader; every participant is asked (Resolve) for its vote.
 	phaseRecovering
+	// phaseSettling: an outcome query for an id without a record named one
+	// participant; it is asked (Resolve) what became of the transaction.
+	phaseSettling
 	phaseDeciding
 	phaseDelivering
 )
@@ -252,6 +256,10 @@ func (c *Core) Step(now time.Time, ev Event) []Action {
 	switch e := ev.(type) {
 	case ClientCommit:
 		c.clientCommit(e)
+	case ClientOutcome:
+		c.clientOutcome(e)
+	case LoadFailed:
+		c.loadFailed(e)
 	case VoteReceived:
 		c.voteReceived(e)
 	case PrepareFailed:
@@ -403,20 +411,21 @@ func (c *Core) clientCommit(e ClientCommit) {
 		c.emit(Reply{Req: e.Req, ID: e.ID, Err: ErrNotLeader})
 		return
 	}
-	if _, ok := c.txns[e.ID]; !ok && e.Staged {
-		parts := make([]string, len(e.Branches))
-		for i, b := range e.Branches {
-			parts[i] = b.Participant
-		}
-		c.recoverStaged(e.ID, parts)
+	if e.Logged.decided() {
+		c.emit(loggedReply(e.Req, e.ID, e.Logged))
+		return
 	}
 	if t, ok := c.txns[e.ID]; ok {
-		// A retry of a transaction in flight joins it.
-		if t.phase == phaseDelivering {
-			c.emit(Reply{Req: e.Req, ID: e.ID, Outcome: t.outcome, Reason: t.reason})
-			return
-		}
-		t.waiters = append(t.waiters, e.Req)
+		c.join(t, e.Req)
+		return
+	}
+	if e.Logged.Found {
+		// Staged without a decision: its participants' votes decide it.
+		c.settleStaged(e.Req, e.ID, e.Logged.Participants)
+		return
+	}
+	if e.Logged.Forgotten {
+		c.emit(Reply{Req: e.Req, ID: e.ID, Err: ErrForgotten})
 		return
 	}
 	if err := c.admit(e.Branches); err != nil {
@@ -448,6 +457,109 @@ func (c *Core) clientCommit(e ClientCommit) {
 	if c.cfg.ParallelCommit && !t.onePhase {
 		t.parallel = true
 		c.emit(ProposeStaged{ID: t.id, Participants: slices.Clone(t.participants), Term: c.term})
+	}
+}
+
+// join makes req wait for t's outcome: a retry, or a query, of a
+// transaction in flight. Once decided, it is answered at once.
+func (c *Core) join(t *coreTxn, req uint64) {
+	if t.phase == phaseDelivering {
+		c.emit(Reply{Req: req, ID: t.id, Outcome: t.outcome, Reason: t.reason, Participants: slices.Clone(t.participants)})
+		return
+	}
+	t.waiters = append(t.waiters, req)
+}
+
+// settleStaged recovers a staged transaction a client asks about, and
+// makes the client wait for its outcome.
+func (c *Core) settleStaged(req uint64, id string, participants []string) {
+	if why := c.recoverStaged(id, participants); why != "" {
+		// Its phase 2 just finished (c.finishing): the record will say.
+		c.emit(Reply{Req: req, ID: id, Err: ErrSettling})
+		return
+	}
+	c.txns[id].waiters = []uint64{req}
+}
+
+// loggedReply answers from the decision the log holds.
+func loggedReply(req uint64, id string, l Logged) Reply {
+	return Reply{Req: req, ID: id, Outcome: l.Outcome, Reason: l.Reason, Participants: l.Participants,
+		Finished: l.Finished, DecidedAt: l.DecidedAt}
+}
+
+// clientOutcome answers an outcome query. An id the cluster holds no
+// record of, and is not deciding, is decided now: presumed abort, made
+// durable before anyone hears it; but a one-phase transaction's outcome
+// lives at its only participant, so that one is asked first (and aborts
+// it there if it never heard of it) and its answer is recorded instead.
+// Either way the decision is proposed as presumed, so that a Staged
+// record (parallel commit) that applied meanwhile is decided by all its
+// participants' votes, never by one caller's list. Its phase 2 then runs
+// like any other.
+func (c *Core) clientOutcome(e ClientOutcome) {
+	switch {
+	case !c.leader:
+		c.emit(Reply{Req: e.Req, ID: e.ID, Err: ErrNotLeader})
+		return
+	case e.Logged.decided():
+		c.emit(loggedReply(e.Req, e.ID, e.Logged))
+		return
+	}
+	if t, ok := c.txns[e.ID]; ok {
+		c.join(t, e.Req)
+		return
+	}
+	switch {
+	case e.Logged.Found:
+		c.settleStaged(e.Req, e.ID, e.Logged.Participants)
+		return
+	case e.Logged.Forgotten:
+		c.emit(Reply{Req: e.Req, ID: e.ID, Err: ErrForgotten})
+		return
+	case len(e.Participants) == 0:
+		c.emit(Reply{Req: e.Req, ID: e.ID, Err: fmt.Errorf("transaction %s has %w", e.ID, errNoParticipants)})
+		return
+	}
+	t := &coreTxn{id: e.ID, participants: slices.Clone(e.Participants), presumed: true, waiters: []uint64{e.Req},
+		votes: map[string]decreev1.Vote{}, deliveries: make(map[string]*delivery)}
+	c.txns[e.ID] = t
+	if len(t.participants) == 1 {
+		t.phase = phaseSettling
+		c.emit(ResolveAtParticipant{ID: t.id, Participant: t.participants[0], Term: c.term})
+		return
+	}
+	c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, reasonPresumed)
+}
+
+// Reasons recorded with a decision an outcome query made.
+const (
+	reasonPresumed     = "presumed abort: no decision was recorded"
+	reasonAbortedThere = "aborted at its only participant"
+)
+
+// settled decides a one-phase transaction an outcome query asked its
+// participant about: what the participant says, an abort unless it
+// committed. A failed call ends the query: the caller asks again, and a
+// bogus address costs nothing further.
+func (c *Core) settled(t *coreTxn, e ParticipantResolved) {
+	if e.Err != "" {
+		err := fmt.Errorf("ask the one-phase participant %s: %s", e.Participant, e.Err)
+		if e.Refused {
+			err = fmt.Errorf("%w: %s serves no participant API: %s", errNotParticipant, e.Participant, e.Err)
+		}
+		for _, req := range t.waiters {
+			c.emit(Reply{Req: req, ID: t.id, Err: err})
+		}
+		delete(c.txns, t.id)
+		return
+	}
+	switch e.State {
+	case decreev1.ParticipantState_PARTICIPANT_STATE_COMMITTED:
+		c.decide(t, decreev1.Outcome_OUTCOME_COMMITTED, "")
+	case decreev1.ParticipantState_PARTICIPANT_STATE_ABORTED:
+		c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, reasonAbortedThere)
+	default:
+		c.decide(t, decreev1.Outcome_OUTCOME_ABORTED, reasonPresumed)
 	}
 }
 
@@ -620,13 +732,15 @@ func (c *Core) participantResolved(e ParticipantResolved) {
 		return
 	}
 	t, ok := c.txns[e.ID]
-	if ok && t.phase == phaseRecovering {
-		c.stagedResolved(t, e)
-		return
-	}
 	switch {
 	case !ok:
 		c.ignore(e.ID, dropUnknownTxn)
+		return
+	case t.phase == phaseRecovering:
+		c.stagedResolved(t, e)
+		return
+	case t.phase == phaseSettling && t.participants[0] == e.Participant:
+		c.settled(t, e)
 		return
 	case t.phase != phaseResolving:
 		c.ignore(e.ID, dropWrongPhase)
@@ -815,7 +929,7 @@ func (c *Core) decisionApplied(e DecisionApplied) {
 
 func (c *Core) replyAll(t *coreTxn, o decreev1.Outcome, reason string) {
 	for _, req := range t.waiters {
-		c.emit(Reply{Req: req, ID: t.id, Outcome: o, Reason: reason})
+		c.emit(Reply{Req: req, ID: t.id, Outcome: o, Reason: reason, Participants: slices.Clone(t.participants)})
 	}
 	t.waiters = nil
 	t.replied = true
@@ -952,6 +1066,14 @@ func (c *Core) proposeFailed(e ProposeFailed) {
 		c.ignore(e.ID, dropUnknownTxn)
 	case t.phase != phaseDeciding:
 		c.ignore(e.ID, dropWrongPhase)
+	case e.Forgotten:
+		// Retrying cannot help. Its participants, if any prepared, stay
+		// in doubt: FORGOTTEN is their answer, for an operator.
+		for _, req := range t.waiters {
+			c.emit(Reply{Req: req, ID: t.id, Err: ErrForgotten})
+		}
+		c.release(t)
+		delete(c.txns, t.id)
 	default:
 		c.armRetry(t, &t.retry)
 	}
@@ -965,6 +1087,7 @@ func (c *Core) leadershipChanged(e LeadershipChanged) {
 	c.leader, c.term = e.Leader, e.Term
 	if c.leader {
 		c.lastCollect, c.lastRescan, c.collectMore = c.now, c.now, false
+		c.load = retryState{}
 		c.emit(LoadUnfinished{Term: c.term})
 	}
 }
@@ -985,11 +1108,22 @@ func (c *Core) abandonAll() {
 	c.inFlight, c.heldBytes = 0, 0
 }
 
+// loadFailed schedules the load again, with backoff, while the leadership
+// lasts: until it succeeds, this leader does not know the phase 2 it owes.
+func (c *Core) loadFailed(e LoadFailed) {
+	if !c.leader || e.Term != c.term {
+		c.ignore("", dropStale)
+		return
+	}
+	c.load.arm(c.now, c.retry)
+}
+
 func (c *Core) recovered(e Recovered) {
 	if !c.leader || e.Term != c.term {
 		c.ignore("", dropStale)
 		return
 	}
+	c.load = retryState{}
 	for _, r := range e.Staged {
 		c.recoverStaged(r.ID, r.Participants)
 	}
@@ -1017,7 +1151,7 @@ func (c *Core) tick() {
 		c.lastCollect, c.collectMore = c.now, false
 		c.emit(ProposeCollect{Before: c.now.Add(-c.cfg.Retention).UnixNano(), Term: c.term})
 	}
-	if c.now.Sub(c.lastRescan) >= c.cfg.RescanEvery {
+	if c.load.fire(c.now) || c.now.Sub(c.lastRescan) >= c.cfg.RescanEvery {
 		c.lastRescan = c.now
 		c.emit(LoadUnfinished{Term: c.term})
 	}

@@ -87,10 +87,23 @@ func (e *coreEnv) handle(t *testing.T, d *datadriven.TestData) string {
 		// A client's commit of transaction t1 with one branch per
 		// participant; each payload is "x" unless bytes=<n> gives every
 		// branch n bytes. req numbers the waiting caller (default: the
-		// next number); staged says the cluster holds a Staged record.
+		// next number). What the log holds for the id: staged (a Staged
+		// record of the branches' participants), logged=<outcome> (a
+		// decision, with reason=...), forgotten (older than the horizon).
 		//
 		//	commit t1 branches=(a,b) req=1 bytes=150 staged
 		ev = e.clientCommit(t, d)
+	case "outcome":
+		// A client's outcome query, naming participants; what the log
+		// holds as for commit (staged records name the participants).
+		//
+		//	outcome t1 participants=(a,b) req=3 logged=committed
+		id := e.pos(t, d, 0)
+		parts := e.list(d, "participants")
+		ev = ClientOutcome{Req: e.nextReq(t, d), ID: id, Participants: parts, Logged: e.logged(t, d, parts)}
+	case "load-failed":
+		//	load-failed err=timeout
+		ev = LoadFailed{Term: e.term(t, d), Err: e.text(d, "err")}
 	case "vote":
 		// A participant's vote: yes, no, read-only or committed (the
 		// answer to a one-phase prepare). pid is the participant identity.
@@ -108,12 +121,14 @@ func (e *coreEnv) handle(t *testing.T, d *datadriven.TestData) string {
 		ev = PrepareFailed{ID: id, Participant: p, Term: e.term(t, d), Err: e.text(d, "err"), Refused: d.HasArg("refused")}
 	case "resolved":
 		// A participant's answer to Resolve: prepared, committed or
-		// aborted; or err=<text> for a failed call.
+		// aborted; or err=<text> for a failed call (refused: no
+		// participant service answers there).
 		//
 		//	resolved t9 a prepared pid=P
 		//	resolved t9 b err=unavailable
 		id, p := e.txnAndParticipant(t, d)
-		r := ParticipantResolved{ID: id, Participant: p, Term: e.term(t, d), Err: e.text(d, "err"), ParticipantID: e.text(d, "pid")}
+		r := ParticipantResolved{ID: id, Participant: p, Term: e.term(t, d), Err: e.text(d, "err"), ParticipantID: e.text(d, "pid"),
+			Refused: d.HasArg("refused")}
 		if r.Err == "" {
 			r.State = parseParticipantState(t, d, e.pos(t, d, 2))
 		}
@@ -138,11 +153,12 @@ func (e *coreEnv) handle(t *testing.T, d *datadriven.TestData) string {
 			Reason: e.text(d, "reason"), Participants: e.participants(t, d, id)}
 	case "propose-failed":
 		// A proposal that did not apply: a Decide (or Staged) of t1, or
-		// a batch of Finished ids.
+		// a batch of Finished ids; forgotten: the log refused the id as
+		// older than the retention horizon.
 		//
 		//	propose-failed t1 err=timeout
 		//	propose-failed finished=(t1,t2)
-		pf := ProposeFailed{Term: e.term(t, d), Finished: e.list(d, "finished"), Err: e.text(d, "err")}
+		pf := ProposeFailed{Term: e.term(t, d), Finished: e.list(d, "finished"), Err: e.text(d, "err"), Forgotten: d.HasArg("forgotten")}
 		if pf.Finished == nil {
 			pf.ID = e.pos(t, d, 0)
 		}
@@ -249,7 +265,7 @@ func (e *coreEnv) state() string {
 
 func (e *coreEnv) txnState(b *strings.Builder, t *coreTxn) {
 	phase := map[txnPhase]string{phaseVoting: "voting", phaseResolving: "resolving", phaseRecovering: "recovering",
-		phaseDeciding: "deciding", phaseDelivering: "delivering"}[t.phase]
+		phaseSettling: "settling", phaseDeciding: "deciding", phaseDelivering: "delivering"}[t.phase]
 	if phase == "" {
 		phase = fmt.Sprintf("phase(%d)", t.phase)
 	}
@@ -407,21 +423,45 @@ func (e *coreEnv) config(t *testing.T, d *datadriven.TestData) CoreConfig {
 	return cfg
 }
 
-func (e *coreEnv) clientCommit(t *testing.T, d *datadriven.TestData) ClientCommit {
-	cc := ClientCommit{ID: e.pos(t, d, 0), Staged: d.HasArg("staged")}
-	if !d.MaybeScanArgs(t, "req", &cc.Req) {
-		cc.Req = e.req + 1
+// nextReq is the req argument, or the next request number.
+func (e *coreEnv) nextReq(t *testing.T, d *datadriven.TestData) uint64 {
+	var req uint64
+	if !d.MaybeScanArgs(t, "req", &req) {
+		req = e.req + 1
 	}
-	e.req = max(e.req, cc.Req)
+	e.req = max(e.req, req)
+	return req
+}
+
+// logged reads what the log holds for a request's id: staged,
+// logged=<outcome> reason=..., or forgotten.
+func (e *coreEnv) logged(t *testing.T, d *datadriven.TestData, parts []string) Logged {
+	var l Logged
+	switch {
+	case d.HasArg("staged"):
+		l = Logged{Found: true, Participants: parts}
+	case d.HasArg("logged"):
+		var o string
+		d.ScanArgs(t, "logged", &o)
+		l = Logged{Found: true, Outcome: parseOutcome(t, d, o), Reason: e.text(d, "reason"), Participants: parts}
+	}
+	l.Forgotten = d.HasArg("forgotten")
+	return l
+}
+
+func (e *coreEnv) clientCommit(t *testing.T, d *datadriven.TestData) ClientCommit {
+	cc := ClientCommit{ID: e.pos(t, d, 0), Req: e.nextReq(t, d)}
 	payload := []byte("x")
 	if arg, ok := d.Arg("bytes"); ok {
 		var n int
 		arg.Scan(t, 0, &n)
 		payload = make([]byte, n)
 	}
-	for _, p := range e.list(d, "branches") {
+	parts := e.list(d, "branches")
+	for _, p := range parts {
 		cc.Branches = append(cc.Branches, BranchSpec{Participant: p, Payload: payload})
 	}
+	cc.Logged = e.logged(t, d, parts)
 	return cc
 }
 

@@ -18,6 +18,22 @@ var ErrNotLeader = errors.New("this coordinator is not the leader")
 // held; nothing of it was started, so the client may retry later.
 var ErrOverloaded = errors.New("the leader is at its limit")
 
+// ErrSettling answers an outcome query or a commit retry for a staged
+// transaction (parallel commit) that the leader could not take up because
+// it is finishing it already: the caller asks again.
+var ErrSettling = errors.New("the transaction is staged and being settled at its participants; ask again")
+
+// errNoParticipants: an outcome query for an id the cluster has no record
+// of named no participants. It may be a one-phase transaction that
+// committed at its only participant, so presuming abort without asking
+// could contradict it.
+var errNoParticipants = errors.New("no record here: name its participants to settle it (a one-phase transaction's outcome lives at its participant)")
+
+// errNotParticipant: an outcome query named, as a one-phase transaction's
+// only participant, an address that is not a participant. Nothing is
+// decided: its outcome cannot be learned there.
+var errNotParticipant = errors.New("not a participant")
+
 // Event is an input to the 2PC core. Feedback events carry the leader term
 // their action was issued in; the core ignores feedback from an earlier
 // term, so a slow RPC from a previous leadership cannot affect this one.
@@ -29,16 +45,53 @@ type BranchSpec struct {
 	Payload     []byte
 }
 
+// Logged is what this node's decision log held for a transaction id when
+// a client's request arrived. The service reads it (a disk read, off the
+// core's goroutine); the core judges it.
+type Logged struct {
+	// Found says the log has a record: a decision, or, with Outcome
+	// unspecified, a Staged record without one (parallel commit).
+	Found        bool
+	Outcome      decreev1.Outcome
+	Reason       string
+	Participants []string
+	Finished     bool
+	DecidedAt    int64
+	// Forgotten says there is no record and the id is older than the
+	// retention horizon: a record may have existed and been collected.
+	Forgotten bool
+}
+
+// decided says the log holds the transaction's decision.
+func (l Logged) decided() bool { return l.Found && l.Outcome != decreev1.Outcome_OUTCOME_UNSPECIFIED }
+
 // ClientCommit asks the leader to run a transaction. Req identifies the
-// waiting caller in the Reply.
+// waiting caller in the Reply. Logged is what the log held for the id: a
+// decision is answered, a Staged record is settled by its participants'
+// votes (never voted again), a forgotten id is refused.
 type ClientCommit struct {
 	Req      uint64
 	ID       string
 	Branches []BranchSpec
-	// Staged says the cluster holds a Staged record for the id without a
-	// decision: its participants' votes decide it, so the leader settles
-	// it (recovery) rather than voting again.
-	Staged bool
+	Logged   Logged
+}
+
+// ClientOutcome asks the leader for a transaction's outcome, deciding it if
+// the cluster never did: presumed abort, made durable before anyone hears
+// it, or, for a one-phase transaction (one participant named), the answer
+// of its participant. Participants are the caller's; a record's win.
+type ClientOutcome struct {
+	Req          uint64
+	ID           string
+	Participants []string
+	Logged       Logged
+}
+
+// LoadFailed says a LoadUnfinished could not catch up with the log (its
+// read index failed); the core tries again after a pause.
+type LoadFailed struct {
+	Term uint64
+	Err  string
 }
 
 // VoteReceived is a participant's answer to Prepare. ParticipantID is the
@@ -70,7 +123,10 @@ type ParticipantResolved struct {
 	Term            uint64
 	State           decreev1.ParticipantState
 	Err             string
-	ParticipantID   string // as in VoteReceived
+	// Refused says the address serves no participant API (as in
+	// PrepareFailed).
+	Refused       bool
+	ParticipantID string // as in VoteReceived
 }
 
 // DecisionApplied reports the applied outcome of a Decide this leader
@@ -106,6 +162,9 @@ type ProposeFailed struct {
 	Term     uint64
 	Finished []string
 	Err      string
+	// Forgotten says the log refused the id as older than the retention
+	// horizon: no decision for it can ever apply.
+	Forgotten bool
 }
 
 // Acked is a participant's acknowledgement of the decision.
@@ -232,13 +291,17 @@ type SendDecision struct {
 	Term            uint64
 }
 
-// Reply answers a waiting client: the applied outcome, or Err.
+// Reply answers a waiting client: the applied outcome, or Err. An answer
+// read from the log also carries the record's Finished and DecidedAt.
 type Reply struct {
-	Req     uint64
-	ID      string
-	Outcome decreev1.Outcome
-	Reason  string
-	Err     error
+	Req          uint64
+	ID           string
+	Outcome      decreev1.Outcome
+	Reason       string
+	Participants []string
+	Finished     bool
+	DecidedAt    int64
+	Err          error
 }
 
 // LoadUnfinished asks the driver to find applied, unfinished decisions
@@ -329,4 +392,6 @@ func decisionVerb(o decreev1.Outcome) string {
 
 func (StagedApplied) event()  {}
 func (RecoverStaged) event()  {}
+func (ClientOutcome) event()  {}
+func (LoadFailed) event()     {}
 func (ProposeStaged) action() {}

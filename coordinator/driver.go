@@ -91,18 +91,33 @@ func (c DriverConfig) withDefaults() DriverConfig {
 	return c
 }
 
-// Driver runs the 2PC Core on a Node: it feeds the core events from the
-// network, raft and the clock on one goroutine, and carries out the core's
-// actions: participant calls go through the callMux (one coalescing stream
-// per participant) and come back as events; proposals run on their own
-// goroutines, which end with the call. It also serves the Coordinator gRPC service.
+// participantCaller carries one call to a participant: done gets the reply,
+// or why there is none, exactly once, at the latest timeout after the
+// call; it must not block. The callMux is the production one.
+type participantCaller interface {
+	call(addr string, c *decreev1.Call, timeout time.Duration, done callDone)
+}
+
+// Driver runs the 2PC Core on a replicated decision log: it feeds the core
+// events from clients, participants, raft and the clock on one goroutine,
+// and carries out the core's actions through the edges it is given:
+// participant calls (participantCaller: one coalescing stream per
+// participant in production), proposals and reads through raft
+// (decisionLog), whose answers come back to the loop as events. It also
+// serves the Coordinator gRPC service, whose handlers only translate
+// between gRPC and events.
+//
+// The loop is the only reader and writer of the core. In production it is
+// a goroutine (run); the simulation owns a Driver built by newDriver
+// instead, and steps it from its own single goroutine (tick, drain).
 type Driver struct {
 	cfg   DriverConfig
 	log   zerolog.Logger
-	node  *Node
+	rlog  decisionLog
 	core  *Core
-	conns *connPool
-	mux   *callMux // participant calls
+	calls participantCaller
+	conns *connPool // forwarding to the leader, and the mux's connections
+	mux   *callMux  // production only: Stop waits for its goroutines
 
 	evc     chan Event
 	listc   chan chan []UndecidedTxn
@@ -113,16 +128,19 @@ type Driver struct {
 	stopc   chan struct{}
 	donec   chan struct{}
 	stop    sync.Once
-	calls   sync.WaitGroup
+	pending sync.WaitGroup // proposals and reads in flight (nodeLog)
 
 	nextReq atomic.Uint64
 	mu      sync.Mutex
-	waiting map[uint64]chan Reply
+	waiting map[uint64]func(Reply)
 
 	leader atomic.Bool
 	term   atomic.Uint64
 
 	drops rateLog[[2]string] // lines about ignored events, per kind and reason
+	// onAction, if set, sees every action before it is carried out: the
+	// simulation traces them.
+	onAction func(Action)
 }
 
 // dropLogEvery is how often the driver logs one kind of event the core
@@ -135,26 +153,33 @@ func NewDriver(node *Node, cfg DriverConfig) (*Driver, error) {
 		return nil, fmt.Errorf("driver config: %w", err)
 	}
 	cfg = cfg.withDefaults()
+	d := newDriver(cfg, node.ID())
+	d.conns = newConnPool(cfg.Dial)
+	d.mux = newCallMux(d.ctx, d.conns, cfg.Clock, cfg.CallTimeout, d.log)
+	d.rlog, d.calls = nodeLog{n: node, ctx: d.ctx, wg: &d.pending}, d.mux
+	backlog := d.phase2Backlog
+	node.phase2.Store(&backlog)
+	go d.run()
+	return d, nil
+}
+
+// newDriver builds a driver whose edges (rlog, calls, conns) the caller
+// sets, and that nothing runs yet. cfg has its defaults.
+func newDriver(cfg DriverConfig, nodeID uint64) *Driver {
 	d := &Driver{
 		cfg:     cfg,
-		log:     cfg.Logger.With().Str("component", "2pc").Uint64("node", node.ID()).Logger(),
-		node:    node,
+		log:     cfg.Logger.With().Str("component", "2pc").Uint64("node", nodeID).Logger(),
 		core:    NewCore(cfg.Core),
-		conns:   newConnPool(cfg.Dial),
 		evc:     make(chan Event, 4096),
 		listc:   make(chan chan []UndecidedTxn),
 		phase2c: make(chan chan []Phase2Txn),
 		statsc:  make(chan chan CoreStats),
 		stopc:   make(chan struct{}),
 		donec:   make(chan struct{}),
-		waiting: make(map[uint64]chan Reply),
+		waiting: make(map[uint64]func(Reply)),
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
-	d.mux = newCallMux(d.ctx, d.conns, cfg.Clock, cfg.CallTimeout, d.log)
-	backlog := d.phase2Backlog
-	node.phase2.Store(&backlog)
-	go d.run()
-	return d, nil
+	return d
 }
 
 // Stop ends the driver loop, waits for in-flight calls and closes
@@ -162,7 +187,7 @@ func NewDriver(node *Node, cfg DriverConfig) (*Driver, error) {
 func (d *Driver) Stop() {
 	d.stop.Do(func() { close(d.stopc); d.cancel() })
 	<-d.donec
-	d.calls.Wait()
+	d.pending.Wait()
 	d.mux.wait()
 	d.conns.close()
 }
@@ -179,8 +204,7 @@ func (d *Driver) run() {
 				d.step(<-d.evc)
 			}
 		case <-tickc:
-			d.checkLeadership()
-			d.step(Tick{})
+			d.tick()
 		case ch := <-d.listc:
 			ch <- d.core.Undecided()
 		case ch := <-d.phase2c:
@@ -194,8 +218,25 @@ func (d *Driver) run() {
 	}
 }
 
+// tick is one beat of the core's clock, after taking up any change of
+// leadership.
+func (d *Driver) tick() {
+	d.checkLeadership()
+	d.step(Tick{})
+}
+
+// drain steps the events waiting in the queue, and reports how many: the
+// simulation's loop, which feeds and drains on one goroutine.
+func (d *Driver) drain() int {
+	n := 0
+	for ; len(d.evc) > 0; n++ {
+		d.step(<-d.evc)
+	}
+	return n
+}
+
 func (d *Driver) checkLeadership() {
-	st := d.node.Status()
+	st := d.rlog.Status()
 	leader := st.Role == raft.StateLeader
 	if leader != d.leader.Load() || st.Term != d.term.Load() {
 		d.leader.Store(leader)
@@ -211,6 +252,9 @@ func (d *Driver) step(ev Event) {
 		d.logDropped(dr)
 	}
 	for _, a := range actions {
+		if d.onAction != nil {
+			d.onAction(a)
+		}
 		d.execute(a)
 	}
 }
@@ -247,19 +291,19 @@ func (d *Driver) execute(a Action) {
 	case SendPrepare:
 		d.prepare(a)
 	case ResolveAtParticipant:
-		d.resolveOnePhase(a)
+		d.resolve(a)
 	case ProposeDecide:
-		d.async(func(ctx context.Context) { d.proposeDecide(ctx, a) })
+		d.proposeDecide(a)
 	case ProposeStaged:
-		d.async(func(ctx context.Context) { d.proposeStaged(ctx, a) })
+		d.proposeStaged(a)
 	case ProposeFinished:
-		d.async(func(ctx context.Context) { d.proposeFinished(ctx, a) })
+		d.proposeFinished(a)
 	case ProposeCollect:
-		d.async(func(ctx context.Context) { d.proposeCollect(ctx, a) })
+		d.proposeCollect(a)
 	case SendDecision:
 		d.sendDecision(a)
 	case LoadUnfinished:
-		d.async(func(ctx context.Context) { d.loadUnfinished(ctx, a) })
+		d.loadUnfinished(a)
 	case Reply:
 		d.reply(a)
 	case Conflict:
@@ -269,16 +313,10 @@ func (d *Driver) execute(a Action) {
 	}
 }
 
-// async runs f on its own goroutine with a context cancelled when the
-// driver stops; the goroutine ends with the call.
-func (d *Driver) async(f func(ctx context.Context)) {
-	d.calls.Go(func() { f(d.ctx) })
-}
-
 // prepare asks a participant for its vote; the answer, or the failure,
 // comes back to the loop as an event.
 func (d *Driver) prepare(a SendPrepare) {
-	d.mux.call(a.Participant, prepareCall(a), d.cfg.Core.PrepareTimeout, func(r *decreev1.Reply, err error) {
+	d.calls.call(a.Participant, prepareCall(a), d.cfg.Core.PrepareTimeout, func(r *decreev1.Reply, err error) {
 		if err != nil {
 			d.feed(PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error(), Refused: notParticipant(err)})
 			return
@@ -295,48 +333,40 @@ func (d *Driver) prepare(a SendPrepare) {
 // codes.
 func notParticipant(err error) bool { return status.Code(err) == codes.Unimplemented }
 
-func (d *Driver) resolveOnePhase(a ResolveAtParticipant) {
-	d.mux.call(a.Participant, resolveCall(a.ID, a.Term), d.cfg.CallTimeout, func(r *decreev1.Reply, err error) {
+func (d *Driver) resolve(a ResolveAtParticipant) {
+	d.calls.call(a.Participant, resolveCall(a.ID, a.Term), d.cfg.CallTimeout, func(r *decreev1.Reply, err error) {
 		ev := ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: r.GetResolve().GetState(),
 			ParticipantID: r.GetResolve().GetParticipantId()}
 		if err != nil {
-			ev.Err = err.Error()
+			ev.Err, ev.Refused = err.Error(), notParticipant(err)
 		}
 		d.feed(ev)
 	})
 }
 
-func (d *Driver) propose(ctx context.Context, cmd *decreev1.Command) (Result, error) {
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.CallTimeout)
-	defer cancel()
-	res, err := d.node.Propose(ctx, cmd)
-	if err == nil && res.Err != nil {
-		err = res.Err
-	}
-	return res, err
-}
-
-func (d *Driver) proposeDecide(ctx context.Context, a ProposeDecide) {
+func (d *Driver) proposeDecide(a ProposeDecide) {
 	cmd := decideCommand(a.ID, a.Outcome, a.Participants, a.Reason, a.DecidedAt)
 	cmd.GetDecide().Presumed = a.Presumed
-	res, err := d.propose(ctx, cmd)
-	if err != nil {
-		d.log.Warn().Err(err).Str("txn", a.ID).Msg("decision not applied; will retry")
-		d.feed(ProposeFailed{ID: a.ID, Term: a.Term, Err: err.Error()})
-		return
-	}
-	d.feed(DecisionApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
+	d.rlog.Propose(cmd, d.cfg.CallTimeout, func(res Result, err error) {
+		if err != nil {
+			d.log.Warn().Err(err).Str("txn", a.ID).Msg("decision not applied; will retry")
+			d.feed(ProposeFailed{ID: a.ID, Term: a.Term, Err: err.Error(), Forgotten: errors.Is(err, ErrForgotten)})
+			return
+		}
+		d.feed(DecisionApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
+	})
 }
 
 // proposeStaged replicates the Staged record. If it fails, the transaction
 // still commits the classic way, when its Decide applies.
-func (d *Driver) proposeStaged(ctx context.Context, a ProposeStaged) {
-	res, err := d.propose(ctx, stagedCommand(a.ID, a.Participants))
-	if err != nil {
-		d.log.Debug().Err(err).Str("txn", a.ID).Msg("staged record not applied; the decision will commit it")
-		return
-	}
-	d.feed(StagedApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason})
+func (d *Driver) proposeStaged(a ProposeStaged) {
+	d.rlog.Propose(stagedCommand(a.ID, a.Participants), d.cfg.CallTimeout, func(res Result, err error) {
+		if err != nil {
+			d.log.Debug().Err(err).Str("txn", a.ID).Msg("staged record not applied; the decision will commit it")
+			return
+		}
+		d.feed(StagedApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason})
+	})
 }
 
 func stagedCommand(id string, parts []string) *decreev1.Command {
@@ -348,27 +378,30 @@ func decideCommand(id string, o decreev1.Outcome, parts []string, reason string,
 		TxnId: id, Outcome: o, Participants: parts, Reason: reason, DecidedAt: at}}}
 }
 
-func (d *Driver) proposeFinished(ctx context.Context, a ProposeFinished) {
+func (d *Driver) proposeFinished(a ProposeFinished) {
 	cmd := &decreev1.Command{Kind: &decreev1.Command_Finished{Finished: &decreev1.Finished{TxnIds: a.IDs, FinishedAt: a.At}}}
-	if _, err := d.propose(ctx, cmd); err != nil {
-		d.feed(ProposeFailed{Term: a.Term, Finished: a.IDs, Err: err.Error()})
-	}
+	d.rlog.Propose(cmd, d.cfg.CallTimeout, func(_ Result, err error) {
+		if err != nil {
+			d.feed(ProposeFailed{Term: a.Term, Finished: a.IDs, Err: err.Error()})
+		}
+	})
 }
 
-func (d *Driver) proposeCollect(ctx context.Context, a ProposeCollect) {
+func (d *Driver) proposeCollect(a ProposeCollect) {
 	cmd := &decreev1.Command{Kind: &decreev1.Command_Collect{Collect: &decreev1.Collect{Before: a.Before}}}
-	res, err := d.propose(ctx, cmd)
-	if err != nil {
-		d.log.Warn().Err(err).Msg("collecting old records failed; will try next period")
-		return
-	}
-	d.feed(CollectApplied{Term: a.Term, More: res.More})
+	d.rlog.Propose(cmd, d.cfg.CallTimeout, func(res Result, err error) {
+		if err != nil {
+			d.log.Warn().Err(err).Msg("collecting old records failed; will try next period")
+			return
+		}
+		d.feed(CollectApplied{Term: a.Term, More: res.More})
+	})
 }
 
 // sendDecision delivers the applied decision to a participant; its
 // acknowledgement, or the failure, comes back to the loop as an event.
 func (d *Driver) sendDecision(a SendDecision) {
-	d.mux.call(a.Participant, decisionCall(a), d.cfg.CallTimeout, func(_ *decreev1.Reply, err error) {
+	d.calls.call(a.Participant, decisionCall(a), d.cfg.CallTimeout, func(_ *decreev1.Reply, err error) {
 		if err != nil {
 			d.log.Debug().Err(err).Str("txn", a.ID).Str("participant", a.Participant).Msg("decision delivery failed; will retry")
 			d.feed(DeliveryFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
@@ -379,32 +412,30 @@ func (d *Driver) sendDecision(a SendDecision) {
 }
 
 // loadUnfinished catches up with everything committed before this
-// leadership (ReadIndex), then reports applied, unfinished decisions.
-func (d *Driver) loadUnfinished(ctx context.Context, a LoadUnfinished) {
-	for {
-		if ctx.Err() != nil || d.term.Load() != a.Term || !d.leader.Load() {
-			return // the leadership ended; the next one scans again
+// leadership (ReadIndex), then reports applied, unfinished decisions. If
+// it cannot catch up, the core tries again (LoadFailed).
+func (d *Driver) loadUnfinished(a LoadUnfinished) {
+	d.rlog.ReadIndex(d.cfg.CallTimeout, func(err error) {
+		switch {
+		case errors.Is(err, ErrStopped):
+			return
+		case err != nil:
+			d.feed(LoadFailed{Term: a.Term, Err: err.Error()})
+			return
+		case d.term.Load() != a.Term || !d.leader.Load():
+			return // the leadership ended; the next one loads again
 		}
-		rctx, cancel := context.WithTimeout(ctx, d.cfg.CallTimeout)
-		err := d.node.ReadIndex(rctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		if errors.Is(err, ErrStopped) {
+		txns, staged, err := scanUnfinished(d.rlog)
+		if err != nil {
+			d.log.Error().Err(err).Msg("cannot scan unfinished decisions")
+			d.feed(LoadFailed{Term: a.Term, Err: err.Error()})
 			return
 		}
-		d.pause(ctx, d.cfg.Core.RetryMin)
-	}
-	txns, staged, err := scanUnfinished(d.node.store)
-	if err != nil {
-		d.log.Error().Err(err).Msg("cannot scan unfinished decisions")
-		return
-	}
-	if len(txns)+len(staged) > 0 {
-		d.log.Info().Int("unfinished", len(txns)).Int("staged", len(staged)).Uint64("term", a.Term).Msg("resuming phase 2")
-	}
-	d.feed(Recovered{Term: a.Term, Txns: txns, Staged: staged})
+		if len(txns)+len(staged) > 0 {
+			d.log.Info().Int("unfinished", len(txns)).Int("staged", len(staged)).Uint64("term", a.Term).Msg("resuming phase 2")
+		}
+		d.feed(Recovered{Term: a.Term, Txns: txns, Staged: staged})
+	})
 }
 
 // scanUnfinished lists the applied decisions whose phase 2 has not
@@ -427,26 +458,19 @@ func scanUnfinished(s interface {
 	return txns, staged, err
 }
 
-// pause waits about d (one tick of the injected clock) or until ctx ends.
-func (d *Driver) pause(ctx context.Context, dur time.Duration) {
-	tick, stop := d.cfg.Clock.NewTicker(dur)
-	defer stop()
-	select {
-	case <-tick:
-	case <-ctx.Done():
-	}
-}
-
-// await registers a waiter for a Reply and returns its request id.
-func (d *Driver) await() (uint64, chan Reply) {
+// submit feeds the event that ev builds for a new request id, and runs
+// onReply with the core's Reply to it, on the loop's goroutine (it must not
+// block). It returns the request id, for forget.
+func (d *Driver) submit(ev func(req uint64) Event, onReply func(Reply)) uint64 {
 	req := d.nextReq.Add(1)
-	ch := make(chan Reply, 1)
 	d.mu.Lock()
-	d.waiting[req] = ch
+	d.waiting[req] = onReply
 	d.mu.Unlock()
-	return req, ch
+	d.feed(ev(req))
+	return req
 }
 
+// forget drops the waiter of a request whose caller gave up.
 func (d *Driver) forget(req uint64) {
 	d.mu.Lock()
 	delete(d.waiting, req)
@@ -455,11 +479,11 @@ func (d *Driver) forget(req uint64) {
 
 func (d *Driver) reply(r Reply) {
 	d.mu.Lock()
-	ch, ok := d.waiting[r.Req]
+	fn, ok := d.waiting[r.Req]
 	delete(d.waiting, r.Req)
 	d.mu.Unlock()
 	if ok {
-		ch <- r
+		fn(r)
 	}
 }
 

@@ -26,20 +26,20 @@ var healthServices = []string{"", decreev1.Coordinator_ServiceDesc.ServiceName}
 // campaigns) cannot decide anything.
 func (d *Driver) Serving() (bool, string) {
 	select {
-	case <-d.node.Done():
+	case <-d.rlog.Done():
 		return false, "the node has stopped"
 	case <-d.stopc:
 		return false, "the coordinator is stopping"
 	default:
 	}
-	st := d.node.Status()
+	st := d.rlog.Status()
 	switch {
 	case st.Role == raft.StateCandidate || st.Role == raft.StatePreCandidate:
 		return false, "an election is in progress"
 	case st.Leader == 0:
 		return false, "no leader is known"
 	}
-	if _, ok := d.node.cfg.Peers[st.Leader]; !ok {
+	if _, ok := d.rlog.PeerAddr(st.Leader); !ok {
 		return false, "the leader is not a known peer"
 	}
 	return true, ""

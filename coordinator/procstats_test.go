@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"runtime"
 	"testing"
 	"time"
 )
@@ -29,6 +30,9 @@ func TestProcessMemory(t *testing.T) {
 	if rss := processRSSBytes(); rss < 1<<20 {
 		t.Fatalf("rss %d bytes, want at least 1 MiB", rss)
 	}
+	// Collect first: garbage that other tests' goroutines left, freed
+	// by a collection between the two readings, would hide the growth.
+	runtime.GC()
 	before := goHeapBytes()
 	buf := make([]byte, 64<<20)
 	buf[len(buf)-1] = 1

@@ -42,37 +42,9 @@ func (s *coordinatorService) Commit(ctx context.Context, req *decreev1.CommitReq
 	if resp, done, err := forward(ctx, s.d, req, decreev1.CoordinatorClient.Commit); done {
 		return resp, err
 	}
-	staged := false
-	if r, ok, err := s.d.node.Record(req.GetTxnId()); err != nil {
-		return nil, status.Errorf(codes.Internal, "read record: %v", err)
-	} else if ok && r.Outcome != txlog.OutcomeUnknown {
-		return &decreev1.CommitResponse{TxnId: r.ID, State: stateOf(r.Outcome), Reason: r.Reason}, nil
-	} else if ok {
-		staged = true // settle it by its votes; never vote again
-	}
-	if s.d.forgotten(req.GetTxnId()) {
-		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s is older than the retention horizon", req.GetTxnId())
-	}
-	r, err := s.d.runCommit(ctx, req.GetTxnId(), branches, staged)
-	if err != nil {
-		return nil, s.d.statusOf(ctx, err)
-	}
-	return &decreev1.CommitResponse{TxnId: r.ID, State: stateOfOutcome(r.Outcome), Reason: r.Reason}, nil
-}
-
-// runCommit hands the transaction to the core and waits for its reply.
-func (d *Driver) runCommit(ctx context.Context, id string, branches []BranchSpec, staged bool) (Reply, error) {
-	req, ch := d.await()
-	defer d.forget(req)
-	d.feed(ClientCommit{Req: req, ID: id, Branches: branches, Staged: staged})
-	select {
-	case r := <-ch:
-		return r, r.Err
-	case <-ctx.Done():
-		return Reply{}, ctx.Err()
-	case <-d.stopc:
-		return Reply{}, ErrStopped
-	}
+	return awaitAnswer(ctx, s.d, func(done func(*decreev1.CommitResponse, error)) uint64 {
+		return s.d.commit(req.GetTxnId(), branches, done)
+	})
 }
 
 func (s *coordinatorService) Outcome(ctx context.Context, req *decreev1.OutcomeRequest) (*decreev1.OutcomeResponse, error) {
@@ -82,101 +54,92 @@ func (s *coordinatorService) Outcome(ctx context.Context, req *decreev1.OutcomeR
 	if resp, done, err := forward(ctx, s.d, req, decreev1.CoordinatorClient.Outcome); done {
 		return resp, err
 	}
-	id := req.GetTxnId()
-	if r, ok, err := s.d.node.Record(id); err != nil {
-		return nil, status.Errorf(codes.Internal, "read record: %v", err)
-	} else if ok && r.Outcome != txlog.OutcomeUnknown {
-		return outcomeResponse(r), nil
-	} else if ok {
-		return nil, s.d.resolveStaged(id, r.Participants)
-	}
-	if s.d.forgotten(id) {
-		return &decreev1.OutcomeResponse{TxnId: id, State: decreev1.TxnState_TXN_STATE_FORGOTTEN}, nil
-	}
-	if len(req.GetParticipants()) == 0 {
-		// It may be a one-phase transaction that committed at its only
-		// participant: presuming abort without asking could contradict it.
-		return nil, status.Errorf(codes.InvalidArgument,
-			"transaction %s has no record here: name its participants to settle it (a one-phase transaction's outcome lives at its participant)", id)
-	}
-	res, err := s.d.settle(ctx, id, req.GetParticipants())
-	if errors.Is(err, ErrForgotten) {
-		return &decreev1.OutcomeResponse{TxnId: id, State: decreev1.TxnState_TXN_STATE_FORGOTTEN}, nil
-	}
-	if err != nil {
-		return nil, s.d.statusOf(ctx, err)
-	}
-	if res.Outcome == decreev1.Outcome_OUTCOME_UNSPECIFIED {
-		// Staged meanwhile (parallel commit): its participants' votes decide it.
-		return nil, s.d.resolveStaged(id, res.Participants)
-	}
-	return &decreev1.OutcomeResponse{TxnId: id, State: stateOfOutcome(res.Outcome), Reason: res.Reason,
-		Participants: res.Participants}, nil
+	return awaitAnswer(ctx, s.d, func(done func(*decreev1.OutcomeResponse, error)) uint64 {
+		return s.d.outcome(req.GetTxnId(), req.GetParticipants(), done)
+	})
 }
 
-// settle decides a transaction the cluster has no record of (an
-// unspecified outcome means it was staged meanwhile). Presumed
-// abort, made durable: the abort is applied before anyone hears it. A
-// one-phase transaction's outcome lives at its only participant, so that
-// one is asked (aborting there if it never heard of it) and its answer is
-// recorded instead. The decision's phase 2 then runs like any other.
-func (d *Driver) settle(ctx context.Context, id string, participants []string) (Result, error) {
-	term := d.term.Load()
-	var st decreev1.ParticipantState
-	if len(participants) == 1 {
-		var err error
-		if st, err = d.resolveAt(ctx, participants[0], id, term); err != nil {
-			if notParticipant(err) {
-				return Result{}, fmt.Errorf("%w: %s serves no participant API: %w", errNotParticipant, participants[0], err)
-			}
-			return Result{}, fmt.Errorf("ask the one-phase participant %s: %w", participants[0], err)
+// commit hands a validated Commit to the core, with what the log holds for
+// its id; done gets the response, or the core's error (statusOf maps it).
+// It returns the request id (0 if done already ran).
+func (d *Driver) commit(id string, branches []BranchSpec, done func(*decreev1.CommitResponse, error)) uint64 {
+	logged, err := d.logged(id)
+	if err != nil {
+		done(nil, err)
+		return 0
+	}
+	return d.submit(func(req uint64) Event {
+		return ClientCommit{Req: req, ID: id, Branches: branches, Logged: logged}
+	}, func(r Reply) {
+		if r.Err != nil {
+			done(nil, r.Err)
+			return
 		}
-	}
-	outcome, reason := settleDecision(st)
-	cmd := decideCommand(id, outcome, participants, reason, d.cfg.Clock.Now().UnixNano())
-	// Presumed either way: a staged record (parallel commit) must be
-	// decided by all its participants' votes, never by one caller's list.
-	cmd.GetDecide().Presumed = true
-	res, err := d.propose(ctx, cmd)
-	if err != nil || res.Outcome == decreev1.Outcome_OUTCOME_UNSPECIFIED {
-		return res, err
-	}
-	d.feed(DecisionApplied{ID: id, Term: term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
-	return res, nil
+		done(&decreev1.CommitResponse{TxnId: id, State: stateOfOutcome(r.Outcome), Reason: r.Reason}, nil)
+	})
 }
 
-// errNotParticipant: an outcome query named, as a one-phase transaction's
-// only participant, an address that is not a participant. Nothing is
-// decided: its outcome cannot be learned there.
-var errNotParticipant = errors.New("not a participant")
-
-// resolveStaged hands a staged transaction without a decision to the core,
-// which asks its participants, and tells the caller to ask again.
-func (d *Driver) resolveStaged(id string, participants []string) error {
-	d.feed(RecoverStaged{ID: id, Participants: participants})
-	return status.Errorf(codes.Unavailable, "transaction %s is staged and being settled at its participants; ask again", id)
-}
-
-// settleDecision is the decision for an id the cluster has no record of:
-// presumed abort, unless its only participant (one-phase, asked with
-// Resolve; st is unspecified otherwise) says it committed.
-func settleDecision(st decreev1.ParticipantState) (decreev1.Outcome, string) {
-	switch st {
-	case decreev1.ParticipantState_PARTICIPANT_STATE_COMMITTED:
-		return decreev1.Outcome_OUTCOME_COMMITTED, ""
-	case decreev1.ParticipantState_PARTICIPANT_STATE_ABORTED:
-		return decreev1.Outcome_OUTCOME_ABORTED, "aborted at its only participant"
-	default:
-		return decreev1.Outcome_OUTCOME_ABORTED, "presumed abort: no decision was recorded"
-	}
-}
-
-func (d *Driver) resolveAt(ctx context.Context, participant, id string, term uint64) (decreev1.ParticipantState, error) {
-	r, err := d.mux.callSync(ctx, participant, resolveCall(id, term), d.cfg.CallTimeout)
+// outcome hands a validated Outcome query to the core, with what the log
+// holds for its id; done gets the response, or the core's error.
+func (d *Driver) outcome(id string, participants []string, done func(*decreev1.OutcomeResponse, error)) uint64 {
+	logged, err := d.logged(id)
 	if err != nil {
-		return 0, err
+		done(nil, err)
+		return 0
 	}
-	return r.GetResolve().GetState(), nil
+	return d.submit(func(req uint64) Event {
+		return ClientOutcome{Req: req, ID: id, Participants: participants, Logged: logged}
+	}, func(r Reply) {
+		switch {
+		case errors.Is(r.Err, ErrForgotten):
+			done(&decreev1.OutcomeResponse{TxnId: id, State: decreev1.TxnState_TXN_STATE_FORGOTTEN}, nil)
+		case r.Err != nil:
+			done(nil, r.Err)
+		default:
+			done(&decreev1.OutcomeResponse{TxnId: id, State: stateOfOutcome(r.Outcome), Reason: r.Reason,
+				Participants: r.Participants, Finished: r.Finished, DecidedAt: r.DecidedAt}, nil)
+		}
+	})
+}
+
+// logged reads what the decision log holds for id, for the core to judge.
+func (d *Driver) logged(id string) (Logged, error) {
+	r, ok, err := d.rlog.Record(id)
+	switch {
+	case err != nil:
+		return Logged{}, status.Errorf(codes.Internal, "read record: %v", err)
+	case !ok:
+		return Logged{Forgotten: isForgotten(id, d.rlog.Horizon())}, nil
+	}
+	return Logged{Found: true, Outcome: outcomeFromRecord(r.Outcome), Reason: r.Reason, Participants: r.Participants,
+		Finished: r.Finished, DecidedAt: r.DecidedAt}, nil
+}
+
+// awaitAnswer starts a request that answers through its done, and waits
+// for the answer, for the caller to give up, or for the driver to stop;
+// errors become gRPC statuses.
+func awaitAnswer[T any](ctx context.Context, d *Driver, start func(done func(T, error)) uint64) (T, error) {
+	type answer struct {
+		v   T
+		err error
+	}
+	ch := make(chan answer, 1)
+	req := start(func(v T, err error) { ch <- answer{v, err} })
+	var err error
+	select {
+	case a := <-ch:
+		if a.err == nil {
+			return a.v, nil
+		}
+		err = a.err
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-d.stopc:
+		err = ErrStopped
+	}
+	d.forget(req)
+	var zero T
+	return zero, d.statusOf(ctx, err)
 }
 
 func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1.ListTransactionsRequest) (*decreev1.ListTransactionsResponse, error) {
@@ -204,10 +167,10 @@ func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1
 	if filter == decreev1.TxnFilter_TXN_FILTER_UNDECIDED {
 		return truncate(resp, limit), nil
 	}
-	scan := s.d.node.ScanRecords
+	scan := s.d.rlog.ScanRecords
 	var sends map[string]int
 	if filter == decreev1.TxnFilter_TXN_FILTER_UNFINISHED {
-		scan = s.d.node.store.ScanUnfinished // the index, not the whole table
+		scan = s.d.rlog.ScanUnfinished // the index, not the whole table
 		var err error
 		if sends, err = s.d.decisionSends(ctx); err != nil {
 			return nil, s.d.statusOf(ctx, err)
@@ -282,8 +245,6 @@ func forward[Req, Resp any](ctx context.Context, d *Driver, req Req,
 	return resp, true, err
 }
 
-func (d *Driver) forgotten(id string) bool { return isForgotten(id, d.node.horizon.Load()) }
-
 // forwarder returns a client for the leader when this node is not the
 // leader, nil when it should serve the call itself, or an Unavailable
 // status (with a leader hint when one is known) when it can do neither.
@@ -291,15 +252,15 @@ func (d *Driver) forwarder(ctx context.Context) (decreev1.CoordinatorClient, err
 	if d.leader.Load() {
 		return nil, nil
 	}
-	st := d.node.Status()
-	addr, known := d.node.cfg.Peers[st.Leader]
+	st := d.rlog.Status()
+	addr, known := d.rlog.PeerAddr(st.Leader)
 	if st.Leader == 0 || !known {
 		return nil, status.Error(codes.Unavailable, "no coordinator leader is known; retry shortly")
 	}
-	if st.Leader == d.node.ID() && d.awaitLeadership(ctx) {
+	if st.Leader == d.rlog.ID() && d.awaitLeadership(ctx) {
 		return nil, nil
 	}
-	if st.Leader == d.node.ID() || isForwarded(ctx) {
+	if st.Leader == d.rlog.ID() || isForwarded(ctx) {
 		return nil, d.unavailable(ctx, "leadership is changing; retry")
 	}
 	conn, err := d.conns.get(addr)
@@ -341,16 +302,20 @@ func forwardCtx(ctx context.Context) context.Context {
 // unavailable builds an Unavailable status and names the leader, if any,
 // in the LeaderHintKey trailer.
 func (d *Driver) unavailable(ctx context.Context, msg string) error {
-	if st := d.node.Status(); st.Leader != 0 {
-		if addr, ok := d.node.cfg.Peers[st.Leader]; ok {
+	if st := d.rlog.Status(); st.Leader != 0 {
+		if addr, ok := d.rlog.PeerAddr(st.Leader); ok {
 			_ = grpc.SetTrailer(ctx, metadata.Pairs(LeaderHintKey, addr))
 		}
 	}
 	return status.Error(codes.Unavailable, msg)
 }
 
-// statusOf maps driver and node errors to gRPC statuses.
+// statusOf maps driver, core and node errors to gRPC statuses; a status
+// passes as it is.
 func (d *Driver) statusOf(ctx context.Context, err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded before the outcome was known; ask Outcome")
@@ -360,8 +325,10 @@ func (d *Driver) statusOf(ctx context.Context, err error) error {
 		return d.unavailable(ctx, err.Error())
 	case errors.Is(err, ErrOverloaded):
 		return status.Error(codes.ResourceExhausted, err.Error())
-	case errors.Is(err, errNotParticipant):
+	case errors.Is(err, errNotParticipant), errors.Is(err, ErrForgotten):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, errNoParticipants):
+		return status.Error(codes.InvalidArgument, err.Error())
 	default:
 		return status.Error(codes.Unavailable, err.Error())
 	}

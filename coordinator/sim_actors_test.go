@@ -28,6 +28,10 @@ type simPart struct {
 	up        bool
 	inc       int
 	lastAsked int
+	// The cluster's answers to this participant's outcome queries, and
+	// the queries in flight (simOutcomes).
+	answers map[string]decreev1.TxnState
+	asking  map[string]bool
 }
 
 func (sp *simPart) boot() {
@@ -47,6 +51,7 @@ func (sp *simPart) boot() {
 		return
 	}
 	sp.log, sp.p, sp.svc, sp.up = log, p, p.Service(), true
+	sp.answers, sp.asking = map[string]decreev1.TxnState{}, map[string]bool{}
 	sp.inc++
 	w.tracef("%s booted, %d in doubt", sp.addr, len(p.InDoubt()))
 	sp.checkRecovered()
@@ -105,42 +110,44 @@ func (sp *simPart) recover() {
 	}
 }
 
-// simOutcomes answers a participant's outcome queries the way a cluster
-// would: a reachable leader answers from its records, or starts a durable
-// presumed abort and answers on a later query.
+// simOutcomes answers a participant's outcome queries through a reachable
+// leader's real Outcome service. Its answer arrives after the query
+// returns, so the query says "ask again" and a later one gets the answer.
 type simOutcomes struct{ sp *simPart }
 
 func (o simOutcomes) Outcome(_ context.Context, id string, parts []string) (decreev1.TxnState, error) {
 	sp := o.sp
 	w := sp.w
+	if st, ok := sp.answers[id]; ok {
+		return st, nil
+	}
 	sp.lastAsked++
 	for k := range w.nodes {
 		n := w.nodes[(sp.lastAsked+k)%len(w.nodes)]
 		if !n.up || n.paused || w.cut[[2]string{sp.name, n.name}] || w.cut[[2]string{n.name, sp.name}] || !n.leader {
 			continue
 		}
-		r, ok, _ := n.store.GetRecord(id)
-		if ok && r.Outcome != txlog.OutcomeUnknown {
-			out := outcomeFromRecord(r.Outcome)
-			w.noteDecision(id, out, fmt.Sprintf("n%d answered %s", n.id, sp.addr))
-			return stateOfOutcome(out), nil
-		}
-		if ok { // staged: its participants' votes decide it
-			inc, staged := n.inc, r.Participants
-			w.at(time.Millisecond, func() { n.run(inc, func() { n.coreStep(RecoverStaged{ID: id, Participants: staged}) }) })
-			return 0, errSimInProgress
-		}
-		if isForgotten(id, n.node.horizon.Load()) {
-			w.noteForgotten(n, id, sp.addr)
-			return decreev1.TxnState_TXN_STATE_FORGOTTEN, nil
-		}
-		if !n.settling[id] {
-			n.settling[id] = true
-			inc := n.inc
+		if !sp.asking[id] {
+			sp.asking[id] = true
+			inc, pinc := n.inc, sp.inc
 			w.at(time.Millisecond, func() {
 				n.run(inc, func() {
-					n.settle(id, parts, decreev1.ParticipantState_PARTICIPANT_STATE_UNSPECIFIED, func(decreev1.Outcome, string, error) {
-						delete(n.settling, id)
+					n.drv.outcome(id, parts, func(resp *decreev1.OutcomeResponse, err error) {
+						if sp.inc != pinc {
+							return // the participant restarted meanwhile
+						}
+						delete(sp.asking, id)
+						if err != nil {
+							return
+						}
+						switch st := resp.GetState(); st {
+						case decreev1.TxnState_TXN_STATE_FORGOTTEN:
+							w.noteForgotten(n, id, sp.addr)
+							sp.answers[id] = st
+						case decreev1.TxnState_TXN_STATE_COMMITTED, decreev1.TxnState_TXN_STATE_ABORTED:
+							w.noteDecision(id, outcomeOfState(st), fmt.Sprintf("n%d answered %s", n.id, sp.addr))
+							sp.answers[id] = st
+						}
 					})
 				})
 			})
@@ -148,6 +155,17 @@ func (o simOutcomes) Outcome(_ context.Context, id string, parts []string) (decr
 		return 0, errSimInProgress
 	}
 	return 0, errSimNotLeader
+}
+
+func outcomeOfState(st decreev1.TxnState) decreev1.Outcome {
+	switch st {
+	case decreev1.TxnState_TXN_STATE_COMMITTED:
+		return decreev1.Outcome_OUTCOME_COMMITTED
+	case decreev1.TxnState_TXN_STATE_ABORTED:
+		return decreev1.Outcome_OUTCOME_ABORTED
+	default:
+		return decreev1.Outcome_OUTCOME_UNSPECIFIED
+	}
 }
 
 type simClock struct{ w *world }
@@ -231,21 +249,29 @@ func (c *simClient) issue() {
 	c.attempt++
 	attempt, txn := c.attempt, c.txn
 	n := w.nodes[w.rng.IntN(len(w.nodes))]
-	answer := func(o decreev1.Outcome, reason string, err error) {
-		w.send(n.name, c.name, func() { c.answer(txn, attempt, o, reason, err) }, nil)
+	answer := func(st decreev1.TxnState, reason string, err error) {
+		if st == decreev1.TxnState_TXN_STATE_FORGOTTEN || errors.Is(err, ErrForgotten) {
+			w.noteForgotten(n, txn.id, c.name)
+			st, err = decreev1.TxnState_TXN_STATE_FORGOTTEN, nil
+		}
+		w.send(n.name, c.name, func() { c.answer(txn, attempt, st, reason, err) }, nil)
 	}
 	asking := c.asking
 	w.send(c.name, n.name, func() {
 		if !n.up {
-			answer(0, "", errSimRefused)
+			w.send(n.name, c.name, func() { c.answer(txn, attempt, 0, "", errSimRefused) }, nil)
 			return
 		}
 		n.run(n.inc, func() {
 			if asking {
-				n.serveOutcome(txn.id, txn.parts, answer)
-			} else {
-				n.serveCommit(txn, answer)
+				n.drv.outcome(txn.id, txn.parts, func(r *decreev1.OutcomeResponse, err error) {
+					answer(r.GetState(), r.GetReason(), err)
+				})
+				return
 			}
+			n.drv.commit(txn.id, txn.branches(), func(r *decreev1.CommitResponse, err error) {
+				answer(r.GetState(), r.GetReason(), err)
+			})
 		})
 	}, nil)
 	w.at(simCallTimeout+100*time.Millisecond, func() {
@@ -255,11 +281,20 @@ func (c *simClient) issue() {
 	})
 }
 
-func (c *simClient) answer(txn *simTxn, attempt int, o decreev1.Outcome, reason string, err error) {
+func (t *simTxn) branches() []BranchSpec {
+	bs := make([]BranchSpec, len(t.parts))
+	for i, p := range t.parts {
+		bs[i] = BranchSpec{Participant: p, Payload: []byte(t.payloads[i])}
+	}
+	return bs
+}
+
+func (c *simClient) answer(txn *simTxn, attempt int, st decreev1.TxnState, reason string, err error) {
 	w := c.w
+	o := outcomeOfState(st)
 	if c.txn != txn {
 		// A late answer to a finished transaction must still agree.
-		if err == nil {
+		if err == nil && st != decreev1.TxnState_TXN_STATE_FORGOTTEN {
 			w.noteTold(txn.id, o)
 		}
 		return
@@ -267,7 +302,7 @@ func (c *simClient) answer(txn *simTxn, attempt int, o decreev1.Outcome, reason 
 	if err != nil && attempt != c.attempt {
 		return // a newer attempt is in flight; one retry chain per client
 	}
-	if errors.Is(err, ErrForgotten) {
+	if st == decreev1.TxnState_TXN_STATE_FORGOTTEN {
 		// A definitive answer: the transaction is older than the
 		// retention horizon. The client learns no outcome.
 		c.txn = nil

@@ -28,8 +28,11 @@ var (
 	errSimInProgress = errors.New("sim: deciding, ask again")
 )
 
-// simNode is one coordinator process: a Node driven by the simulation, its
-// Core, and the glue the production Driver provides, as events.
+// simNode is one coordinator process: a Node driven by the simulation and
+// the production Driver (with its Core) on top, stepped on the
+// simulation's goroutine. Only the Driver's edges are the simulation's:
+// the decision log it proposes to and reads (simLog, over the real Node),
+// and the participant calls (simCaller, over the simulated network).
 type simNode struct {
 	w      *world
 	id     uint64
@@ -37,7 +40,7 @@ type simNode struct {
 	fs     *vfs.MemFS
 	store  *txlog.Store
 	node   *Node
-	core   *Core
+	drv    *Driver
 	inc    int // incarnation: callbacks from an earlier one are ignored
 	up     bool
 	paused bool
@@ -48,26 +51,22 @@ type simNode struct {
 	// The follower lease and election timer the simulation keeps for raft.
 	leaseAt, electAt time.Time
 
-	props    []*simProp
-	reads    []*simRead
-	reqs     map[uint64]func(Reply)
-	nextReq  uint64
-	settling map[string]bool
+	props []*simProp
+	reads []*simRead
 }
 
 type simProp struct {
 	p        *proposal
 	cancel   context.CancelFunc
 	deadline time.Time
-	ok       func(Result)
-	fail     func(error)
+	done     func(Result, error)
 }
 
 type simRead struct {
 	r        *readRequest
 	cancel   context.CancelFunc
 	deadline time.Time
-	term     uint64
+	done     func(error)
 }
 
 func (w *world) peers() map[uint64]string {
@@ -102,25 +101,51 @@ func (sn *simNode) boot() {
 	node.collectLimit = w.plan.collectLimit
 	sn.inc++
 	sn.store, sn.node, sn.up, sn.paused = store, node, true, false
+	if sn.drv, err = sn.newDriver(); err != nil {
+		w.violate("n%d: start driver: %v", sn.id, err)
+		return
+	}
+	sn.leader, sn.term = false, 0
+	sn.props, sn.reads, sn.inbox = nil, nil, nil
+	sn.heard()
+	w.tracef("n%d booted (applied %d)", sn.id, node.Status().Applied)
+	sn.pump()
+}
+
+// newDriver builds the production Driver on this node's edges; the
+// simulation steps it (tick, drain) instead of its goroutine.
+func (sn *simNode) newDriver() (*Driver, error) {
+	w := sn.w
 	collectEvery := time.Hour
 	if w.plan.retention > 0 {
 		collectEvery = w.plan.collectEvery
 	}
-	sn.core = NewCore(CoreConfig{
-		PrepareTimeout: 300 * time.Millisecond, RetryMin: 20 * time.Millisecond, RetryMax: 300 * time.Millisecond,
-		FinishDelay: 20 * time.Millisecond, RescanEvery: 2 * time.Second,
-		Retention: w.plan.retention, CollectEvery: collectEvery,
-		ParallelCommit: w.plan.parallel,
-		// The jitter has a stream of its own, seeded from the run's seed,
-		// so it does not shift the world's fault schedule.
-		Rand: rand.New(rand.NewPCG(w.seed, uint64(sn.id)<<32|uint64(sn.inc))).Float64,
-	})
-	sn.leader, sn.term = false, 0
-	sn.props, sn.reads, sn.inbox = nil, nil, nil
-	sn.reqs, sn.settling = map[uint64]func(Reply){}, map[string]bool{}
-	sn.heard()
-	w.tracef("n%d booted (applied %d)", sn.id, node.Status().Applied)
-	sn.pump()
+	cfg := DriverConfig{
+		Core: CoreConfig{
+			PrepareTimeout: 300 * time.Millisecond, RetryMin: 20 * time.Millisecond, RetryMax: 300 * time.Millisecond,
+			FinishDelay: 20 * time.Millisecond, RescanEvery: 2 * time.Second,
+			Retention: w.plan.retention, CollectEvery: collectEvery,
+			ParallelCommit: w.plan.parallel,
+			// The jitter has a stream of its own, seeded from the run's
+			// seed, so it does not shift the world's fault schedule.
+			Rand: rand.New(rand.NewPCG(w.seed, uint64(sn.id)<<32|uint64(sn.inc))).Float64,
+		},
+		CallTimeout: simCallTimeout,
+		Clock:       simClock{w},
+		Logger:      zerolog.Nop(),
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d := newDriver(cfg.withDefaults(), sn.id)
+	d.rlog, d.calls = simLog{sn}, simCaller{sn}
+	d.onAction = func(a Action) {
+		w.tracef("n%d %s", sn.id, a)
+		if c, ok := a.(Conflict); ok {
+			w.violate("n%d core conflict on %s: %s", sn.id, c.ID, c.What)
+		}
+	}
+	return d, nil
 }
 
 // crash loses everything not synced: the store reopens from a crash clone.
@@ -141,7 +166,7 @@ func (sn *simNode) shutdown() {
 		r.cancel()
 	}
 	_ = sn.store.Close()
-	sn.up, sn.node, sn.core, sn.store = false, nil, nil, nil
+	sn.up, sn.node, sn.drv, sn.store = false, nil, nil, nil
 	sn.inc++
 }
 
@@ -186,8 +211,10 @@ func (sn *simNode) tick() {
 	} else {
 		sn.followerTimers()
 	}
-	sn.coreStep(Tick{})
 	sn.expire()
+	if sn.up {
+		sn.drv.tick()
+	}
 	sn.pump()
 }
 
@@ -205,8 +232,8 @@ func (sn *simNode) followerTimers() {
 	}
 }
 
-// pump handles raft Readies and hands finished proposals and reads back to
-// the core until nothing moves.
+// pump handles raft Readies, hands finished proposals and reads back to
+// the driver, and steps the driver's events until nothing moves.
 func (sn *simNode) pump() {
 	for range 1000 {
 		if !sn.up {
@@ -220,6 +247,10 @@ func (sn *simNode) pump() {
 		moved := sn.checkLeadership()
 		moved = sn.collectProposals() || moved
 		moved = sn.collectReads() || moved
+		if !sn.up {
+			return
+		}
+		moved = sn.drv.drain() > 0 || moved
 		if !moved && !sn.node.rn.HasReady() {
 			return
 		}
@@ -227,6 +258,9 @@ func (sn *simNode) pump() {
 	sn.w.violate("n%d: pump did not settle", sn.id)
 }
 
+// checkLeadership follows the node's role for the simulation (the world
+// needs the leader; a deposed one starts its follower timers) and lets
+// the driver take the change up.
 func (sn *simNode) checkLeadership() bool {
 	st := sn.node.Status()
 	isLeader := st.Role == raft.StateLeader
@@ -239,77 +273,17 @@ func (sn *simNode) checkLeadership() bool {
 	if was && !isLeader {
 		sn.heard()
 	}
-	sn.coreStep(LeadershipChanged{Leader: isLeader, Term: st.Term})
+	sn.drv.checkLeadership()
 	return true
 }
 
-func (sn *simNode) coreStep(ev Event) {
-	for _, a := range sn.core.Step(sn.w.now, ev) {
-		sn.w.tracef("n%d %s", sn.id, a)
-		sn.execute(a)
-		if !sn.up {
-			return
-		}
-	}
-}
-
-func (sn *simNode) execute(a Action) {
-	switch a := a.(type) {
-	case SendPrepare:
-		sn.prepare(a)
-	case ResolveAtParticipant:
-		sn.call(a.Participant, simCallTimeout, func(svc decreev1.ParticipantServer) (any, error) {
-			resp, err := svc.Resolve(context.Background(), &decreev1.ResolveRequest{TxnId: a.ID, Term: a.Term})
-			sn.w.observe(sn.w.byAddr[a.Participant], a.ID)
-			return resp, err
-		}, func(r any, err error) {
-			ev := ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term}
-			if err != nil {
-				ev.Err = err.Error()
-			} else {
-				ev.State = r.(*decreev1.ResolveResponse).GetState()
-				ev.ParticipantID = r.(*decreev1.ResolveResponse).GetParticipantId()
-			}
-			sn.coreStep(ev)
-		})
-	case ProposeDecide:
-		cmd := decideCommand(a.ID, a.Outcome, a.Participants, a.Reason, a.DecidedAt)
-		cmd.GetDecide().Presumed = a.Presumed
-		sn.propose(cmd, func(r Result) {
-			sn.w.noteDecision(a.ID, r.Outcome, fmt.Sprintf("n%d applied", sn.id))
-			sn.coreStep(DecisionApplied{ID: a.ID, Term: a.Term, Outcome: r.Outcome, Reason: r.Reason, Participants: r.Participants})
-		}, func(error) { sn.coreStep(ProposeFailed{ID: a.ID, Term: a.Term}) })
-	case ProposeStaged:
-		sn.propose(stagedCommand(a.ID, a.Participants), func(r Result) {
-			sn.coreStep(StagedApplied{ID: a.ID, Term: a.Term, Outcome: r.Outcome, Reason: r.Reason})
-		}, nil)
-	case ProposeFinished:
-		cmd := &decreev1.Command{Kind: &decreev1.Command_Finished{Finished: &decreev1.Finished{TxnIds: a.IDs, FinishedAt: a.At}}}
-		sn.propose(cmd, nil, func(error) { sn.coreStep(ProposeFailed{Term: a.Term, Finished: a.IDs}) })
-	case ProposeCollect:
-		cmd := &decreev1.Command{Kind: &decreev1.Command_Collect{Collect: &decreev1.Collect{Before: a.Before}}}
-		sn.propose(cmd, func(r Result) { sn.coreStep(CollectApplied{Term: a.Term, More: r.More}) }, nil)
-	case SendDecision:
-		sn.deliverDecision(a)
-	case Reply:
-		if fn, ok := sn.reqs[a.Req]; ok {
-			delete(sn.reqs, a.Req)
-			fn(a)
-		}
-	case LoadUnfinished:
-		sn.readIndex(a.Term)
-	case Conflict:
-		sn.w.violate("n%d core conflict on %s: %s", sn.id, a.ID, a.What)
-	}
-}
-
-// propose hands a command to raft; ok or fail runs when it applied or
-// failed (or simCallTimeout passed), as the Driver's proposal goroutines do.
-func (sn *simNode) propose(cmd *decreev1.Command, ok func(Result), fail func(error)) {
+// propose hands a command to raft; done runs when it applied or failed
+// (or timeout passed), in this incarnation.
+func (sn *simNode) propose(cmd *decreev1.Command, timeout time.Duration, done func(Result, error)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &proposal{ctx: ctx, cmd: cmd, done: make(chan proposalResult, 1)}
 	sn.node.propose(p)
-	sn.props = append(sn.props, &simProp{p: p, cancel: cancel, deadline: sn.w.now.Add(simCallTimeout), ok: ok, fail: fail})
+	sn.props = append(sn.props, &simProp{p: p, cancel: cancel, deadline: sn.w.now.Add(timeout), done: done})
 }
 
 func (sn *simNode) collectProposals() bool {
@@ -326,12 +300,7 @@ func (sn *simNode) collectProposals() bool {
 			if err == nil {
 				err = r.res.Err
 			}
-			switch {
-			case err != nil && sp.fail != nil:
-				sp.fail(err)
-			case err == nil && sp.ok != nil:
-				sp.ok(r.res)
-			}
+			sp.done(r.res, err)
 		default:
 			keep = append(keep, sp)
 		}
@@ -343,15 +312,13 @@ func (sn *simNode) collectProposals() bool {
 	return moved
 }
 
-func (sn *simNode) readIndex(term uint64) {
+func (sn *simNode) readIndex(timeout time.Duration, done func(error)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &readRequest{ctx: ctx, done: make(chan error, 1)}
 	sn.node.readIndex(r)
-	sn.reads = append(sn.reads, &simRead{r: r, cancel: cancel, deadline: sn.w.now.Add(simCallTimeout), term: term})
+	sn.reads = append(sn.reads, &simRead{r: r, cancel: cancel, deadline: sn.w.now.Add(timeout), done: done})
 }
 
-// collectReads finishes LoadUnfinished: after the read index, scan the
-// applied records (retrying while the leadership lasts).
 func (sn *simNode) collectReads() bool {
 	moved := false
 	reads := sn.reads
@@ -362,12 +329,7 @@ func (sn *simNode) collectReads() bool {
 		case err := <-sr.r.done:
 			sr.cancel()
 			moved = true
-			if err != nil {
-				sn.retryRead(sr.term)
-				continue
-			}
-			txns, staged := sn.unfinished()
-			sn.coreStep(Recovered{Term: sr.term, Txns: txns, Staged: staged})
+			sr.done(err)
 		default:
 			keep = append(keep, sr)
 		}
@@ -377,28 +339,6 @@ func (sn *simNode) collectReads() bool {
 	}
 	sn.reads = append(keep, sn.reads...)
 	return moved
-}
-
-func (sn *simNode) retryRead(term uint64) {
-	inc := sn.inc
-	sn.w.at(50*time.Millisecond, func() {
-		sn.run(inc, func() {
-			if sn.leader && sn.term == term {
-				sn.readIndex(term)
-			}
-		})
-	})
-}
-
-func (sn *simNode) unfinished() (txns, staged []RecoveredTxn) {
-	txns, staged, err := scanUnfinished(sn.store)
-	if err != nil {
-		sn.w.violate("n%d: scan records: %v", sn.id, err)
-	}
-	for _, t := range txns {
-		sn.w.noteDecision(t.ID, t.Outcome, fmt.Sprintf("n%d recovered", sn.id))
-	}
-	return txns, staged
 }
 
 // expire fails proposals and reads past their deadline.
@@ -413,9 +353,7 @@ func (sn *simNode) expire() {
 			continue
 		}
 		sp.cancel()
-		if sp.fail != nil {
-			sp.fail(errSimTimeout)
-		}
+		sp.done(Result{}, errSimTimeout)
 		if !sn.up {
 			return
 		}
@@ -423,22 +361,76 @@ func (sn *simNode) expire() {
 	sn.props = append(keep, sn.props...)
 	reads := sn.reads
 	sn.reads = nil
+	var kept []*simRead
 	for _, sr := range reads {
 		if now.Before(sr.deadline) {
-			sn.reads = append(sn.reads, sr)
+			kept = append(kept, sr)
 			continue
 		}
 		sr.cancel()
-		sn.retryRead(sr.term)
+		sr.done(errSimTimeout)
 	}
+	sn.reads = append(kept, sn.reads...)
 }
 
-// call sends one RPC to a participant and runs done with its answer, or
-// with an error on timeout or refusal, at most once, in this incarnation.
-func (sn *simNode) call(addr string, timeout time.Duration, rpc func(decreev1.ParticipantServer) (any, error), done func(any, error)) {
+// simLog is the Driver's decision log in the simulation: the real Node and
+// store, with proposals and reads completed by the node's pump; it notes
+// every outcome that leaves the log for the world's checks.
+type simLog struct{ sn *simNode }
+
+func (l simLog) ID() uint64                        { return l.sn.id }
+func (l simLog) Status() Status                    { return l.sn.node.Status() }
+func (l simLog) Done() <-chan struct{}             { return nil }
+func (l simLog) Horizon() int64                    { return l.sn.node.horizon.Load() }
+func (l simLog) PeerAddr(id uint64) (string, bool) { a, ok := l.sn.w.peers()[id]; return a, ok }
+
+func (l simLog) Propose(cmd *decreev1.Command, timeout time.Duration, done func(Result, error)) {
+	sn := l.sn
+	sn.propose(cmd, timeout, func(r Result, err error) {
+		if d := cmd.GetDecide(); d != nil && err == nil {
+			sn.w.noteDecision(d.GetTxnId(), r.Outcome, fmt.Sprintf("n%d applied", sn.id))
+		}
+		done(r, err)
+	})
+}
+
+func (l simLog) ReadIndex(timeout time.Duration, done func(error)) { l.sn.readIndex(timeout, done) }
+
+func (l simLog) Record(id string) (*txlog.Record, bool, error) {
+	r, ok, err := l.sn.store.GetRecord(id)
+	if ok && r.Outcome != txlog.OutcomeUnknown {
+		l.sn.w.noteDecision(id, outcomeFromRecord(r.Outcome), fmt.Sprintf("n%d record", l.sn.id))
+	}
+	return r, ok, err
+}
+
+func (l simLog) ScanRecords(fn func(*txlog.Record) bool) error { return l.sn.store.ScanRecords(fn) }
+
+func (l simLog) ScanUnfinished(fn func(*txlog.Record) bool) error {
+	sn := l.sn
+	return sn.store.ScanUnfinished(func(r *txlog.Record) bool {
+		if r.Outcome != txlog.OutcomeUnknown {
+			sn.w.noteDecision(r.ID, outcomeFromRecord(r.Outcome), fmt.Sprintf("n%d recovered", sn.id))
+		}
+		return fn(r)
+	})
+}
+
+// simCaller carries the Driver's participant calls over the simulated
+// network to the participant's real service, checking on the way that no
+// commit reaches a participant that did not vote YES.
+type simCaller struct{ sn *simNode }
+
+func (c simCaller) call(addr string, call *decreev1.Call, timeout time.Duration, done callDone) {
+	sn := c.sn
 	w, p, inc := sn.w, sn.w.byAddr[addr], sn.inc
+	if k, ok := call.GetKind().(*decreev1.Call_Commit); ok {
+		w.noteDecision(k.Commit.GetTxnId(), decreev1.Outcome_OUTCOME_COMMITTED, fmt.Sprintf("n%d delivering", sn.id))
+	} else if k, ok := call.GetKind().(*decreev1.Call_Abort); ok {
+		w.noteDecision(k.Abort.GetTxnId(), decreev1.Outcome_OUTCOME_ABORTED, fmt.Sprintf("n%d delivering", sn.id))
+	}
 	finished := false
-	finish := func(r any, err error) {
+	finish := func(r *decreev1.Reply, err error) {
 		sn.run(inc, func() {
 			if !finished {
 				finished = true
@@ -452,71 +444,65 @@ func (sn *simNode) call(addr string, timeout time.Duration, rpc func(decreev1.Pa
 			w.send(p.name, sn.name, func() { finish(nil, errSimRefused) }, nil)
 			return
 		}
-		r, err := rpc(p.svc)
+		r, err := p.serve(call)
 		w.send(p.name, sn.name, func() { finish(r, err) }, nil)
 	}, nil)
 }
 
-func (sn *simNode) prepare(a SendPrepare) {
-	w := sn.w
-	sn.call(a.Participant, 300*time.Millisecond, func(svc decreev1.ParticipantServer) (any, error) {
-		p := w.byAddr[a.Participant]
-		resp, err := svc.Prepare(context.Background(), &decreev1.PrepareRequest{TxnId: a.ID, Payload: a.Payload,
-			Participants: a.Participants, OnePhase: a.OnePhase, Term: a.Term})
+// serve runs one call at the participant's real service.
+func (sp *simPart) serve(c *decreev1.Call) (*decreev1.Reply, error) {
+	w := sp.w
+	ctx := context.Background()
+	switch k := c.GetKind().(type) {
+	case *decreev1.Call_Prepare:
+		req := k.Prepare
+		resp, err := sp.svc.Prepare(ctx, req)
 		if err == nil {
-			w.noteVote(a.Participant, a.ID, resp.GetVote())
+			w.noteVote(sp.addr, req.GetTxnId(), resp.GetVote())
 		}
-		w.observe(p, a.ID)
-		return resp, err
-	}, func(r any, err error) {
-		if err != nil {
-			sn.coreStep(PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
-			return
-		}
-		resp := r.(*decreev1.PrepareResponse)
-		sn.coreStep(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: resp.GetVote(), Reason: resp.GetReason(),
-			ParticipantID: resp.GetParticipantId()})
-	})
+		w.observe(sp, req.GetTxnId())
+		return &decreev1.Reply{Kind: &decreev1.Reply_Prepare{Prepare: resp}}, err
+	case *decreev1.Call_Commit:
+		return sp.serveDecision(k.Commit, decreev1.Outcome_OUTCOME_COMMITTED)
+	case *decreev1.Call_Abort:
+		return sp.serveDecision(k.Abort, decreev1.Outcome_OUTCOME_ABORTED)
+	case *decreev1.Call_Resolve:
+		resp, err := sp.svc.Resolve(ctx, k.Resolve)
+		w.observe(sp, k.Resolve.GetTxnId())
+		return &decreev1.Reply{Kind: &decreev1.Reply_Resolve{Resolve: resp}}, err
+	default:
+		return nil, fmt.Errorf("call of unknown kind %T", k)
+	}
 }
 
-func (sn *simNode) deliverDecision(a SendDecision) {
-	w := sn.w
-	commit := a.Outcome == decreev1.Outcome_OUTCOME_COMMITTED
-	w.noteDecision(a.ID, a.Outcome, fmt.Sprintf("n%d delivering", sn.id))
-	sn.call(a.Participant, simCallTimeout, func(svc decreev1.ParticipantServer) (any, error) {
-		p := w.byAddr[a.Participant]
-		if commit && !w.votedYes[a.Participant][a.ID] {
-			w.violate("commit of %s delivered to %s, which never voted YES", a.ID, a.Participant)
-		}
-		req := &decreev1.DecisionRequest{TxnId: a.ID, Term: a.Term}
-		var err error
+func (sp *simPart) serveDecision(req *decreev1.DecisionRequest, o decreev1.Outcome) (*decreev1.Reply, error) {
+	w, id := sp.w, req.GetTxnId()
+	commit := o == decreev1.Outcome_OUTCOME_COMMITTED
+	if commit && !w.votedYes[sp.addr][id] {
+		w.violate("commit of %s delivered to %s, which never voted YES", id, sp.addr)
+	}
+	var resp *decreev1.DecisionResponse
+	var err error
+	if commit {
+		resp, err = sp.svc.Commit(context.Background(), req)
+	} else {
+		resp, err = sp.svc.Abort(context.Background(), req)
+	}
+	if status.Code(err) == codes.FailedPrecondition && !isStaleTerm(err) {
+		w.violate("%s refused %s of %s: %v", sp.addr, decisionVerb(o), id, err)
+	}
+	if err == nil {
+		st := txlog.PStateAborted
 		if commit {
-			_, err = svc.Commit(context.Background(), req)
-		} else {
-			_, err = svc.Abort(context.Background(), req)
+			st = txlog.PStateCommitted
 		}
-		if status.Code(err) == codes.FailedPrecondition && !isStaleTerm(err) {
-			w.violate("%s refused %s of %s: %v", a.Participant, decisionVerb(a.Outcome), a.ID, err)
+		if rec, ok, _ := sp.log.GetTxn(id); ok && rec.State == txlog.PStateReadOnly {
+			st = txlog.PStateReadOnly
 		}
-		if err == nil {
-			st := txlog.PStateAborted
-			if commit {
-				st = txlog.PStateCommitted
-			}
-			if rec, ok, _ := p.log.GetTxn(a.ID); ok && rec.State == txlog.PStateReadOnly {
-				st = txlog.PStateReadOnly
-			}
-			w.noteAck(p, a.ID, st)
-		}
-		w.observe(p, a.ID)
-		return nil, err
-	}, func(_ any, err error) {
-		if err != nil {
-			sn.coreStep(DeliveryFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
-			return
-		}
-		sn.coreStep(Acked{ID: a.ID, Participant: a.Participant, Term: a.Term})
-	})
+		w.noteAck(sp, id, st)
+	}
+	w.observe(sp, id)
+	return &decreev1.Reply{Kind: &decreev1.Reply_Decision{Decision: resp}}, err
 }
 
 // isStaleTerm recognises the participant's fencing of a deposed leader,
@@ -524,91 +510,6 @@ func (sn *simNode) deliverDecision(a SendDecision) {
 func isStaleTerm(err error) bool {
 	s, _ := status.FromError(err)
 	return s != nil && strings.HasPrefix(s.Message(), "stale term")
-}
-
-// serveCommit is the Coordinator service's Commit on this node.
-func (sn *simNode) serveCommit(t *simTxn, respond func(decreev1.Outcome, string, error)) {
-	if !sn.leader {
-		respond(0, "", errSimNotLeader)
-		return
-	}
-	r, staged, _ := sn.store.GetRecord(t.id)
-	if staged && r.Outcome != txlog.OutcomeUnknown {
-		o := outcomeFromRecord(r.Outcome)
-		sn.w.noteDecision(t.id, o, fmt.Sprintf("n%d record", sn.id))
-		respond(o, r.Reason, nil)
-		return
-	}
-	if isForgotten(t.id, sn.node.horizon.Load()) {
-		sn.w.noteForgotten(sn, t.id, "a client")
-		respond(0, "", ErrForgotten)
-		return
-	}
-	sn.nextReq++
-	req := sn.nextReq
-	sn.reqs[req] = func(r Reply) { respond(r.Outcome, r.Reason, r.Err) }
-	branches := make([]BranchSpec, len(t.parts))
-	for i, p := range t.parts {
-		branches[i] = BranchSpec{Participant: p, Payload: []byte(t.payloads[i])}
-	}
-	sn.coreStep(ClientCommit{Req: req, ID: t.id, Branches: branches, Staged: staged})
-}
-
-// serveOutcome is the Coordinator service's Outcome on this node: the
-// record, or a durable decision for an unknown id (settle).
-func (sn *simNode) serveOutcome(id string, parts []string, respond func(decreev1.Outcome, string, error)) {
-	if !sn.leader {
-		respond(0, "", errSimNotLeader)
-		return
-	}
-	if r, ok, _ := sn.store.GetRecord(id); ok && r.Outcome != txlog.OutcomeUnknown {
-		o := outcomeFromRecord(r.Outcome)
-		sn.w.noteDecision(id, o, fmt.Sprintf("n%d record", sn.id))
-		respond(o, r.Reason, nil)
-		return
-	} else if ok {
-		sn.coreStep(RecoverStaged{ID: id, Participants: r.Participants})
-		respond(0, "", errSimInProgress)
-		return
-	}
-	if isForgotten(id, sn.node.horizon.Load()) {
-		sn.w.noteForgotten(sn, id, "a client")
-		respond(0, "", ErrForgotten)
-		return
-	}
-	if len(parts) != 1 {
-		sn.settle(id, parts, decreev1.ParticipantState_PARTICIPANT_STATE_UNSPECIFIED, respond)
-		return
-	}
-	term := sn.term
-	sn.call(parts[0], simCallTimeout, func(svc decreev1.ParticipantServer) (any, error) {
-		resp, err := svc.Resolve(context.Background(), &decreev1.ResolveRequest{TxnId: id, Term: term})
-		sn.w.observe(sn.w.byAddr[parts[0]], id)
-		return resp, err
-	}, func(r any, err error) {
-		if err != nil {
-			respond(0, "", err)
-			return
-		}
-		sn.settle(id, parts, r.(*decreev1.ResolveResponse).GetState(), respond)
-	})
-}
-
-func (sn *simNode) settle(id string, parts []string, st decreev1.ParticipantState, respond func(decreev1.Outcome, string, error)) {
-	outcome, reason := settleDecision(st)
-	term := sn.term
-	cmd := decideCommand(id, outcome, parts, reason, sn.w.now.UnixNano())
-	cmd.GetDecide().Presumed = true // as the service does
-	sn.propose(cmd, func(r Result) {
-		if r.Outcome == decreev1.Outcome_OUTCOME_UNSPECIFIED {
-			sn.coreStep(RecoverStaged{ID: id, Participants: r.Participants})
-			respond(0, "", errSimInProgress)
-			return
-		}
-		sn.w.noteDecision(id, r.Outcome, fmt.Sprintf("n%d settled", sn.id))
-		sn.coreStep(DecisionApplied{ID: id, Term: term, Outcome: r.Outcome, Reason: r.Reason, Participants: r.Participants})
-		respond(r.Outcome, r.Reason, nil)
-	}, func(err error) { respond(0, "", err) })
 }
 
 // simTransport carries raft messages through the simulated network,

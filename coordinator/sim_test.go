@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"runtime"
@@ -353,16 +352,24 @@ func (w *world) collectAll() {
 		collected = max(collected, n.node.Stats().CollectedRecords)
 	}
 	w.tracef("every replica collected every expired record (n%d: %d collects, up to %d records)", l.id, l.node.Stats().Collects, collected)
-	for _, id := range sortedKeys(w.txns) {
-		l.serveOutcome(id, w.txns[id].parts, func(o decreev1.Outcome, _ string, err error) {
-			switch {
-			case errors.Is(err, ErrForgotten):
-			case err != nil:
-				w.violate("after collecting, the outcome of %s is %v, not FORGOTTEN", id, err)
-			default:
-				w.noteDecision(id, o, "answered after collecting")
-			}
-		})
+	ids, answered := sortedKeys(w.txns), 0
+	l.run(l.inc, func() {
+		for _, id := range ids {
+			l.drv.outcome(id, w.txns[id].parts, func(r *decreev1.OutcomeResponse, err error) {
+				answered++
+				switch {
+				case err != nil:
+					w.violate("after collecting, the outcome of %s is %v, not FORGOTTEN", id, err)
+				case r.GetState() == decreev1.TxnState_TXN_STATE_FORGOTTEN:
+				default:
+					w.noteDecision(id, outcomeOfState(r.GetState()), "answered after collecting")
+				}
+			})
+			l.drv.drain()
+		}
+	})
+	if answered != len(ids) {
+		w.violate("after collecting, %d of %d outcome queries were not answered at once", len(ids)-answered, len(ids))
 	}
 }
 
