@@ -351,9 +351,9 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 		}
 	}
 	call("t1")
-	if m.linkCount() != 1 || m.conns.size() != 1 || m.running.Load() != 3 {
+	if m.linkCount() != 1 || muxConns(m).size() != 1 || m.running.Load() != 3 {
 		t.Fatalf("after a call: %d links, %d conns, %d goroutines; want 1, 1, 3 (sender, sweeper, receiver)",
-			m.linkCount(), m.conns.size(), m.running.Load())
+			m.linkCount(), muxConns(m).size(), m.running.Load())
 	}
 	clock.advance(59 * time.Second)
 	swept()
@@ -362,7 +362,7 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 	}
 	clock.advance(time.Second)
 	waitFor(t, 5*time.Second, "the idle link released", func() bool {
-		return m.linkCount() == 0 && m.conns.size() == 0 && m.running.Load() == 0
+		return m.linkCount() == 0 && muxConns(m).size() == 0 && m.running.Load() == 0
 	})
 	call("t2")
 	if got := p.streams.Load(); got != 2 || m.linkCount() != 1 {
@@ -383,3 +383,6 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 		t.Fatal("a link with a call in flight closed")
 	}
 }
+
+// muxConns is the connPool under a production mux.
+func muxConns(m *callMux) *connPool { return m.tr.(*grpcCalls).conns }
