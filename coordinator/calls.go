@@ -200,9 +200,9 @@ func (m *callMux) sortedLinks() []*callLink {
 }
 
 // pump does for a stepped mux what the production goroutines do: for each
-// link, it opens a stream if calls are queued and none is open, sends the
-// queued calls in batches (or makes them unary calls), then ends calls
-// with the replies their streams hold, and those of any stream that died.
+// link, it ends calls with the replies its streams hold, and those of any
+// stream that died; opens a stream if calls are queued and none is open;
+// and sends the queued calls in batches (or makes them unary calls).
 // It repeats while calls remain queued, as the dones it runs may queue
 // more. Once the mux's context is cancelled, it ends every call instead.
 //
@@ -216,6 +216,10 @@ func (m *callMux) pump() {
 	for {
 		queued := false
 		for _, l := range m.sortedLinks() {
+			// Draining first finds a stream that died before calls are
+			// sent on it; draining again ends at once the calls of a
+			// stream whose Send failed.
+			l.drain()
 			l.flush()
 			l.drain()
 			l.mu.Lock()
