@@ -139,9 +139,9 @@ func newSteppedCallMux(ctx context.Context, tr callTransport, clock Clock, log z
 }
 
 // call sends c to the participant at addr; done gets its end, at the latest
-// timeout after now (a stepped mux: at the first tick from then). Once the
-// mux has stopped, done runs at once, on the caller's goroutine, with
-// ErrStopped.
+// timeout after now (a stepped mux: at the first tick at or past that
+// time). Once the mux has stopped, done runs at once, on the caller's
+// goroutine, with ErrStopped.
 func (m *callMux) call(addr string, c *decreev1.Call, timeout time.Duration, done callDone) {
 	pc := &pendingCall{call: c, size: callSize(c), deadline: m.clock.Now().Add(timeout), done: done}
 	m.submit(addr, pc)
