@@ -1,8 +1,11 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,9 +28,54 @@ const maxCallBatchBytes = 1 << 20
 const linkIdleTimeout = 2 * time.Minute
 
 // callDone receives the end of one call: the participant's reply, or why
-// there is none. It runs on a goroutine of the mux and must not block for
-// long: it holds up the replies behind it.
+// there is none. It must not block for long: it holds up the replies
+// behind it. It runs without any lock of the mux held, so it may make
+// another call.
 type callDone func(*decreev1.Reply, error)
+
+// callTransport is the mux's edge to the participants. Production uses
+// gRPC over the connPool (grpcCalls, calls_grpc.go); the simulation and
+// the unit tests use in-memory fakes.
+type callTransport interface {
+	// openCalls opens addr's Calls stream. The stream ends at the latest
+	// when ctx does.
+	openCalls(ctx context.Context, addr string) (callsStream, error)
+	// unary returns the unary methods of addr, for a participant that
+	// does not serve Calls.
+	unary(addr string) (unaryParticipant, error)
+	// release drops what the transport holds for addr (its connection):
+	// addr's link retired for idleness.
+	release(addr string)
+}
+
+// callsStream is one open Calls stream.
+//
+// In production Send may block (flow control) and Recv blocks until a
+// reply batch arrives or the stream fails. A stepped stream must do
+// neither: Send hands the batch on, and Recv returns errNoReply when no
+// reply batch is waiting.
+//
+// After cancel, Recv must soon return an error other than errNoReply (a
+// stepped stream: at once), so that the calls still in flight end.
+type callsStream interface {
+	Send(*decreev1.CallBatch) error
+	Recv() (*decreev1.ReplyBatch, error)
+	cancel()
+}
+
+// errNoReply is what a stepped callsStream's Recv returns when no reply
+// batch is waiting: the stream is alive, there is nothing yet.
+var errNoReply = errors.New("no reply batch waiting")
+
+// unaryParticipant is the participant's four unary methods, as
+// decreev1.ParticipantServer declares them (so a server can serve as one
+// directly in the simulation).
+type unaryParticipant interface {
+	Prepare(context.Context, *decreev1.PrepareRequest) (*decreev1.PrepareResponse, error)
+	Commit(context.Context, *decreev1.DecisionRequest) (*decreev1.DecisionResponse, error)
+	Abort(context.Context, *decreev1.DecisionRequest) (*decreev1.DecisionResponse, error)
+	Resolve(context.Context, *decreev1.ResolveRequest) (*decreev1.ResolveResponse, error)
+}
 
 // callMux carries the leader's calls to participants. Each participant has
 // one long-lived Calls stream: every call queued while the previous batch
@@ -35,21 +83,35 @@ type callDone func(*decreev1.Reply, error)
 // coalesces its replies the same way, so under load many prepares, commits
 // and aborts share one message, one write and one wake-up at each end. A
 // participant that does not serve Calls (Unimplemented) gets the unary
-// methods instead, one goroutine per call.
+// methods instead.
 //
 // Every call ends exactly once, through its callDone: with the reply, with
 // the participant's error for it, or with an error of its own (the stream
 // broke, the deadline passed, the mux stopped). A reply arriving after the
 // call ended is dropped.
+//
+// A mux runs in one of two modes, with the same link logic (enqueue, take,
+// open, send, handle, died, expire, retireIfIdle, stop):
+//
+//   - Production (newCallMux): goroutines drive each link: a sender (run),
+//     a deadline sweeper (sweep), a receiver per stream (receive) and one
+//     per unary call. Any goroutine may call; done runs on a goroutine of
+//     the mux. These wrappers live in calls_grpc.go.
+//   - Stepped (newSteppedCallMux), for the deterministic simulation: no
+//     goroutine at all. One goroutine owns the mux: it alone calls call,
+//     pump and tick, and every done runs on it, from within those. Nothing
+//     is sent until pump; no deadline passes until tick. Links are visited
+//     in address order and calls ended together in sequence order, so a
+//     run is a function of the owner's inputs.
 type callMux struct {
 	ctx   context.Context
-	conns *connPool
+	tr    callTransport
 	clock Clock
 	log   zerolog.Logger
-	// sweep is how often deadlines are checked.
+	// stepped: the owner drives the mux with pump and tick; see callMux.
+	stepped bool
+	// sweep is how often a production link checks its deadlines.
 	sweep time.Duration
-	// openTimeout bounds opening a stream.
-	openTimeout time.Duration
 	// idle is how long a link may go without a call before it closes.
 	idle time.Duration
 
@@ -61,17 +123,25 @@ type callMux struct {
 	running atomic.Int64
 }
 
-func newCallMux(ctx context.Context, conns *connPool, clock Clock, openTimeout time.Duration, log zerolog.Logger) *callMux {
+func newMux(ctx context.Context, tr callTransport, clock Clock, stepped bool, log zerolog.Logger) *callMux {
 	return &callMux{
-		ctx: ctx, conns: conns, clock: clock, log: log,
-		sweep: 50 * time.Millisecond, openTimeout: openTimeout, idle: linkIdleTimeout,
+		ctx: ctx, tr: tr, clock: clock, log: log, stepped: stepped,
+		sweep: 50 * time.Millisecond, idle: linkIdleTimeout,
 		links: make(map[string]*callLink),
 	}
 }
 
+// newSteppedCallMux returns a mux driven by its owner, over tr; see
+// callMux, pump and tick. Cancelling ctx stops it: the next pump ends every
+// call.
+func newSteppedCallMux(ctx context.Context, tr callTransport, clock Clock, log zerolog.Logger) *callMux {
+	return newMux(ctx, tr, clock, true, log)
+}
+
 // call sends c to the participant at addr; done gets its end, at the latest
-// timeout after now. Once the mux has stopped, done runs at once, on the
-// caller's goroutine, with ErrStopped.
+// timeout after now (a stepped mux: at the first tick at or past that
+// time). Once the mux has stopped, done runs at once, on the caller's
+// goroutine, with ErrStopped.
 func (m *callMux) call(addr string, c *decreev1.Call, timeout time.Duration, done callDone) {
 	pc := &pendingCall{call: c, size: callSize(c), deadline: m.clock.Now().Add(timeout), done: done}
 	m.submit(addr, pc)
@@ -92,42 +162,12 @@ func (m *callMux) submit(addr string, pc *pendingCall) {
 	}
 }
 
-// spawn runs f on a goroutine of the mux.
-func (m *callMux) spawn(f func()) {
-	m.running.Add(1)
-	m.wg.Go(func() {
-		defer m.running.Add(-1)
-		f()
-	})
-}
-
 // linkCount is the number of open links.
 func (m *callMux) linkCount() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.links)
 }
-
-// callSync is call for a caller that waits: it returns the reply, or the
-// error, or ctx's error if ctx ends first.
-func (m *callMux) callSync(ctx context.Context, addr string, c *decreev1.Call, timeout time.Duration) (*decreev1.Reply, error) {
-	type result struct {
-		r   *decreev1.Reply
-		err error
-	}
-	ch := make(chan result, 1)
-	m.call(addr, c, timeout, func(r *decreev1.Reply, err error) { ch <- result{r, err} })
-	select {
-	case res := <-ch:
-		return res.r, res.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// wait returns once every goroutine of the mux has ended; the mux's context
-// must be cancelled first.
-func (m *callMux) wait() { m.wg.Wait() }
 
 func (m *callMux) link(addr string) (*callLink, error) {
 	m.mu.Lock()
@@ -140,9 +180,82 @@ func (m *callMux) link(addr string) (*callLink, error) {
 		l = &callLink{mux: m, addr: addr, wake: make(chan struct{}, 1), closed: make(chan struct{}),
 			lastUse: m.clock.Now(), log: m.log.With().Str("participant", addr).Logger()}
 		m.links[addr] = l
-		m.spawn(l.run)
+		if !m.stepped {
+			m.spawn(l.run)
+		}
 	}
 	return l, nil
+}
+
+// sortedLinks returns the open links in address order.
+func (m *callMux) sortedLinks() []*callLink {
+	m.mu.Lock()
+	ls := make([]*callLink, 0, len(m.links))
+	for _, l := range m.links {
+		ls = append(ls, l)
+	}
+	m.mu.Unlock()
+	slices.SortFunc(ls, func(a, b *callLink) int { return cmp.Compare(a.addr, b.addr) })
+	return ls
+}
+
+// pump does for a stepped mux what the production goroutines do: for each
+// link, it ends calls with the replies its streams hold, and those of any
+// stream that died; opens a stream if calls are queued and none is open;
+// and sends the queued calls in batches (or makes them unary calls).
+// It repeats while calls remain queued, as the dones it runs may queue
+// more. Once the mux's context is cancelled, it ends every call instead.
+//
+// The owner calls pump after anything that may have queued a call (call)
+// or given a stream something to return (a reply batch, its death).
+func (m *callMux) pump() {
+	if m.ctx.Err() != nil {
+		m.shutdown()
+		return
+	}
+	for {
+		queued := false
+		for _, l := range m.sortedLinks() {
+			// Draining first finds a stream that died before calls are
+			// sent on it; draining again ends at once the calls of a
+			// stream whose Send failed.
+			l.drain()
+			l.flush()
+			l.drain()
+			l.mu.Lock()
+			queued = queued || len(l.queue) > 0
+			l.mu.Unlock()
+		}
+		if !queued {
+			return
+		}
+	}
+}
+
+// tick does for a stepped mux what the production sweepers do: it ends
+// the calls whose deadline is not after now, resets a stream with a call
+// stuck on it, and closes the links idle for the idle time. Then it pumps.
+// The owner calls it as its time passes, e.g. on each of its ticks.
+func (m *callMux) tick(now time.Time) {
+	for _, l := range m.sortedLinks() {
+		l.expire(now)
+		l.retireIfIdle(now)
+	}
+	m.pump()
+}
+
+// shutdown ends every call of a stepped mux whose context is cancelled:
+// those queued with ErrStopped, those in flight as their streams die.
+func (m *callMux) shutdown() {
+	for _, l := range m.sortedLinks() {
+		l.stop()
+		l.mu.Lock()
+		streams := slices.Clone(l.streams)
+		l.mu.Unlock()
+		for _, cs := range streams {
+			l.died(cs, m.ctx.Err())
+		}
+	}
 }
 
 type pendingCall struct {
@@ -164,8 +277,9 @@ func callSize(c *decreev1.Call) int {
 	return n
 }
 
-// callLink is the queue and stream of one participant. One goroutine (run)
-// opens the stream and sends; one per stream receives.
+// callLink is the queue and streams of one participant. In production one
+// goroutine (run) opens the stream and sends, and one per stream receives;
+// in a stepped mux, pump does both.
 type callLink struct {
 	mux  *callMux
 	addr string
@@ -175,10 +289,13 @@ type callLink struct {
 	// end, and calls go to a new link.
 	closed chan struct{}
 
-	mu      sync.Mutex
-	queue   []*pendingCall
-	cur     *callStream // nil: none open
-	unary   bool        // the participant does not serve Calls
+	mu    sync.Mutex
+	queue []*pendingCall
+	cur   *callStream // the stream new calls go on; nil: none open
+	// streams are the streams not yet dead, cur and any reset ones whose
+	// calls in flight are still to end, in the order they opened.
+	streams []*callStream
+	unary   bool // the participant does not serve Calls
 	nextSeq uint64
 	lastUse time.Time // the last call queued
 	unaryN  int       // unary calls in flight
@@ -189,10 +306,11 @@ type callLink struct {
 // reply. inflight is guarded by the link's mu and is nil once the stream
 // has died (its calls ended).
 type callStream struct {
-	stream   decreev1.Participant_CallsClient
-	cancel   context.CancelFunc
+	stream   callsStream
 	inflight map[uint64]*pendingCall
 }
+
+func (cs *callStream) cancel() { cs.stream.cancel() }
 
 // enqueue queues pc for the sender, or reports false if the link retired.
 // Once the mux has stopped it ends pc at once: stop, which drains the
@@ -219,54 +337,21 @@ func (l *callLink) enqueue(pc *pendingCall) bool {
 	return true
 }
 
-// run sends what is queued. Deadlines are swept by another goroutine
-// (sweep): a Send blocked by a participant that stopped reading must not
-// hold them up.
-func (l *callLink) run() {
-	l.mux.spawn(l.sweep)
-	for {
-		select {
-		case <-l.mux.ctx.Done():
-			l.stop()
-			return
-		case <-l.closed:
-			return
-		case <-l.wake:
-			l.flush()
-		}
-	}
-}
-
-func (l *callLink) sweep() {
-	tick, stop := l.mux.clock.NewTicker(l.mux.sweep)
-	defer stop()
-	for {
-		select {
-		case <-l.mux.ctx.Done():
-			return
-		case <-tick:
-			now := l.mux.clock.Now()
-			l.expire(now)
-			if l.retireIfIdle(now) {
-				return
-			}
-		}
-	}
-}
-
 // retireIfIdle closes a link that has had nothing to do for the idle
-// time: its stream, its goroutines and its connection. It leaves the
+// time: its streams, its goroutines and its connection. It leaves the
 // mux's map first, under both locks, so a new call either finds it still
 // open or opens a new one.
 func (l *callLink) retireIfIdle(now time.Time) bool {
 	m := l.mux
 	m.mu.Lock()
 	l.mu.Lock()
-	idle := len(l.queue) == 0 && l.unaryN == 0 && now.Sub(l.lastUse) >= m.idle &&
-		(l.cur == nil || len(l.cur.inflight) == 0)
-	var cs *callStream
+	idle := len(l.queue) == 0 && l.unaryN == 0 && now.Sub(l.lastUse) >= m.idle
+	for _, cs := range l.streams {
+		idle = idle && len(cs.inflight) == 0
+	}
+	var streams []*callStream
 	if idle {
-		l.retired, cs, l.cur = true, l.cur, nil
+		l.retired, streams, l.streams, l.cur = true, l.streams, nil, nil
 		if m.links[l.addr] == l {
 			delete(m.links, l.addr)
 		}
@@ -277,11 +362,11 @@ func (l *callLink) retireIfIdle(now time.Time) bool {
 		return false
 	}
 	l.log.Debug().Dur("idle", now.Sub(l.lastUse)).Msg("closing an idle participant link")
-	if cs != nil {
-		cs.cancel() // its receiver ends
+	for _, cs := range streams {
+		cs.cancel() // its receiver ends, with no call to end
 	}
 	close(l.closed)
-	m.conns.drop(l.addr)
+	m.tr.release(l.addr)
 	return true
 }
 
@@ -342,16 +427,17 @@ func (l *callLink) take() ([]*pendingCall, *callStream, bool) {
 // open starts a stream. If that fails, the queued calls end with the
 // error: the core retries them on its own schedule.
 func (l *callLink) open() {
-	conn, err := l.mux.conns.get(l.addr)
+	s, err := l.mux.tr.openCalls(l.mux.ctx, l.addr)
 	if err == nil {
-		var cs *callStream
-		if cs, err = l.openStream(decreev1.NewParticipantClient(conn)); err == nil {
-			l.mu.Lock()
-			l.cur = cs
-			l.mu.Unlock()
+		cs := &callStream{stream: s, inflight: make(map[uint64]*pendingCall)}
+		l.mu.Lock()
+		l.cur = cs
+		l.streams = append(l.streams, cs)
+		l.mu.Unlock()
+		if !l.mux.stepped {
 			l.mux.spawn(func() { l.receive(cs) })
-			return
 		}
+		return
 	}
 	l.log.Debug().Err(err).Msg("cannot open calls stream")
 	l.mu.Lock()
@@ -361,41 +447,9 @@ func (l *callLink) open() {
 	endAll(failed, unavailable("participant %s: %v", l.addr, err))
 }
 
-// openStream opens a Calls stream, bounded by openTimeout: a participant
-// whose address swallows packets must not hold the link for long.
-func (l *callLink) openStream(pc decreev1.ParticipantClient) (*callStream, error) {
-	ctx, cancel := context.WithCancel(l.mux.ctx)
-	// The opening and the timeout race to settle first: the timeout
-	// cancels the stream only if it wins, and then the opening, even a
-	// successful one, is reported late. The watcher lives only as long as
-	// the opening, so it is not one of the mux's counted goroutines.
-	var settled atomic.Bool
-	opened := make(chan struct{})
-	timeout := l.mux.clock.After(l.mux.openTimeout)
-	go func() {
-		select {
-		case <-timeout:
-			if settled.CompareAndSwap(false, true) {
-				cancel()
-			}
-		case <-opened:
-		}
-	}()
-	stream, err := pc.Calls(ctx)
-	late := !settled.CompareAndSwap(false, true)
-	close(opened)
-	if late && err == nil {
-		err = fmt.Errorf("opening the calls stream took over %v", l.mux.openTimeout)
-	}
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	return &callStream{stream: stream, cancel: cancel, inflight: make(map[uint64]*pendingCall)}, nil
-}
-
-// send writes one batch. A failed send is left to the receiver, which sees
-// the stream's status and ends the calls in flight, these included.
+// send writes one batch. A failed send is left to the stream's receiver,
+// which sees the stream's status and ends the calls in flight, these
+// included.
 func (l *callLink) send(cs *callStream, batch []*pendingCall) {
 	calls := make([]*decreev1.Call, len(batch))
 	for i, pc := range batch {
@@ -407,36 +461,55 @@ func (l *callLink) send(cs *callStream, batch []*pendingCall) {
 	}
 }
 
-// receive ends calls with the replies of one stream until it dies, then
-// ends the rest of its calls; if the participant turned out not to serve
-// Calls, they are sent again with the unary methods instead.
-func (l *callLink) receive(cs *callStream) {
-	for {
-		b, err := cs.stream.Recv()
-		if err != nil {
-			l.died(cs, err)
-			return
-		}
-		for _, r := range b.GetReplies() {
-			l.mu.Lock()
-			pc := cs.inflight[r.GetSeq()]
-			delete(cs.inflight, r.GetSeq())
-			l.mu.Unlock()
-			if pc != nil {
-				pc.done(r, replyError(pc.call, r))
+// drain is a stepped mux's receiver: it ends calls with the reply batches
+// waiting on each of the link's streams, and the calls of the streams that
+// died.
+func (l *callLink) drain() {
+	l.mu.Lock()
+	streams := slices.Clone(l.streams)
+	l.mu.Unlock()
+	for _, cs := range streams {
+		for {
+			b, err := cs.stream.Recv()
+			if errors.Is(err, errNoReply) {
+				break
 			}
+			if err != nil {
+				l.died(cs, err)
+				break
+			}
+			l.handle(cs, b)
 		}
 	}
 }
 
+// handle ends the calls of cs that b answers.
+func (l *callLink) handle(cs *callStream, b *decreev1.ReplyBatch) {
+	for _, r := range b.GetReplies() {
+		l.mu.Lock()
+		pc := cs.inflight[r.GetSeq()]
+		delete(cs.inflight, r.GetSeq())
+		l.mu.Unlock()
+		if pc != nil {
+			pc.done(r, replyError(pc.call, r))
+		}
+	}
+}
+
+// died ends the calls in flight on a stream that failed with err; if the
+// participant turned out not to serve Calls, they are queued again, for
+// the unary methods.
 func (l *callLink) died(cs *callStream, err error) {
 	cs.cancel()
 	unimplemented := status.Code(err) == codes.Unimplemented
 	l.mu.Lock()
-	orphans := cs.inflight
+	orphans := bySeq(cs.inflight)
 	cs.inflight = nil
 	if l.cur == cs {
 		l.cur = nil
+	}
+	if i := slices.Index(l.streams, cs); i >= 0 {
+		l.streams = slices.Delete(l.streams, i, i+1)
 	}
 	if unimplemented {
 		l.unary = true
@@ -458,6 +531,19 @@ func (l *callLink) died(cs *callStream, err error) {
 	}
 }
 
+// bySeq returns the calls of inflight in the order they were sent, so that
+// calls ending together end in an order that does not depend on the map.
+func bySeq(inflight map[uint64]*pendingCall) []*pendingCall {
+	calls := make([]*pendingCall, 0, len(inflight))
+	for _, pc := range inflight {
+		calls = append(calls, pc)
+	}
+	slices.SortFunc(calls, cmpSeq)
+	return calls
+}
+
+func cmpSeq(a, b *pendingCall) int { return cmp.Compare(a.call.GetSeq(), b.call.GetSeq()) }
+
 // expire ends the calls whose deadline has passed, queued or in flight.
 func (l *callLink) expire(now time.Time) {
 	var late []*pendingCall
@@ -474,13 +560,16 @@ func (l *callLink) expire(now time.Time) {
 	l.queue = kept
 	var stuck *callStream
 	if l.cur != nil {
+		var sent []*pendingCall
 		for seq, pc := range l.cur.inflight {
 			if !now.Before(pc.deadline) {
 				delete(l.cur.inflight, seq)
-				late = append(late, pc)
+				sent = append(sent, pc)
 				stuck = l.cur
 			}
 		}
+		slices.SortFunc(sent, cmpSeq)
+		late = append(late, sent...)
 	}
 	if stuck != nil {
 		l.cur = nil // new calls go to a new stream; the receiver ends the rest
@@ -496,8 +585,8 @@ func (l *callLink) expire(now time.Time) {
 	endAll(late, status.Error(codes.DeadlineExceeded, "participant call timed out"))
 }
 
-// stop ends everything queued; the receivers end the calls in flight when
-// their streams fail with the mux's context.
+// stop ends everything queued; the calls in flight end as their streams
+// fail with the mux's context.
 func (l *callLink) stop() {
 	l.mu.Lock()
 	queued := l.queue
@@ -512,29 +601,39 @@ func endAll(calls []*pendingCall, err error) {
 	}
 }
 
-// callUnary makes one call with the unary method of its kind.
+// callUnary makes one call with the unary method of its kind: in
+// production on a goroutine of its own, bounded by the call's deadline; in
+// a stepped mux at once, as the transport answers without waiting.
 func (l *callLink) callUnary(pc *pendingCall) {
 	l.mu.Lock()
 	l.unaryN++
 	l.mu.Unlock()
+	if l.mux.stepped {
+		r, err := l.invokeUnary(l.mux.ctx, pc.call)
+		l.unaryDone(pc, r, err)
+		return
+	}
 	l.mux.spawn(func() {
 		ctx, cancel := context.WithTimeout(l.mux.ctx, pc.deadline.Sub(l.mux.clock.Now()))
 		defer cancel()
 		r, err := l.invokeUnary(ctx, pc.call)
-		l.mu.Lock()
-		l.unaryN--
-		l.lastUse = l.mux.clock.Now()
-		l.mu.Unlock()
-		pc.done(r, err)
+		l.unaryDone(pc, r, err)
 	})
 }
 
+func (l *callLink) unaryDone(pc *pendingCall, r *decreev1.Reply, err error) {
+	l.mu.Lock()
+	l.unaryN--
+	l.lastUse = l.mux.clock.Now()
+	l.mu.Unlock()
+	pc.done(r, err)
+}
+
 func (l *callLink) invokeUnary(ctx context.Context, c *decreev1.Call) (*decreev1.Reply, error) {
-	conn, err := l.mux.conns.get(l.addr)
+	pc, err := l.mux.tr.unary(l.addr)
 	if err != nil {
 		return nil, err
 	}
-	pc := decreev1.NewParticipantClient(conn)
 	r := &decreev1.Reply{Seq: c.GetSeq()}
 	switch k := c.GetKind().(type) {
 	case *decreev1.Call_Prepare:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -351,9 +352,9 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 		}
 	}
 	call("t1")
-	if m.linkCount() != 1 || m.conns.size() != 1 || m.running.Load() != 3 {
+	if m.linkCount() != 1 || muxConns(m).size() != 1 || m.running.Load() != 3 {
 		t.Fatalf("after a call: %d links, %d conns, %d goroutines; want 1, 1, 3 (sender, sweeper, receiver)",
-			m.linkCount(), m.conns.size(), m.running.Load())
+			m.linkCount(), muxConns(m).size(), m.running.Load())
 	}
 	clock.advance(59 * time.Second)
 	swept()
@@ -362,7 +363,7 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 	}
 	clock.advance(time.Second)
 	waitFor(t, 5*time.Second, "the idle link released", func() bool {
-		return m.linkCount() == 0 && m.conns.size() == 0 && m.running.Load() == 0
+		return m.linkCount() == 0 && muxConns(m).size() == 0 && m.running.Load() == 0
 	})
 	call("t2")
 	if got := p.streams.Load(); got != 2 || m.linkCount() != 1 {
@@ -382,4 +383,73 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 	if m.linkCount() != 1 || inFlight(m, addr) != 1 {
 		t.Fatal("a link with a call in flight closed")
 	}
+}
+
+// muxConns is the connPool under a production mux.
+func muxConns(m *callMux) *connPool { return m.tr.(*grpcCalls).conns }
+
+// Over gRPC, a participant without the Calls stream (Unimplemented) gets
+// the calls through its unary methods, each of its kind.
+func TestCallMuxUnaryFallback(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	var mu sync.Mutex
+	u := &unaryServer{}
+	decreev1.RegisterParticipantServer(srv, lockedUnary{u: u, mu: &mu})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	addr := lis.Addr().String()
+	m := newTestMux(t, WallClock{})
+	calls := []*decreev1.Call{
+		prepareCall(SendPrepare{ID: "p", Participants: []string{addr}}),
+		decisionCall(SendDecision{ID: "c", Outcome: decreev1.Outcome_OUTCOME_COMMITTED}),
+		decisionCall(SendDecision{ID: "a", Outcome: decreev1.Outcome_OUTCOME_ABORTED}),
+		resolveCall("r", 1),
+	}
+	for _, c := range calls {
+		r, err := m.callSync(context.Background(), addr, c, 5*time.Second)
+		if err != nil || replyError(c, r) != nil {
+			t.Fatalf("%s: reply %v, err %v", txnOf(c), r, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"prepare p", "commit c", "abort a", "resolve r"}; !slices.Equal(u.got, want) {
+		t.Fatalf("unary calls %q, want %q", u.got, want)
+	}
+}
+
+// lockedUnary serves a unaryServer's methods under a lock (gRPC serves each
+// call on its own goroutine).
+type lockedUnary struct {
+	decreev1.UnimplementedParticipantServer
+	u  *unaryServer
+	mu *sync.Mutex
+}
+
+func (l lockedUnary) Prepare(ctx context.Context, r *decreev1.PrepareRequest) (*decreev1.PrepareResponse, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.u.Prepare(ctx, r)
+}
+
+func (l lockedUnary) Commit(ctx context.Context, r *decreev1.DecisionRequest) (*decreev1.DecisionResponse, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.u.Commit(ctx, r)
+}
+
+func (l lockedUnary) Abort(ctx context.Context, r *decreev1.DecisionRequest) (*decreev1.DecisionResponse, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.u.Abort(ctx, r)
+}
+
+func (l lockedUnary) Resolve(ctx context.Context, r *decreev1.ResolveRequest) (*decreev1.ResolveResponse, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.u.Resolve(ctx, r)
 }

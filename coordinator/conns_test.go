@@ -48,7 +48,7 @@ func TestParticipantConnectionSurvivesIdleOnADefaultServer(t *testing.T) {
 			t.Fatalf("%s: %v", id, r.err)
 		}
 	}
-	conn, err := m.conns.get(addr)
+	conn, err := muxConns(m).get(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
