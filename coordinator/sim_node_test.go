@@ -138,7 +138,10 @@ func (sn *simNode) newDriver() (*Driver, error) {
 		return nil, err
 	}
 	d := newDriver(cfg.withDefaults(), sn.id)
-	d.rlog, d.calls = simLog{sn}, simCaller{sn}
+	mux := newSteppedCallMux(d.ctx, simCalls{sn: sn, inc: sn.inc}, cfg.Clock, zerolog.Nop())
+	// Short, so that links retire and reopen within a run.
+	mux.idle = simLinkIdle
+	d.rlog, d.calls, d.mux = simLog{sn}, mux, mux
 	d.onAction = func(a Action) {
 		w.tracef("n%d %s", sn.id, a)
 		if c, ok := a.(Conflict); ok {
@@ -213,6 +216,9 @@ func (sn *simNode) tick() {
 	}
 	sn.expire()
 	if sn.up {
+		sn.drv.mux.tick(sn.w.now)
+	}
+	if sn.up {
 		sn.drv.tick()
 	}
 	sn.pump()
@@ -250,6 +256,7 @@ func (sn *simNode) pump() {
 		if !sn.up {
 			return
 		}
+		sn.drv.mux.pump()
 		moved = sn.drv.drain() > 0 || moved
 		if !moved && !sn.node.rn.HasReady() {
 			return
@@ -416,37 +423,149 @@ func (l simLog) ScanUnfinished(fn func(*txlog.Record) bool) error {
 	})
 }
 
-// simCaller carries the Driver's participant calls over the simulated
-// network to the participant's real service, checking on the way that no
-// commit reaches a participant that did not vote YES.
-type simCaller struct{ sn *simNode }
+// simCalls is the participant-call edge of a node's production callMux,
+// stepped by the simulation: each Calls stream is a simulated connection to
+// one participant process. Like TCP, a stream delivers in order and never
+// twice: the world's reordering and duplication do not apply to it. A cut
+// link swallows its messages (the calls time out and the mux resets the
+// stream); a dropped message resets the connection, as does a participant
+// that restarted or stopped. simCalls also checks, before each decision
+// leaves, that the world has seen no other decision for the transaction.
+type simCalls struct {
+	sn  *simNode
+	inc int // the node's incarnation that owns the mux
+}
 
-func (c simCaller) call(addr string, call *decreev1.Call, timeout time.Duration, done callDone) {
-	sn := c.sn
-	w, p, inc := sn.w, sn.w.byAddr[addr], sn.inc
-	if k, ok := call.GetKind().(*decreev1.Call_Commit); ok {
-		w.noteDecision(k.Commit.GetTxnId(), decreev1.Outcome_OUTCOME_COMMITTED, fmt.Sprintf("n%d delivering", sn.id))
-	} else if k, ok := call.GetKind().(*decreev1.Call_Abort); ok {
-		w.noteDecision(k.Abort.GetTxnId(), decreev1.Outcome_OUTCOME_ABORTED, fmt.Sprintf("n%d delivering", sn.id))
+func (c simCalls) openCalls(_ context.Context, addr string) (callsStream, error) {
+	p, ok := c.sn.w.byAddr[addr]
+	if !ok || !p.up {
+		return nil, status.Errorf(codes.Unavailable, "sim: connection to %s refused", addr)
 	}
-	finished := false
-	finish := func(r *decreev1.Reply, err error) {
-		sn.run(inc, func() {
-			if !finished {
-				finished = true
-				done(r, err)
-			}
-		})
+	return &simStream{c: c, p: p, pinc: p.inc}, nil
+}
+
+func (c simCalls) unary(addr string) (unaryParticipant, error) {
+	return nil, status.Errorf(codes.Unavailable, "sim: %s serves Calls; no unary calls", addr)
+}
+
+func (c simCalls) release(string) {}
+
+// simStream is one simulated Calls connection from a node to a participant
+// process (incarnation pinc).
+type simStream struct {
+	c       simCalls
+	p       *simPart
+	pinc    int
+	replies []*decreev1.ReplyBatch
+	err     error // Recv's, once the replies are read
+	broken  bool  // no message gets through any more
+	// The arrival time of the last message each way: a later one never
+	// arrives before it.
+	toPart, toNode time.Time
+}
+
+func (s *simStream) Send(b *decreev1.CallBatch) error {
+	switch {
+	case s.err != nil:
+		return io.EOF
+	case s.broken:
+		return nil // swallowed; the calls time out
 	}
-	w.at(timeout, func() { finish(nil, errSimTimeout) })
-	w.send(sn.name, p.name, func() {
-		if !p.up {
-			w.send(p.name, sn.name, func() { finish(nil, errSimRefused) }, nil)
+	sn, w := s.c.sn, s.c.sn.w
+	for _, call := range b.GetCalls() {
+		if k, ok := call.GetKind().(*decreev1.Call_Commit); ok {
+			w.noteDecision(k.Commit.GetTxnId(), decreev1.Outcome_OUTCOME_COMMITTED, fmt.Sprintf("n%d delivering", sn.id))
+		} else if k, ok := call.GetKind().(*decreev1.Call_Abort); ok {
+			w.noteDecision(k.Abort.GetTxnId(), decreev1.Outcome_OUTCOME_ABORTED, fmt.Sprintf("n%d delivering", sn.id))
+		}
+	}
+	s.transmit(sn.name, s.p.name, &s.toPart, func() {
+		if !s.p.up || s.p.inc != s.pinc {
+			s.reset("the participant process is gone")
 			return
 		}
-		r, err := p.serve(call)
-		w.send(p.name, sn.name, func() { finish(r, err) }, nil)
-	}, nil)
+		replies := make([]*decreev1.Reply, 0, len(b.GetCalls()))
+		for _, call := range b.GetCalls() {
+			replies = append(replies, s.p.answer(call))
+		}
+		s.transmit(s.p.name, sn.name, &s.toNode, func() {
+			sn.run(s.c.inc, func() { s.replies = append(s.replies, &decreev1.ReplyBatch{Replies: replies}) })
+		})
+	})
+	return nil
+}
+
+// transmit carries one message of the stream from -> to after a network
+// delay, in order; a cut link swallows it and every later one, a dropped
+// message resets the connection.
+func (s *simStream) transmit(from, to string, last *time.Time, fn func()) {
+	w := s.c.sn.w
+	if s.broken || w.cut[[2]string{from, to}] {
+		s.broken = true
+		return
+	}
+	if w.faultsOn && w.rng.Float64() < w.plan.drop {
+		w.faults["connection-reset"]++
+		s.reset("connection reset")
+		return
+	}
+	d := 200*time.Microsecond + time.Duration(w.rng.Int64N(int64(w.plan.maxDelay)))
+	at := w.now.Add(d)
+	if at.Before(*last) {
+		at = *last
+	}
+	*last = at
+	w.at(at.Sub(w.now), func() {
+		if s.broken || w.cut[[2]string{from, to}] {
+			s.broken = true
+			return
+		}
+		fn()
+	})
+}
+
+// reset breaks the connection: the node hears of it a network delay later.
+func (s *simStream) reset(why string) {
+	if s.broken {
+		return
+	}
+	s.broken = true
+	sn, w := s.c.sn, s.c.sn.w
+	w.at(200*time.Microsecond+time.Duration(w.rng.Int64N(int64(w.plan.maxDelay))), func() {
+		sn.run(s.c.inc, func() { s.err = status.Error(codes.Unavailable, "sim: "+why) })
+	})
+}
+
+func (s *simStream) Recv() (*decreev1.ReplyBatch, error) {
+	switch {
+	case len(s.replies) > 0:
+		b := s.replies[0]
+		s.replies = s.replies[1:]
+		return b, nil
+	case s.err != nil:
+		return nil, s.err
+	}
+	return nil, errNoReply
+}
+
+func (s *simStream) cancel() {
+	s.broken = true
+	if s.err == nil {
+		s.err = status.Error(codes.Canceled, "sim: stream cancelled")
+	}
+}
+
+// answer runs one call at the participant, as its Calls service does: the
+// reply, or the call's error in the reply.
+func (sp *simPart) answer(c *decreev1.Call) *decreev1.Reply {
+	r, err := sp.serve(c)
+	if err != nil {
+		st := status.Convert(err)
+		return &decreev1.Reply{Seq: c.GetSeq(), Kind: &decreev1.Reply_Error{Error: &decreev1.CallError{
+			Code: uint32(st.Code()), Message: st.Message()}}}
+	}
+	r.Seq = c.GetSeq()
+	return r
 }
 
 // serve runs one call at the participant's real service.

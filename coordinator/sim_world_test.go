@@ -32,6 +32,7 @@ const (
 	simTick          = 10 * time.Millisecond
 	simElectionTicks = 10
 	simCallTimeout   = 400 * time.Millisecond
+	simLinkIdle      = 500 * time.Millisecond
 	simTraceKeep     = 80
 )
 
