@@ -231,6 +231,9 @@ func (c *simClient) next() {
 		c.done, c.txn = true, nil
 		return
 	}
+	if len(w.told) > 0 && w.rng.Float64() < simLateDuplicates {
+		c.lateDuplicate()
+	}
 	c.txn, c.asking = w.newTxn(), false
 	w.tracef("%s begins %s %v %v", c.name, c.txn.id, c.txn.parts, c.txn.payloads)
 	txn := c.txn
@@ -279,6 +282,38 @@ func (c *simClient) issue() {
 			c.issue()
 		}
 	})
+}
+
+// simLateDuplicates is how often a client's network delivers, late, a
+// copy of one of its earlier Commit requests.
+const simLateDuplicates = 0.2
+
+// lateDuplicate sends the Commit of an earlier, answered transaction again,
+// as a network that duplicates a request and delivers the copy late would
+// (or a client retrying from a stale queue). The answer must agree with
+// the decision; an id older than the retention horizon must be refused,
+// never voted again.
+func (c *simClient) lateDuplicate() {
+	w := c.w
+	told := sortedKeys(w.told)
+	t := w.txns[told[w.rng.IntN(len(told))]]
+	n := w.nodes[w.rng.IntN(len(w.nodes))]
+	w.tracef("%s: a late copy of the commit of %s reaches n%d", c.name, t.id, n.id)
+	w.send(c.name, n.name, func() {
+		if !n.up {
+			return
+		}
+		n.run(n.inc, func() {
+			n.drv.commit(t.id, t.branches(), func(r *decreev1.CommitResponse, err error) {
+				switch {
+				case errors.Is(err, ErrForgotten):
+					w.noteForgotten(n, t.id, c.name)
+				case err == nil:
+					w.noteTold(t.id, outcomeOfState(r.GetState()))
+				}
+			})
+		})
+	}, nil)
 }
 
 func (t *simTxn) branches() []BranchSpec {

@@ -473,6 +473,9 @@ func (s *simStream) Send(b *decreev1.CallBatch) error {
 	}
 	sn, w := s.c.sn, s.c.sn.w
 	for _, call := range b.GetCalls() {
+		if p := call.GetPrepare(); p != nil && isForgotten(p.GetTxnId(), sn.node.horizon.Load()) {
+			w.violate("n%d prepares %s, older than its retention horizon: a forgotten transaction must never be voted again", sn.id, p.GetTxnId())
+		}
 		if k, ok := call.GetKind().(*decreev1.Call_Commit); ok {
 			w.noteDecision(k.Commit.GetTxnId(), decreev1.Outcome_OUTCOME_COMMITTED, fmt.Sprintf("n%d delivering", sn.id))
 		} else if k, ok := call.GetKind().(*decreev1.Call_Abort); ok {
@@ -488,6 +491,8 @@ func (s *simStream) Send(b *decreev1.CallBatch) error {
 		for _, call := range b.GetCalls() {
 			replies = append(replies, s.p.answer(call))
 		}
+		// The SDK's workers answer a batch's calls in any order.
+		w.rng.Shuffle(len(replies), func(i, j int) { replies[i], replies[j] = replies[j], replies[i] })
 		s.transmit(s.p.name, sn.name, &s.toNode, func() {
 			sn.run(s.c.inc, func() { s.replies = append(s.replies, &decreev1.ReplyBatch{Replies: replies}) })
 		})
