@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"runtime"
@@ -366,10 +367,23 @@ func (w *world) collectAll() {
 				}
 			})
 			l.drv.drain()
+			// A late copy of its Commit: refused, or answered from its
+			// record, never voted again.
+			l.drv.commit(id, w.txns[id].branches(), func(r *decreev1.CommitResponse, err error) {
+				answered++
+				switch {
+				case errors.Is(err, ErrForgotten):
+				case err != nil:
+					w.violate("after collecting, a commit of %s fails with %v, not FORGOTTEN", id, err)
+				default:
+					w.noteDecision(id, outcomeOfState(r.GetState()), "answered a late commit after collecting")
+				}
+			})
+			l.drv.drain()
 		}
 	})
-	if answered != len(ids) {
-		w.violate("after collecting, %d of %d outcome queries were not answered at once", len(ids)-answered, len(ids))
+	if answered != 2*len(ids) {
+		w.violate("after collecting, %d of %d outcome queries and commits were not answered at once", 2*len(ids)-answered, 2*len(ids))
 	}
 }
 
