@@ -117,12 +117,12 @@ type Driver struct {
 	core  *Core
 	calls participantCaller
 	conns *connPool // forwarding to the leader, and the mux's connections
-	mux   *callMux  // production only: Stop waits for its goroutines
+	// leaderLink forwards a follower's requests to the leader.
+	leaderLink leaderLink
+	mux        *callMux // production only: Stop waits for its goroutines
 
 	evc     chan Event
-	listc   chan chan []UndecidedTxn
-	phase2c chan chan []Phase2Txn
-	statsc  chan chan CoreStats
+	askc    chan func()     // a read of the core, run on the loop (askLoop)
 	ctx     context.Context // cancelled by Stop; parent of every call
 	cancel  context.CancelFunc
 	stopc   chan struct{}
@@ -138,8 +138,11 @@ type Driver struct {
 	term   atomic.Uint64
 
 	drops rateLog[[2]string] // lines about ignored events, per kind and reason
-	// onAction, if set, sees every action before it is carried out: the
-	// simulation traces them.
+	// stepped says the owner runs the loop on its goroutine (tick, drain),
+	// as the simulation does: nothing may wait for the loop, which cannot
+	// run meanwhile. onAction, if set, sees every action before it is
+	// carried out: the simulation traces them.
+	stepped  bool
 	onAction func(Action)
 }
 
@@ -157,6 +160,7 @@ func NewDriver(node *Node, cfg DriverConfig) (*Driver, error) {
 	d.conns = newConnPool(cfg.Dial)
 	d.mux = newCallMux(d.ctx, d.conns, cfg.Clock, cfg.CallTimeout, d.log)
 	d.rlog, d.calls = nodeLog{n: node, ctx: d.ctx, wg: &d.pending}, d.mux
+	d.leaderLink = grpcLeaderLink{conns: d.conns}
 	backlog := d.phase2Backlog
 	node.phase2.Store(&backlog)
 	go d.run()
@@ -171,9 +175,7 @@ func newDriver(cfg DriverConfig, nodeID uint64) *Driver {
 		log:     cfg.Logger.With().Str("component", "2pc").Uint64("node", nodeID).Logger(),
 		core:    NewCore(cfg.Core),
 		evc:     make(chan Event, 4096),
-		listc:   make(chan chan []UndecidedTxn),
-		phase2c: make(chan chan []Phase2Txn),
-		statsc:  make(chan chan CoreStats),
+		askc:    make(chan func()),
 		stopc:   make(chan struct{}),
 		donec:   make(chan struct{}),
 		waiting: make(map[uint64]func(Reply)),
@@ -205,12 +207,8 @@ func (d *Driver) run() {
 			}
 		case <-tickc:
 			d.tick()
-		case ch := <-d.listc:
-			ch <- d.core.Undecided()
-		case ch := <-d.phase2c:
-			ch <- d.core.Phase2Backlog()
-		case ch := <-d.statsc:
-			ch <- d.core.Stats()
+		case ask := <-d.askc:
+			ask()
 		case <-d.stopc:
 			d.step(LeadershipChanged{Leader: false, Term: d.term.Load()})
 			return
@@ -489,25 +487,29 @@ func (d *Driver) reply(r Reply) {
 
 // undecided asks the loop for the transactions still in voting.
 func (d *Driver) undecided(ctx context.Context) ([]UndecidedTxn, error) {
-	return askLoop(ctx, d, d.listc)
+	return askLoop(ctx, d, (*Core).Undecided)
 }
 
 // phase2Backlog asks the loop for the transactions in phase 2.
 func (d *Driver) phase2Backlog(ctx context.Context) ([]Phase2Txn, error) {
-	return askLoop(ctx, d, d.phase2c)
+	return askLoop(ctx, d, (*Core).Phase2Backlog)
 }
 
 // CoreStats returns the core's counters: the events it ignored, per kind.
 func (d *Driver) CoreStats(ctx context.Context) (CoreStats, error) {
-	return askLoop(ctx, d, d.statsc)
+	return askLoop(ctx, d, (*Core).Stats)
 }
 
-// askLoop asks the driver loop for something only it may read.
-func askLoop[T any](ctx context.Context, d *Driver, reqc chan chan T) (T, error) {
+// askLoop runs read on the core, on the loop, which alone may touch it. A
+// stepped driver's owner is the loop: it reads at once.
+func askLoop[T any](ctx context.Context, d *Driver, read func(*Core) T) (T, error) {
+	if d.stepped {
+		return read(d.core), nil
+	}
 	var zero T
 	ch := make(chan T, 1)
 	select {
-	case reqc <- ch:
+	case d.askc <- func() { ch <- read(d.core) }:
 	case <-ctx.Done():
 		return zero, ctx.Err()
 	case <-d.stopc:

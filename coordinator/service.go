@@ -34,29 +34,68 @@ type coordinatorService struct {
 	d *Driver
 }
 
+// The handlers only translate: each starts its request with the
+// Driver's serve method, which answers through a callback (so that the
+// simulation runs the same code without blocking), and waits.
+
 func (s *coordinatorService) Commit(ctx context.Context, req *decreev1.CommitRequest) (*decreev1.CommitResponse, error) {
-	branches, err := s.d.validateCommit(req)
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if resp, done, err := forward(ctx, s.d, req, decreev1.CoordinatorClient.Commit); done {
-		return resp, err
-	}
 	return awaitAnswer(ctx, s.d, func(done func(*decreev1.CommitResponse, error)) uint64 {
-		return s.d.commit(req.GetTxnId(), branches, done)
+		return s.d.serveCommit(ctx, req, done)
 	})
 }
 
 func (s *coordinatorService) Outcome(ctx context.Context, req *decreev1.OutcomeRequest) (*decreev1.OutcomeResponse, error) {
-	if err := s.d.validateOutcome(req); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if resp, done, err := forward(ctx, s.d, req, decreev1.CoordinatorClient.Outcome); done {
-		return resp, err
-	}
 	return awaitAnswer(ctx, s.d, func(done func(*decreev1.OutcomeResponse, error)) uint64 {
-		return s.d.outcome(req.GetTxnId(), req.GetParticipants(), done)
+		return s.d.serveOutcome(ctx, req, done)
 	})
+}
+
+func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1.ListTransactionsRequest) (*decreev1.ListTransactionsResponse, error) {
+	return awaitAnswer(ctx, s.d, func(done func(*decreev1.ListTransactionsResponse, error)) uint64 {
+		s.d.serveList(ctx, req, done)
+		return 0
+	})
+}
+
+// serveCommit validates a Commit, then forwards it to the leader or hands
+// it to the core. done gets the answer exactly once; the request id is for
+// forget (0 when there is no waiter to forget).
+func (d *Driver) serveCommit(ctx context.Context, req *decreev1.CommitRequest, done func(*decreev1.CommitResponse, error)) uint64 {
+	branches, err := d.validateCommit(req)
+	if err != nil {
+		done(nil, status.Error(codes.InvalidArgument, err.Error()))
+		return 0
+	}
+	if forwardedTo(d, ctx, func(l leaderLink, addr string) { l.Commit(forwardCtx(ctx), addr, req, done) }, done) {
+		return 0
+	}
+	return d.commit(req.GetTxnId(), branches, done)
+}
+
+// serveOutcome validates an Outcome query, then forwards it to the leader
+// or hands it to the core.
+func (d *Driver) serveOutcome(ctx context.Context, req *decreev1.OutcomeRequest, done func(*decreev1.OutcomeResponse, error)) uint64 {
+	if err := d.validateOutcome(req); err != nil {
+		done(nil, status.Error(codes.InvalidArgument, err.Error()))
+		return 0
+	}
+	if forwardedTo(d, ctx, func(l leaderLink, addr string) { l.Outcome(forwardCtx(ctx), addr, req, done) }, done) {
+		return 0
+	}
+	return d.outcome(req.GetTxnId(), req.GetParticipants(), done)
+}
+
+// serveList validates a ListTransactions, then forwards it to the leader
+// or answers it from the core and the log.
+func (d *Driver) serveList(ctx context.Context, req *decreev1.ListTransactionsRequest, done func(*decreev1.ListTransactionsResponse, error)) {
+	if _, known := decreev1.TxnFilter_name[int32(req.GetFilter())]; !known {
+		done(nil, invalidArgument("unknown transaction filter %d", req.GetFilter()))
+		return
+	}
+	if forwardedTo(d, ctx, func(l leaderLink, addr string) { l.ListTransactions(forwardCtx(ctx), addr, req, done) }, done) {
+		return
+	}
+	done(d.listTransactions(ctx, req))
 }
 
 // commit hands a validated Commit to the core, with what the log holds for
@@ -142,23 +181,18 @@ func awaitAnswer[T any](ctx context.Context, d *Driver, start func(done func(T, 
 	return zero, d.statusOf(ctx, err)
 }
 
-func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1.ListTransactionsRequest) (*decreev1.ListTransactionsResponse, error) {
-	if _, known := decreev1.TxnFilter_name[int32(req.GetFilter())]; !known {
-		return nil, invalidArgument("unknown transaction filter %d", req.GetFilter())
-	}
-	if resp, done, err := forward(ctx, s.d, req, decreev1.CoordinatorClient.ListTransactions); done {
-		return resp, err
-	}
+// listTransactions answers a ListTransactions on the leader.
+func (d *Driver) listTransactions(ctx context.Context, req *decreev1.ListTransactionsRequest) (*decreev1.ListTransactionsResponse, error) {
 	limit := int(req.GetLimit())
-	if limit <= 0 || limit > s.d.cfg.MaxList {
-		limit = s.d.cfg.MaxList
+	if limit <= 0 || limit > d.cfg.MaxList {
+		limit = d.cfg.MaxList
 	}
 	resp := &decreev1.ListTransactionsResponse{}
 	filter := req.GetFilter()
 	if filter == decreev1.TxnFilter_TXN_FILTER_ALL || filter == decreev1.TxnFilter_TXN_FILTER_UNDECIDED {
-		und, err := s.d.undecided(ctx)
+		und, err := d.undecided(ctx)
 		if err != nil {
-			return nil, s.d.statusOf(ctx, err)
+			return nil, d.statusOf(ctx, err)
 		}
 		for _, u := range und {
 			resp.Txns = append(resp.Txns, &decreev1.TxnInfo{TxnId: u.ID, State: decreev1.TxnState_TXN_STATE_UNDECIDED, Participants: u.Participants})
@@ -167,13 +201,13 @@ func (s *coordinatorService) ListTransactions(ctx context.Context, req *decreev1
 	if filter == decreev1.TxnFilter_TXN_FILTER_UNDECIDED {
 		return truncate(resp, limit), nil
 	}
-	scan := s.d.rlog.ScanRecords
+	scan := d.rlog.ScanRecords
 	var sends map[string]int
 	if filter == decreev1.TxnFilter_TXN_FILTER_UNFINISHED {
-		scan = s.d.rlog.ScanUnfinished // the index, not the whole table
+		scan = d.rlog.ScanUnfinished // the index, not the whole table
 		var err error
-		if sends, err = s.d.decisionSends(ctx); err != nil {
-			return nil, s.d.statusOf(ctx, err)
+		if sends, err = d.decisionSends(ctx); err != nil {
+			return nil, d.statusOf(ctx, err)
 		}
 	}
 	err := scan(func(r *txlog.Record) bool {
@@ -224,57 +258,66 @@ func matches(f decreev1.TxnFilter, r *txlog.Record) bool {
 	}
 }
 
-// forward is the one forwarding path of the Coordinator service: on a
-// follower it sends req to the leader with call (a CoordinatorClient
-// method), marked as forwarded and under the caller's context, so its
-// deadline and cancellation reach the leader; it returns the leader's
-// answer, or why there is none, with done set. On the leader done is false
-// and the caller serves the request itself. Requests are validated before
-// forwarding: a bad one is refused where it arrived, without a hop.
-func forward[Req, Resp any](ctx context.Context, d *Driver, req Req,
-	call func(decreev1.CoordinatorClient, context.Context, Req, ...grpc.CallOption) (Resp, error),
-) (resp Resp, done bool, err error) {
-	fwd, err := d.forwarder(ctx)
-	if err != nil {
-		return resp, true, err
-	}
-	if fwd == nil {
-		return resp, false, nil
-	}
-	resp, err = call(fwd, forwardCtx(ctx), req)
-	return resp, true, err
+// leaderLink is the edge through which a follower forwards a request to
+// the leader at addr: gRPC in production (grpcLeaderLink), the simulated
+// network in the simulation. ctx carries the forwarded mark and the
+// caller's deadline. done runs exactly once, on any goroutine.
+type leaderLink interface {
+	Commit(ctx context.Context, addr string, req *decreev1.CommitRequest, done func(*decreev1.CommitResponse, error))
+	Outcome(ctx context.Context, addr string, req *decreev1.OutcomeRequest, done func(*decreev1.OutcomeResponse, error))
+	ListTransactions(ctx context.Context, addr string, req *decreev1.ListTransactionsRequest, done func(*decreev1.ListTransactionsResponse, error))
 }
 
-// forwarder returns a client for the leader when this node is not the
-// leader, nil when it should serve the call itself, or an Unavailable
-// status (with a leader hint when one is known) when it can do neither.
-func (d *Driver) forwarder(ctx context.Context) (decreev1.CoordinatorClient, error) {
+// forwardedTo is the one forwarding path of the Coordinator service. On the
+// leader it reports false, and the caller serves the request itself. On a
+// follower it sends the request to the leader with send (marked as
+// forwarded, under the caller's context, so that its deadline and
+// cancellation reach the leader) or, when it can do neither, ends it with
+// an Unavailable status through fail; it reports true. Requests are
+// validated before: a bad one is refused where it arrived, without a hop.
+func forwardedTo[T any](d *Driver, ctx context.Context, send func(l leaderLink, addr string), fail func(T, error)) bool {
+	addr, err := d.route(ctx)
+	switch {
+	case err != nil:
+		var zero T
+		fail(zero, err)
+	case addr != "":
+		send(d.leaderLink, addr)
+	default:
+		return false
+	}
+	return true
+}
+
+// route says where a request goes: "" to be served here, the leader's
+// address to be forwarded there, or an Unavailable status (with a leader
+// hint when one is known) when it can go nowhere.
+func (d *Driver) route(ctx context.Context) (string, error) {
 	if d.leader.Load() {
-		return nil, nil
+		return "", nil
 	}
 	st := d.rlog.Status()
 	addr, known := d.rlog.PeerAddr(st.Leader)
 	if st.Leader == 0 || !known {
-		return nil, status.Error(codes.Unavailable, "no coordinator leader is known; retry shortly")
+		return "", status.Error(codes.Unavailable, "no coordinator leader is known; retry shortly")
 	}
 	if st.Leader == d.rlog.ID() && d.awaitLeadership(ctx) {
-		return nil, nil
+		return "", nil
 	}
 	if st.Leader == d.rlog.ID() || isForwarded(ctx) {
-		return nil, d.unavailable(ctx, "leadership is changing; retry")
-	}
-	conn, err := d.conns.get(addr)
-	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "cannot reach leader %d at %s: %v", st.Leader, addr, err)
+		return "", d.unavailable(ctx, "leadership is changing; retry")
 	}
 	// Name the leader so the client goes there directly next time.
 	_ = grpc.SetHeader(ctx, metadata.Pairs(LeaderHintKey, addr))
-	return decreev1.NewCoordinatorClient(conn), nil
+	return addr, nil
 }
 
 // awaitLeadership waits a few driver ticks for the driver to take up the
 // leadership raft just gave this node, rather than bounce the caller.
 func (d *Driver) awaitLeadership(ctx context.Context) bool {
+	if d.stepped {
+		return false // the loop cannot run while this waits
+	}
 	tickc, stop := d.cfg.Clock.NewTicker(d.cfg.CoreTickInterval)
 	defer stop()
 	for range 5 {
@@ -393,4 +436,34 @@ func outcomeResponse(r *txlog.Record) *decreev1.OutcomeResponse {
 func txnInfo(r *txlog.Record) *decreev1.TxnInfo {
 	return &decreev1.TxnInfo{TxnId: r.ID, State: stateOf(r.Outcome), Participants: r.Participants,
 		Acked: r.Acked, Finished: r.Finished, DecidedAt: r.DecidedAt, Reason: r.Reason}
+}
+
+// grpcLeaderLink forwards over gRPC, on the caller's goroutine: its handler
+// waits for the answer anyway.
+type grpcLeaderLink struct{ conns *connPool }
+
+func (l grpcLeaderLink) Commit(ctx context.Context, addr string, req *decreev1.CommitRequest, done func(*decreev1.CommitResponse, error)) {
+	forwardCall(ctx, l, addr, req, decreev1.CoordinatorClient.Commit, done)
+}
+
+func (l grpcLeaderLink) Outcome(ctx context.Context, addr string, req *decreev1.OutcomeRequest, done func(*decreev1.OutcomeResponse, error)) {
+	forwardCall(ctx, l, addr, req, decreev1.CoordinatorClient.Outcome, done)
+}
+
+func (l grpcLeaderLink) ListTransactions(ctx context.Context, addr string, req *decreev1.ListTransactionsRequest, done func(*decreev1.ListTransactionsResponse, error)) {
+	forwardCall(ctx, l, addr, req, decreev1.CoordinatorClient.ListTransactions, done)
+}
+
+// forwardCall makes one forwarded call with call, a CoordinatorClient
+// method.
+func forwardCall[Req, Resp any](ctx context.Context, l grpcLeaderLink, addr string, req Req,
+	call func(decreev1.CoordinatorClient, context.Context, Req, ...grpc.CallOption) (Resp, error), done func(Resp, error),
+) {
+	conn, err := l.conns.get(addr)
+	if err != nil {
+		var zero Resp
+		done(zero, status.Errorf(codes.Unavailable, "cannot reach the leader at %s: %v", addr, err))
+		return
+	}
+	done(call(decreev1.NewCoordinatorClient(conn), ctx, req))
 }

@@ -132,7 +132,7 @@ func (o simOutcomes) Outcome(_ context.Context, id string, parts []string) (decr
 			inc, pinc := n.inc, sp.inc
 			w.at(time.Millisecond, func() {
 				n.run(inc, func() {
-					n.drv.outcome(id, parts, func(resp *decreev1.OutcomeResponse, err error) {
+					n.drv.serveOutcome(context.Background(), &decreev1.OutcomeRequest{TxnId: id, Participants: parts}, func(resp *decreev1.OutcomeResponse, err error) {
 						if sp.inc != pinc {
 							return // the participant restarted meanwhile
 						}
@@ -231,6 +231,9 @@ func (c *simClient) next() {
 		c.done, c.txn = true, nil
 		return
 	}
+	if w.rng.Float64() < simListEvery {
+		c.listUnfinished()
+	}
 	if len(w.told) > 0 && w.rng.Float64() < simLateDuplicates {
 		c.lateDuplicate()
 	}
@@ -267,12 +270,12 @@ func (c *simClient) issue() {
 		}
 		n.run(n.inc, func() {
 			if asking {
-				n.drv.outcome(txn.id, txn.parts, func(r *decreev1.OutcomeResponse, err error) {
+				n.drv.serveOutcome(context.Background(), txn.outcomeRequest(), func(r *decreev1.OutcomeResponse, err error) {
 					answer(r.GetState(), r.GetReason(), err)
 				})
 				return
 			}
-			n.drv.commit(txn.id, txn.branches(), func(r *decreev1.CommitResponse, err error) {
+			n.drv.serveCommit(context.Background(), txn.commitRequest(), func(r *decreev1.CommitResponse, err error) {
 				answer(r.GetState(), r.GetReason(), err)
 			})
 		})
@@ -304,12 +307,48 @@ func (c *simClient) lateDuplicate() {
 			return
 		}
 		n.run(n.inc, func() {
-			n.drv.commit(t.id, t.branches(), func(r *decreev1.CommitResponse, err error) {
+			n.drv.serveCommit(context.Background(), t.commitRequest(), func(r *decreev1.CommitResponse, err error) {
 				switch {
 				case errors.Is(err, ErrForgotten):
 					w.noteForgotten(n, t.id, c.name)
 				case err == nil:
 					w.noteTold(t.id, outcomeOfState(r.GetState()))
+				}
+			})
+		})
+	}, nil)
+}
+
+func (t *simTxn) commitRequest() *decreev1.CommitRequest {
+	req := &decreev1.CommitRequest{TxnId: t.id}
+	for i, p := range t.parts {
+		req.Branches = append(req.Branches, &decreev1.Branch{Participant: p, Payload: []byte(t.payloads[i])})
+	}
+	return req
+}
+
+func (t *simTxn) outcomeRequest() *decreev1.OutcomeRequest {
+	return &decreev1.OutcomeRequest{TxnId: t.id, Participants: t.parts}
+}
+
+// simListEvery is how often a client lists the unfinished transactions
+// instead of starting one, at a node that may forward it to the leader.
+const simListEvery = 0.05
+
+// listUnfinished asks a node for the unfinished transactions: every
+// decided one listed must agree with the world's decisions.
+func (c *simClient) listUnfinished() {
+	w := c.w
+	n := w.nodes[w.rng.IntN(len(w.nodes))]
+	w.send(c.name, n.name, func() {
+		if !n.up {
+			return
+		}
+		n.run(n.inc, func() {
+			req := &decreev1.ListTransactionsRequest{Filter: decreev1.TxnFilter_TXN_FILTER_UNFINISHED}
+			n.drv.serveList(context.Background(), req, func(r *decreev1.ListTransactionsResponse, err error) {
+				for _, t := range r.GetTxns() {
+					w.noteDecision(t.GetTxnId(), outcomeOfState(t.GetState()), fmt.Sprintf("listed by n%d", n.id))
 				}
 			})
 		})

@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -142,6 +143,7 @@ func (sn *simNode) newDriver() (*Driver, error) {
 	// Short, so that links retire and reopen within a run.
 	mux.idle = simLinkIdle
 	d.rlog, d.calls, d.mux = simLog{sn}, mux, mux
+	d.leaderLink, d.stepped = simLeaderLink{sn}, true
 	d.onAction = func(a Action) {
 		w.tracef("n%d %s", sn.id, a)
 		if c, ok := a.(Conflict); ok {
@@ -421,6 +423,59 @@ func (l simLog) ScanUnfinished(fn func(*txlog.Record) bool) error {
 		}
 		return fn(r)
 	})
+}
+
+// simLeaderLink forwards a follower's requests to the leader over the
+// simulated network, where the leader's own serve method answers them. A
+// lost message is never answered: the caller's retry covers it, as its
+// deadline does in production.
+type simLeaderLink struct{ sn *simNode }
+
+func (l simLeaderLink) Commit(_ context.Context, addr string, req *decreev1.CommitRequest, done func(*decreev1.CommitResponse, error)) {
+	l.sn.forward(addr, func(to *simNode, ctx context.Context, answer func(func())) {
+		to.drv.serveCommit(ctx, req, func(r *decreev1.CommitResponse, err error) { answer(func() { done(r, err) }) })
+	})
+}
+
+func (l simLeaderLink) Outcome(_ context.Context, addr string, req *decreev1.OutcomeRequest, done func(*decreev1.OutcomeResponse, error)) {
+	l.sn.forward(addr, func(to *simNode, ctx context.Context, answer func(func())) {
+		to.drv.serveOutcome(ctx, req, func(r *decreev1.OutcomeResponse, err error) { answer(func() { done(r, err) }) })
+	})
+}
+
+func (l simLeaderLink) ListTransactions(_ context.Context, addr string, req *decreev1.ListTransactionsRequest, done func(*decreev1.ListTransactionsResponse, error)) {
+	l.sn.forward(addr, func(to *simNode, ctx context.Context, answer func(func())) {
+		to.drv.serveList(ctx, req, func(r *decreev1.ListTransactionsResponse, err error) { answer(func() { done(r, err) }) })
+	})
+}
+
+// forward carries a request from sn to the node at addr, marked as
+// forwarded, and has serve answer it there; answer carries the reply back
+// to sn, in this incarnation.
+func (sn *simNode) forward(addr string, serve func(to *simNode, ctx context.Context, answer func(func()))) {
+	w, inc := sn.w, sn.inc
+	var to *simNode
+	for _, n := range w.nodes {
+		if w.peers()[n.id] == addr {
+			to = n
+		}
+	}
+	if to == nil {
+		w.violate("n%d forwards to %s, which is no node", sn.id, addr)
+		return
+	}
+	w.tracef("n%d forwards a request to n%d", sn.id, to.id)
+	w.send(sn.name, to.name, func() {
+		if !to.up {
+			return
+		}
+		to.run(to.inc, func() {
+			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(forwardedKey, "1"))
+			serve(to, ctx, func(deliver func()) {
+				w.send(to.name, sn.name, func() { sn.run(inc, deliver) }, nil)
+			})
+		})
+	}, nil)
 }
 
 // simCalls is the participant-call edge of a node's production callMux,

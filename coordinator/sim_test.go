@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -356,7 +357,7 @@ func (w *world) collectAll() {
 	ids, answered := sortedKeys(w.txns), 0
 	l.run(l.inc, func() {
 		for _, id := range ids {
-			l.drv.outcome(id, w.txns[id].parts, func(r *decreev1.OutcomeResponse, err error) {
+			l.drv.serveOutcome(context.Background(), w.txns[id].outcomeRequest(), func(r *decreev1.OutcomeResponse, err error) {
 				answered++
 				switch {
 				case err != nil:
@@ -369,7 +370,7 @@ func (w *world) collectAll() {
 			l.drv.drain()
 			// A late copy of its Commit: refused, or answered from its
 			// record, never voted again.
-			l.drv.commit(id, w.txns[id].branches(), func(r *decreev1.CommitResponse, err error) {
+			l.drv.serveCommit(context.Background(), w.txns[id].commitRequest(), func(r *decreev1.CommitResponse, err error) {
 				answered++
 				switch {
 				case errors.Is(err, ErrForgotten):
@@ -459,6 +460,50 @@ func (w *world) finalChecks() {
 			return
 		}
 		w.checkParticipantsHold(t, out)
+	}
+	w.checkLists(tables[0])
+}
+
+// checkLists asks the leader to list the transactions after quiescence:
+// nothing undecided or unfinished, and every record listed as held.
+func (w *world) checkLists(table map[string]*txlog.Record) {
+	l := w.leader()
+	if l == nil {
+		w.violate("no leader after quiescence")
+		return
+	}
+	list := func(f decreev1.TxnFilter) (txns []*decreev1.TxnInfo) {
+		l.drv.serveList(context.Background(), &decreev1.ListTransactionsRequest{Filter: f}, func(r *decreev1.ListTransactionsResponse, err error) {
+			if err != nil {
+				w.violate("n%d lists %s: %v", l.id, f, err)
+			}
+			txns = r.GetTxns()
+		})
+		return txns
+	}
+	for _, f := range []decreev1.TxnFilter{decreev1.TxnFilter_TXN_FILTER_UNDECIDED, decreev1.TxnFilter_TXN_FILTER_UNFINISHED} {
+		if txns := list(f); len(txns) > 0 {
+			w.violate("after quiescence n%d lists %d %s transactions, first %s", l.id, len(txns), f, txns[0].GetTxnId())
+		}
+	}
+	all := list(decreev1.TxnFilter_TXN_FILTER_ALL)
+	if len(all) != min(len(table), l.drv.cfg.MaxList) {
+		w.violate("n%d lists %d transactions, holds %d", l.id, len(all), len(table))
+	}
+	for _, t := range all {
+		r, ok := table[t.GetTxnId()]
+		if !ok || t.GetState() != stateOf(r.Outcome) || !t.GetFinished() {
+			w.violate("n%d lists %s as %s (finished %v), holds %v", l.id, t.GetTxnId(), t.GetState(), t.GetFinished(), r)
+		}
+	}
+	committed := 0
+	for _, r := range table {
+		if r.Outcome == txlog.OutcomeCommitted {
+			committed++
+		}
+	}
+	if got := len(list(decreev1.TxnFilter_TXN_FILTER_COMMITTED)); got != min(committed, l.drv.cfg.MaxList) {
+		w.violate("n%d lists %d committed transactions, holds %d", l.id, got, committed)
 	}
 }
 
