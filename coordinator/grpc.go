@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/decree-tx/decree/internal/procstats"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
@@ -181,9 +182,9 @@ func (a *adminService) Status(ctx context.Context, _ *decreev1.StatusRequest) (*
 		Fsyncs:                 a.node.SyncCount(),
 		Readies:                a.node.ReadyCount(),
 		Peers:                  a.node.cfg.Peers,
-		CpuSeconds:             processCPUSeconds(),
-		RssBytes:               processRSSBytes(),
-		GoHeapBytes:            goHeapBytes(),
+		CpuSeconds:             procstats.CPUSeconds(),
+		RssBytes:               procstats.RSSBytes(),
+		GoHeapBytes:            procstats.GoHeapBytes(),
 		Stats:                  nodeStatsToProto(a.node.Stats()),
 		Members:                membersToProto(a.node.Members()),
 	}, nil

@@ -3,6 +3,8 @@ package coordinator
 import (
 	"sync/atomic"
 	"time"
+
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
 // NodeStats counts the background work of a node, for `decree status` and
@@ -75,5 +77,22 @@ func (s *nodeStats) collected(n int, d time.Duration) {
 	// Only the raft loop applies, so load-then-store cannot lose a maximum.
 	if uint64(d) > s.collectMaxNanos.Load() {
 		s.collectMaxNanos.Store(uint64(d))
+	}
+}
+
+// nodeStatsToProto is s as the Admin status reports it.
+func nodeStatsToProto(s NodeStats) *decreev1.NodeStats {
+	return &decreev1.NodeStats{
+		SnapshotsSent:          s.SnapshotsSent,
+		SnapshotBytesSent:      s.SnapshotBytesSent,
+		SnapshotSendSeconds:    s.SnapshotSendTime.Seconds(),
+		SnapshotsReceived:      s.SnapshotsReceived,
+		SnapshotBytesReceived:  s.SnapshotBytesReceived,
+		SnapshotReceiveSeconds: s.SnapshotReceiveTime.Seconds(),
+		Collects:               s.Collects,
+		CollectedRecords:       s.CollectedRecords,
+		CollectSeconds:         s.CollectTime.Seconds(),
+		CollectMaxSeconds:      s.CollectMaxTime.Seconds(),
+		LeaderChanges:          s.LeaderChanges,
 	}
 }

@@ -1,4 +1,7 @@
-package coordinator
+// Package procstats reads this process's resource use from the operating
+// system and the Go runtime: CPU time, resident memory and the Go heap,
+// cheaply enough for a status call.
+package procstats
 
 import (
 	"bufio"
@@ -8,13 +11,11 @@ import (
 	"strconv"
 	"syscall"
 	"time"
-
-	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
-// processCPUSeconds is this process's user+system CPU time so far, or 0
+// CPUSeconds is this process's user+system CPU time so far, or 0
 // when the OS does not tell.
-func processCPUSeconds() float64 {
+func CPUSeconds() float64 {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
@@ -22,10 +23,10 @@ func processCPUSeconds() float64 {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
-// processRSSBytes is this process's resident memory: VmRSS from
+// RSSBytes is this process's resident memory: VmRSS from
 // /proc/self/status, else the peak resident size getrusage reports (Linux
 // and BSDs count it in KiB), else 0.
-func processRSSBytes() uint64 {
+func RSSBytes() uint64 {
 	if b, err := os.ReadFile("/proc/self/status"); err == nil {
 		if v, ok := parseVmRSS(b); ok {
 			return v
@@ -63,27 +64,12 @@ func parseVmRSS(status []byte) (uint64, bool) {
 // runtime/metrics reads it without stopping the world (ReadMemStats would).
 const heapObjectsMetric = "/memory/classes/heap/objects:bytes"
 
-func goHeapBytes() uint64 {
+// GoHeapBytes is the Go heap held by objects, live or not yet swept.
+func GoHeapBytes() uint64 {
 	s := []metrics.Sample{{Name: heapObjectsMetric}}
 	metrics.Read(s)
 	if s[0].Value.Kind() != metrics.KindUint64 {
 		return 0
 	}
 	return s[0].Value.Uint64()
-}
-
-func nodeStatsToProto(s NodeStats) *decreev1.NodeStats {
-	return &decreev1.NodeStats{
-		SnapshotsSent:          s.SnapshotsSent,
-		SnapshotBytesSent:      s.SnapshotBytesSent,
-		SnapshotSendSeconds:    s.SnapshotSendTime.Seconds(),
-		SnapshotsReceived:      s.SnapshotsReceived,
-		SnapshotBytesReceived:  s.SnapshotBytesReceived,
-		SnapshotReceiveSeconds: s.SnapshotReceiveTime.Seconds(),
-		Collects:               s.Collects,
-		CollectedRecords:       s.CollectedRecords,
-		CollectSeconds:         s.CollectTime.Seconds(),
-		CollectMaxSeconds:      s.CollectMaxTime.Seconds(),
-		LeaderChanges:          s.LeaderChanges,
-	}
 }

@@ -1,9 +1,8 @@
-package coordinator
+package procstats
 
 import (
 	"runtime"
 	"testing"
-	"time"
 )
 
 func TestParseVmRSS(t *testing.T) {
@@ -27,36 +26,18 @@ func TestParseVmRSS(t *testing.T) {
 // TestProcessMemory reads this test process's own memory: both figures are
 // positive, and a live allocation shows in the Go heap.
 func TestProcessMemory(t *testing.T) {
-	if rss := processRSSBytes(); rss < 1<<20 {
+	if rss := RSSBytes(); rss < 1<<20 {
 		t.Fatalf("rss %d bytes, want at least 1 MiB", rss)
 	}
 	// Collect first: garbage that other tests' goroutines left, freed
 	// by a collection between the two readings, would hide the growth.
 	runtime.GC()
-	before := goHeapBytes()
+	before := GoHeapBytes()
 	buf := make([]byte, 64<<20)
 	buf[len(buf)-1] = 1
-	after := goHeapBytes()
+	after := GoHeapBytes()
 	if after < before+32<<20 {
 		t.Fatalf("go heap %d -> %d bytes after a live 64 MiB allocation", before, after)
 	}
 	_ = buf[len(buf)-1]
-}
-
-func TestNodeStatsToProto(t *testing.T) {
-	p := nodeStatsToProto(NodeStats{
-		SnapshotsSent: 1, SnapshotBytesSent: 2, SnapshotSendTime: 3 * time.Second,
-		SnapshotsReceived: 4, SnapshotBytesReceived: 5, SnapshotReceiveTime: 6 * time.Second,
-		Collects: 7, CollectedRecords: 8, CollectTime: 9 * time.Second, CollectMaxTime: 10 * time.Second,
-		LeaderChanges: 11,
-	})
-	got := []float64{float64(p.GetSnapshotsSent()), float64(p.GetSnapshotBytesSent()), p.GetSnapshotSendSeconds(),
-		float64(p.GetSnapshotsReceived()), float64(p.GetSnapshotBytesReceived()), p.GetSnapshotReceiveSeconds(),
-		float64(p.GetCollects()), float64(p.GetCollectedRecords()), p.GetCollectSeconds(), p.GetCollectMaxSeconds(),
-		float64(p.GetLeaderChanges())}
-	for i, v := range got {
-		if v != float64(i+1) {
-			t.Fatalf("field %d is %v, want %d: %v", i, v, i+1, p)
-		}
-	}
 }
