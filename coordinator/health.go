@@ -50,24 +50,39 @@ func (d *Driver) Serving() (bool, string) {
 func (d *Driver) ReportHealth(ctx context.Context, h HealthSetter, every time.Duration) {
 	tick, stop := d.cfg.Clock.NewTicker(every)
 	defer stop()
-	last, lastWhy := false, "not checked yet"
-	for first := true; ; first = false {
-		ok, why := d.Serving()
-		if first || ok != last {
-			st := healthpb.HealthCheckResponse_NOT_SERVING
-			if ok {
-				st = healthpb.HealthCheckResponse_SERVING
-			}
-			for _, svc := range healthServices {
-				h.SetServingStatus(svc, st)
-			}
-			d.log.Info().Bool("serving", ok).Str("reason", why).Str("was", lastWhy).Msg("health changed")
-			last, lastWhy = ok, why
-		}
+	r := healthReport{why: "not checked yet"}
+	for {
+		r = d.reportHealth(h, r)
 		select {
 		case <-tick:
 		case <-ctx.Done():
 			return
 		}
 	}
+}
+
+// healthReport is what was last reported: serving or not, and why.
+type healthReport struct {
+	done    bool // anything was reported
+	serving bool
+	why     string
+}
+
+// reportHealth checks whether the node can serve and, if that changed
+// since last (or nothing was reported yet), sets h's statuses and logs the
+// change. It returns what is now reported.
+func (d *Driver) reportHealth(h HealthSetter, last healthReport) healthReport {
+	ok, why := d.Serving()
+	if last.done && ok == last.serving {
+		return last
+	}
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	for _, svc := range healthServices {
+		h.SetServingStatus(svc, st)
+	}
+	d.log.Info().Bool("serving", ok).Str("reason", why).Str("was", last.why).Msg("health changed")
+	return healthReport{done: true, serving: ok, why: why}
 }

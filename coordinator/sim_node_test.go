@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -54,6 +55,17 @@ type simNode struct {
 
 	props []*simProp
 	reads []*simRead
+	// The node's gRPC health statuses, as its Driver reports them each
+	// tick.
+	health   healthReport
+	statuses simHealth
+}
+
+// simHealth is a health server's statuses, per service.
+type simHealth map[string]healthpb.HealthCheckResponse_ServingStatus
+
+func (h simHealth) SetServingStatus(svc string, st healthpb.HealthCheckResponse_ServingStatus) {
+	h[svc] = st
 }
 
 type simProp struct {
@@ -108,6 +120,7 @@ func (sn *simNode) boot() {
 	}
 	sn.leader, sn.term = false, 0
 	sn.props, sn.reads, sn.inbox = nil, nil, nil
+	sn.health, sn.statuses = healthReport{}, simHealth{}
 	sn.heard()
 	w.tracef("n%d booted (applied %d)", sn.id, node.Status().Applied)
 	sn.pump()
@@ -222,6 +235,7 @@ func (sn *simNode) tick() {
 	}
 	if sn.up {
 		sn.drv.tick()
+		sn.health = sn.drv.reportHealth(sn.statuses, sn.health)
 	}
 	sn.pump()
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
@@ -484,6 +485,11 @@ func (w *world) checkLists(table map[string]*txlog.Record) {
 	for _, f := range []decreev1.TxnFilter{decreev1.TxnFilter_TXN_FILTER_UNDECIDED, decreev1.TxnFilter_TXN_FILTER_UNFINISHED} {
 		if txns := list(f); len(txns) > 0 {
 			w.violate("after quiescence n%d lists %d %s transactions, first %s", l.id, len(txns), f, txns[0].GetTxnId())
+		}
+	}
+	for _, n := range w.nodes {
+		if st := n.statuses[""]; st != healthpb.HealthCheckResponse_SERVING {
+			w.violate("after quiescence n%d reports %s (%s)", n.id, st, n.health.why)
 		}
 	}
 	all := list(decreev1.TxnFilter_TXN_FILTER_ALL)
