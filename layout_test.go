@@ -14,12 +14,14 @@ var allowed = map[string][]string{
 	"txlog":              {"txnspec"},
 	"txnspec":            {},
 	"internal":           {},
-	"coordinator":        {"txlog", "proto", "txnspec", "internal"},
+	"coordinator":        {"txlog", "proto", "txnspec", "internal", "coordinator/internal/twopc"},
 	"coordinator/client": {"proto", "txnspec", "internal"},
-	"participant":        {"txlog", "proto", "txnspec", "internal"},
-	"cmd":                {"*"},
-	"examples/bank":      {"coordinator/client", "participant", "txlog", "proto"},
-	"test/chaos":         {"coordinator/client", "participant", "proto", "examples/bank"},
+	// The 2PC core is pure: see TestPureCoreImports.
+	"coordinator/internal/twopc": {"proto", "internal"},
+	"participant":                {"txlog", "proto", "txnspec", "internal"},
+	"cmd":                        {"*"},
+	"examples/bank":              {"coordinator/client", "participant", "txlog", "proto"},
+	"test/chaos":                 {"coordinator/client", "participant", "proto", "examples/bank"},
 }
 
 const module = "github.com/decree-tx/decree"
@@ -60,6 +62,28 @@ func TestLayoutImports(t *testing.T) {
 	}
 	if checked == 0 {
 		t.Fatal("no packages checked")
+	}
+}
+
+// TestPureCoreImports keeps the 2PC core deterministic and free of I/O: it
+// imports the standard library, the protocol's enums and this module's
+// small internal helpers, nothing else (no gRPC, no raft, no storage, no
+// logging).
+func TestPureCoreImports(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{join .Imports " "}}`, "./coordinator/internal/twopc").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	imports := strings.Fields(string(out))
+	if len(imports) == 0 {
+		t.Fatal("no imports listed")
+	}
+	for _, imp := range imports {
+		std := !strings.Contains(strings.Split(imp, "/")[0], ".")
+		if std || strings.HasPrefix(imp, module+"/proto/") || strings.HasPrefix(imp, module+"/internal/") {
+			continue
+		}
+		t.Errorf("the 2PC core imports %s: it may import only the standard library, proto and internal", imp)
 	}
 }
 

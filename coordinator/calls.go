@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
@@ -678,12 +679,12 @@ func replyError(c *decreev1.Call, r *decreev1.Reply) error {
 	return nil
 }
 
-func prepareCall(a SendPrepare) *decreev1.Call {
+func prepareCall(a twopc.SendPrepare) *decreev1.Call {
 	return &decreev1.Call{Kind: &decreev1.Call_Prepare{Prepare: &decreev1.PrepareRequest{
 		TxnId: a.ID, Payload: a.Payload, Participants: a.Participants, OnePhase: a.OnePhase, Term: a.Term}}}
 }
 
-func decisionCall(a SendDecision) *decreev1.Call {
+func decisionCall(a twopc.SendDecision) *decreev1.Call {
 	req := &decreev1.DecisionRequest{TxnId: a.ID, Term: a.Term}
 	if a.Outcome == decreev1.Outcome_OUTCOME_COMMITTED {
 		return &decreev1.Call{Kind: &decreev1.Call_Commit{Commit: req}}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	"github.com/decree-tx/decree/internal/clock"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
@@ -172,7 +173,7 @@ func (h *stepHarness) call(addr, id string, c *decreev1.Call, timeout time.Durat
 }
 
 func (h *stepHarness) prepare(addr, id string, payload int, timeout time.Duration) {
-	h.call(addr, id, prepareCall(SendPrepare{ID: id, Payload: make([]byte, payload), Participants: []string{addr}}), timeout)
+	h.call(addr, id, prepareCall(twopc.SendPrepare{ID: id, Payload: make([]byte, payload), Participants: []string{addr}}), timeout)
 }
 
 // advance moves the clock on and ticks the mux.
@@ -407,11 +408,11 @@ func TestSteppedMuxUnaryFallback(t *testing.T) {
 	u := &unaryServer{}
 	h.tr.unaryOf[addr] = u
 	h.prepare(addr, "p", 0, time.Hour)
-	h.call(addr, "c", decisionCall(SendDecision{ID: "c", Outcome: decreev1.Outcome_OUTCOME_COMMITTED}), time.Hour)
+	h.call(addr, "c", decisionCall(twopc.SendDecision{ID: "c", Outcome: decreev1.Outcome_OUTCOME_COMMITTED}), time.Hour)
 	h.m.pump()
 	h.tr.last(addr).fail(status.Error(codes.Unimplemented, "unknown method Calls"))
 	h.m.pump()
-	h.call(addr, "a", decisionCall(SendDecision{ID: "a", Outcome: decreev1.Outcome_OUTCOME_ABORTED}), time.Hour)
+	h.call(addr, "a", decisionCall(twopc.SendDecision{ID: "a", Outcome: decreev1.Outcome_OUTCOME_ABORTED}), time.Hour)
 	h.call(addr, "r", resolveCall("r", 1), time.Hour)
 	h.prepare(addr, "refused", 0, time.Hour)
 	h.m.pump()

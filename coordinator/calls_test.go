@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	"github.com/decree-tx/decree/internal/clock"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
@@ -148,7 +149,7 @@ func prepareN(m *callMux, addr string, n int, timeout time.Duration) chan callRe
 	out := make(chan callResult, n)
 	for i := range n {
 		id := fmt.Sprintf("txn-%d", i)
-		m.call(addr, prepareCall(SendPrepare{ID: id, Participants: []string{addr}}), timeout,
+		m.call(addr, prepareCall(twopc.SendPrepare{ID: id, Participants: []string{addr}}), timeout,
 			func(r *decreev1.Reply, err error) { out <- callResult{id, r, err} })
 	}
 	return out
@@ -336,7 +337,7 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 	m.idle = time.Minute
 	call := func(id string) {
 		t.Helper()
-		r, err := m.callSync(context.Background(), addr, prepareCall(SendPrepare{ID: id, Participants: []string{addr}}), time.Hour)
+		r, err := m.callSync(context.Background(), addr, prepareCall(twopc.SendPrepare{ID: id, Participants: []string{addr}}), time.Hour)
 		if err != nil || r.GetPrepare().GetVote() != decreev1.Vote_VOTE_YES {
 			t.Fatalf("call %s: reply %v, err %v", id, r, err)
 		}
@@ -375,7 +376,7 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 	p.answer = func(*decreev1.Call) *decreev1.Reply { return nil }
 	p.mu.Unlock()
 	done := make(chan error, 1)
-	m.call(addr, prepareCall(SendPrepare{ID: "t3", Participants: []string{addr}}), time.Hour,
+	m.call(addr, prepareCall(twopc.SendPrepare{ID: "t3", Participants: []string{addr}}), time.Hour,
 		func(_ *decreev1.Reply, err error) { done <- err })
 	waitFor(t, 5*time.Second, "call in flight", func() bool { return inFlight(m, addr) == 1 })
 	clock.advance(2 * time.Minute)
@@ -404,9 +405,9 @@ func TestCallMuxUnaryFallback(t *testing.T) {
 	addr := lis.Addr().String()
 	m := newTestMux(t, WallClock{})
 	calls := []*decreev1.Call{
-		prepareCall(SendPrepare{ID: "p", Participants: []string{addr}}),
-		decisionCall(SendDecision{ID: "c", Outcome: decreev1.Outcome_OUTCOME_COMMITTED}),
-		decisionCall(SendDecision{ID: "a", Outcome: decreev1.Outcome_OUTCOME_ABORTED}),
+		prepareCall(twopc.SendPrepare{ID: "p", Participants: []string{addr}}),
+		decisionCall(twopc.SendDecision{ID: "c", Outcome: decreev1.Outcome_OUTCOME_COMMITTED}),
+		decisionCall(twopc.SendDecision{ID: "a", Outcome: decreev1.Outcome_OUTCOME_ABORTED}),
 		resolveCall("r", 1),
 	}
 	for _, c := range calls {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/decree-tx/decree/internal/opts"
 	"github.com/decree-tx/decree/txnspec"
 )
 
@@ -86,11 +87,11 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := errors.Join(
-		notNegative("RaftTickInterval", c.RaftTickInterval),
-		notNegative("ElectionTicks", c.ElectionTicks),
-		notNegative("HeartbeatTicks", c.HeartbeatTicks),
-		notNegative("SnapshotChunkBytes", c.SnapshotChunkBytes),
-		notNegative("MaxBatch", c.MaxBatch),
+		opts.NotNegative("RaftTickInterval", c.RaftTickInterval),
+		opts.NotNegative("ElectionTicks", c.ElectionTicks),
+		opts.NotNegative("HeartbeatTicks", c.HeartbeatTicks),
+		opts.NotNegative("SnapshotChunkBytes", c.SnapshotChunkBytes),
+		opts.NotNegative("MaxBatch", c.MaxBatch),
 	); err != nil {
 		return err
 	}
@@ -100,24 +101,6 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("HeartbeatTicks (%d) must be below ElectionTicks (%d)", heartbeat, election)
 	}
 	return nil
-}
-
-// notNegative refuses a negative setting: zero takes the default, and a
-// negative value has no meaning that could be meant.
-func notNegative[T int | int64 | time.Duration](field string, v T) error {
-	if v < 0 {
-		return fmt.Errorf("%s is %v: it must not be negative (zero takes the default)", field, v)
-	}
-	return nil
-}
-
-// orDefault describes an effective setting for an error message.
-func orDefault[T comparable](v, def T) string {
-	var zero T
-	if v == zero {
-		return fmt.Sprintf("%v, the default", def)
-	}
-	return fmt.Sprint(v)
 }
 
 func (c *Config) withDefaults() (Config, error) {

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
+	"github.com/decree-tx/decree/internal/opts"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 	"github.com/decree-tx/decree/txnspec"
@@ -28,7 +30,7 @@ const (
 
 // DriverConfig configures a Driver. Zero values take the defaults.
 type DriverConfig struct {
-	Core CoreConfig
+	Core twopc.Config
 	// CoreTickInterval is how often the 2PC core's timers run: voting
 	// deadlines, retries, Finished batching (default
 	// DefaultCoreTickInterval). Raft's clock is Config.RaftTickInterval.
@@ -50,11 +52,11 @@ type DriverConfig struct {
 // each naming its field. NewDriver calls it.
 func (c DriverConfig) Validate() error {
 	if err := errors.Join(
-		notNegative("CoreTickInterval", c.CoreTickInterval),
-		notNegative("CallTimeout", c.CallTimeout),
-		notNegative("MaxBranches", c.MaxBranches),
-		notNegative("MaxPayload", c.MaxPayload),
-		notNegative("MaxList", c.MaxList),
+		opts.NotNegative("CoreTickInterval", c.CoreTickInterval),
+		opts.NotNegative("CallTimeout", c.CallTimeout),
+		opts.NotNegative("MaxBranches", c.MaxBranches),
+		opts.NotNegative("MaxPayload", c.MaxPayload),
+		opts.NotNegative("MaxList", c.MaxList),
 	); err != nil {
 		return err
 	}
@@ -87,7 +89,7 @@ func (c DriverConfig) withDefaults() DriverConfig {
 		var d net.Dialer
 		c.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
-	c.Core = c.Core.withDefaults()
+	c.Core = c.Core.EnsureDefaults()
 	return c
 }
 
@@ -114,14 +116,14 @@ type Driver struct {
 	cfg   DriverConfig
 	log   zerolog.Logger
 	rlog  decisionLog
-	core  *Core
+	core  *twopc.Core
 	calls participantCaller
 	conns *connPool // forwarding to the leader, and the mux's connections
 	// leaderLink forwards a follower's requests to the leader.
 	leaderLink leaderLink
 	mux        *callMux // production only: Stop waits for its goroutines
 
-	evc     chan Event
+	evc     chan twopc.Event
 	askc    chan func()     // a read of the core, run on the loop (askLoop)
 	ctx     context.Context // cancelled by Stop; parent of every call
 	cancel  context.CancelFunc
@@ -132,7 +134,7 @@ type Driver struct {
 
 	nextReq atomic.Uint64
 	mu      sync.Mutex
-	waiting map[uint64]func(Reply)
+	waiting map[uint64]func(twopc.Reply)
 
 	leader atomic.Bool
 	term   atomic.Uint64
@@ -143,7 +145,7 @@ type Driver struct {
 	// run meanwhile. onAction, if set, sees every action before it is
 	// carried out: the simulation traces them.
 	stepped  bool
-	onAction func(Action)
+	onAction func(twopc.Action)
 }
 
 // dropLogEvery is how often the driver logs one kind of event the core
@@ -173,12 +175,12 @@ func newDriver(cfg DriverConfig, nodeID uint64) *Driver {
 	d := &Driver{
 		cfg:     cfg,
 		log:     cfg.Logger.With().Str("component", "2pc").Uint64("node", nodeID).Logger(),
-		core:    NewCore(cfg.Core),
-		evc:     make(chan Event, 4096),
+		core:    twopc.New(cfg.Core),
+		evc:     make(chan twopc.Event, 4096),
 		askc:    make(chan func()),
 		stopc:   make(chan struct{}),
 		donec:   make(chan struct{}),
-		waiting: make(map[uint64]func(Reply)),
+		waiting: make(map[uint64]func(twopc.Reply)),
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	return d
@@ -210,7 +212,7 @@ func (d *Driver) run() {
 		case ask := <-d.askc:
 			ask()
 		case <-d.stopc:
-			d.step(LeadershipChanged{Leader: false, Term: d.term.Load()})
+			d.step(twopc.LeadershipChanged{Leader: false, Term: d.term.Load()})
 			return
 		}
 	}
@@ -220,7 +222,7 @@ func (d *Driver) run() {
 // leadership.
 func (d *Driver) tick() {
 	d.checkLeadership()
-	d.step(Tick{})
+	d.step(twopc.Tick{})
 }
 
 // drain steps the events waiting in the queue, and reports how many: the
@@ -240,11 +242,11 @@ func (d *Driver) checkLeadership() {
 		d.leader.Store(leader)
 		d.term.Store(st.Term)
 		d.log.Info().Bool("leader", leader).Uint64("term", st.Term).Msg("leadership changed")
-		d.step(LeadershipChanged{Leader: leader, Term: st.Term})
+		d.step(twopc.LeadershipChanged{Leader: leader, Term: st.Term})
 	}
 }
 
-func (d *Driver) step(ev Event) {
+func (d *Driver) step(ev twopc.Event) {
 	actions := d.core.Step(d.cfg.Clock.Now(), ev)
 	if dr, ok := d.core.LastDropped(); ok {
 		d.logDropped(dr)
@@ -263,7 +265,7 @@ func (d *Driver) step(ev Event) {
 // flood the log. Most are benign races (a vote after its deadline, an
 // acknowledgement from an ended leadership), hence debug; one that no
 // correct driver feeds is a warning.
-func (d *Driver) logDropped(dr Dropped) {
+func (d *Driver) logDropped(dr twopc.Dropped) {
 	suppressed, ok := d.drops.allow([2]string{dr.Kind, dr.Why}, d.cfg.Clock.Now(), dropLogEvery)
 	if !ok {
 		return
@@ -277,34 +279,34 @@ func (d *Driver) logDropped(dr Dropped) {
 }
 
 // feed hands an event to the loop; it gives up once the driver stops.
-func (d *Driver) feed(ev Event) {
+func (d *Driver) feed(ev twopc.Event) {
 	select {
 	case d.evc <- ev:
 	case <-d.stopc:
 	}
 }
 
-func (d *Driver) execute(a Action) {
+func (d *Driver) execute(a twopc.Action) {
 	switch a := a.(type) {
-	case SendPrepare:
+	case twopc.SendPrepare:
 		d.prepare(a)
-	case ResolveAtParticipant:
+	case twopc.ResolveAtParticipant:
 		d.resolve(a)
-	case ProposeDecide:
+	case twopc.ProposeDecide:
 		d.proposeDecide(a)
-	case ProposeStaged:
+	case twopc.ProposeStaged:
 		d.proposeStaged(a)
-	case ProposeFinished:
+	case twopc.ProposeFinished:
 		d.proposeFinished(a)
-	case ProposeCollect:
+	case twopc.ProposeCollect:
 		d.proposeCollect(a)
-	case SendDecision:
+	case twopc.SendDecision:
 		d.sendDecision(a)
-	case LoadUnfinished:
+	case twopc.LoadUnfinished:
 		d.loadUnfinished(a)
-	case Reply:
+	case twopc.Reply:
 		d.reply(a)
-	case Conflict:
+	case twopc.Conflict:
 		d.log.Error().Str("txn", a.ID).Str("conflict", a.What).Msg("INVARIANT VIOLATION")
 	default:
 		d.log.Error().Str("action", fmt.Sprintf("%T", a)).Msg("unknown core action")
@@ -313,14 +315,14 @@ func (d *Driver) execute(a Action) {
 
 // prepare asks a participant for its vote; the answer, or the failure,
 // comes back to the loop as an event.
-func (d *Driver) prepare(a SendPrepare) {
+func (d *Driver) prepare(a twopc.SendPrepare) {
 	d.calls.call(a.Participant, prepareCall(a), d.cfg.Core.PrepareTimeout, func(r *decreev1.Reply, err error) {
 		if err != nil {
-			d.feed(PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error(), Refused: notParticipant(err)})
+			d.feed(twopc.PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error(), Refused: notParticipant(err)})
 			return
 		}
 		vote := r.GetPrepare()
-		d.feed(VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: vote.GetVote(), Reason: vote.GetReason(),
+		d.feed(twopc.VoteReceived{ID: a.ID, Participant: a.Participant, Term: a.Term, Vote: vote.GetVote(), Reason: vote.GetReason(),
 			ParticipantID: vote.GetParticipantId()})
 	})
 }
@@ -331,9 +333,9 @@ func (d *Driver) prepare(a SendPrepare) {
 // codes.
 func notParticipant(err error) bool { return status.Code(err) == codes.Unimplemented }
 
-func (d *Driver) resolve(a ResolveAtParticipant) {
+func (d *Driver) resolve(a twopc.ResolveAtParticipant) {
 	d.calls.call(a.Participant, resolveCall(a.ID, a.Term), d.cfg.CallTimeout, func(r *decreev1.Reply, err error) {
-		ev := ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: r.GetResolve().GetState(),
+		ev := twopc.ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: r.GetResolve().GetState(),
 			ParticipantID: r.GetResolve().GetParticipantId()}
 		if err != nil {
 			ev.Err, ev.Refused = err.Error(), notParticipant(err)
@@ -342,28 +344,28 @@ func (d *Driver) resolve(a ResolveAtParticipant) {
 	})
 }
 
-func (d *Driver) proposeDecide(a ProposeDecide) {
+func (d *Driver) proposeDecide(a twopc.ProposeDecide) {
 	cmd := decideCommand(a.ID, a.Outcome, a.Participants, a.Reason, a.DecidedAt)
 	cmd.GetDecide().Presumed = a.Presumed
 	d.rlog.Propose(cmd, d.cfg.CallTimeout, func(res Result, err error) {
 		if err != nil {
 			d.log.Warn().Err(err).Str("txn", a.ID).Msg("decision not applied; will retry")
-			d.feed(ProposeFailed{ID: a.ID, Term: a.Term, Err: err.Error(), Forgotten: errors.Is(err, ErrForgotten)})
+			d.feed(twopc.ProposeFailed{ID: a.ID, Term: a.Term, Err: err.Error(), Forgotten: errors.Is(err, twopc.ErrForgotten)})
 			return
 		}
-		d.feed(DecisionApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
+		d.feed(twopc.DecisionApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason, Participants: res.Participants})
 	})
 }
 
 // proposeStaged replicates the Staged record. If it fails, the transaction
 // still commits the classic way, when its Decide applies.
-func (d *Driver) proposeStaged(a ProposeStaged) {
+func (d *Driver) proposeStaged(a twopc.ProposeStaged) {
 	d.rlog.Propose(stagedCommand(a.ID, a.Participants), d.cfg.CallTimeout, func(res Result, err error) {
 		if err != nil {
 			d.log.Debug().Err(err).Str("txn", a.ID).Msg("staged record not applied; the decision will commit it")
 			return
 		}
-		d.feed(StagedApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason})
+		d.feed(twopc.StagedApplied{ID: a.ID, Term: a.Term, Outcome: res.Outcome, Reason: res.Reason})
 	})
 }
 
@@ -376,49 +378,49 @@ func decideCommand(id string, o decreev1.Outcome, parts []string, reason string,
 		TxnId: id, Outcome: o, Participants: parts, Reason: reason, DecidedAt: at}}}
 }
 
-func (d *Driver) proposeFinished(a ProposeFinished) {
+func (d *Driver) proposeFinished(a twopc.ProposeFinished) {
 	cmd := &decreev1.Command{Kind: &decreev1.Command_Finished{Finished: &decreev1.Finished{TxnIds: a.IDs, FinishedAt: a.At}}}
 	d.rlog.Propose(cmd, d.cfg.CallTimeout, func(_ Result, err error) {
 		if err != nil {
-			d.feed(ProposeFailed{Term: a.Term, Finished: a.IDs, Err: err.Error()})
+			d.feed(twopc.ProposeFailed{Term: a.Term, Finished: a.IDs, Err: err.Error()})
 		}
 	})
 }
 
-func (d *Driver) proposeCollect(a ProposeCollect) {
+func (d *Driver) proposeCollect(a twopc.ProposeCollect) {
 	cmd := &decreev1.Command{Kind: &decreev1.Command_Collect{Collect: &decreev1.Collect{Before: a.Before}}}
 	d.rlog.Propose(cmd, d.cfg.CallTimeout, func(res Result, err error) {
 		if err != nil {
 			d.log.Warn().Err(err).Msg("collecting old records failed; will try next period")
 			return
 		}
-		d.feed(CollectApplied{Term: a.Term, More: res.More})
+		d.feed(twopc.CollectApplied{Term: a.Term, More: res.More})
 	})
 }
 
 // sendDecision delivers the applied decision to a participant; its
 // acknowledgement, or the failure, comes back to the loop as an event.
-func (d *Driver) sendDecision(a SendDecision) {
+func (d *Driver) sendDecision(a twopc.SendDecision) {
 	d.calls.call(a.Participant, decisionCall(a), d.cfg.CallTimeout, func(_ *decreev1.Reply, err error) {
 		if err != nil {
 			d.log.Debug().Err(err).Str("txn", a.ID).Str("participant", a.Participant).Msg("decision delivery failed; will retry")
-			d.feed(DeliveryFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
+			d.feed(twopc.DeliveryFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
 			return
 		}
-		d.feed(Acked{ID: a.ID, Participant: a.Participant, Term: a.Term})
+		d.feed(twopc.Acked{ID: a.ID, Participant: a.Participant, Term: a.Term})
 	})
 }
 
 // loadUnfinished catches up with everything committed before this
 // leadership (ReadIndex), then reports applied, unfinished decisions. If
 // it cannot catch up, the core tries again (LoadFailed).
-func (d *Driver) loadUnfinished(a LoadUnfinished) {
+func (d *Driver) loadUnfinished(a twopc.LoadUnfinished) {
 	d.rlog.ReadIndex(d.cfg.CallTimeout, func(err error) {
 		switch {
 		case errors.Is(err, ErrStopped):
 			return
 		case err != nil:
-			d.feed(LoadFailed{Term: a.Term, Err: err.Error()})
+			d.feed(twopc.LoadFailed{Term: a.Term, Err: err.Error()})
 			return
 		case d.term.Load() != a.Term || !d.leader.Load():
 			return // the leadership ended; the next one loads again
@@ -426,13 +428,13 @@ func (d *Driver) loadUnfinished(a LoadUnfinished) {
 		txns, staged, err := scanUnfinished(d.rlog)
 		if err != nil {
 			d.log.Error().Err(err).Msg("cannot scan unfinished decisions")
-			d.feed(LoadFailed{Term: a.Term, Err: err.Error()})
+			d.feed(twopc.LoadFailed{Term: a.Term, Err: err.Error()})
 			return
 		}
 		if len(txns)+len(staged) > 0 {
 			d.log.Info().Int("unfinished", len(txns)).Int("staged", len(staged)).Uint64("term", a.Term).Msg("resuming phase 2")
 		}
-		d.feed(Recovered{Term: a.Term, Txns: txns, Staged: staged})
+		d.feed(twopc.Recovered{Term: a.Term, Txns: txns, Staged: staged})
 	})
 }
 
@@ -442,9 +444,9 @@ func (d *Driver) loadUnfinished(a LoadUnfinished) {
 // records kept for retention.
 func scanUnfinished(s interface {
 	ScanUnfinished(func(*txlog.Record) bool) error
-}) (txns, staged []RecoveredTxn, err error) {
+}) (txns, staged []twopc.RecoveredTxn, err error) {
 	err = s.ScanUnfinished(func(r *txlog.Record) bool {
-		rt := RecoveredTxn{ID: r.ID, Outcome: outcomeFromRecord(r.Outcome), Participants: r.Participants, DecidedAt: r.DecidedAt}
+		rt := twopc.RecoveredTxn{ID: r.ID, Outcome: outcomeFromRecord(r.Outcome), Participants: r.Participants, DecidedAt: r.DecidedAt}
 		switch {
 		case r.Outcome == txlog.OutcomeUnknown:
 			staged = append(staged, rt)
@@ -459,7 +461,7 @@ func scanUnfinished(s interface {
 // submit feeds the event that ev builds for a new request id, and runs
 // onReply with the core's Reply to it, on the loop's goroutine (it must not
 // block). It returns the request id, for forget.
-func (d *Driver) submit(ev func(req uint64) Event, onReply func(Reply)) uint64 {
+func (d *Driver) submit(ev func(req uint64) twopc.Event, onReply func(twopc.Reply)) uint64 {
 	req := d.nextReq.Add(1)
 	d.mu.Lock()
 	d.waiting[req] = onReply
@@ -475,7 +477,7 @@ func (d *Driver) forget(req uint64) {
 	d.mu.Unlock()
 }
 
-func (d *Driver) reply(r Reply) {
+func (d *Driver) reply(r twopc.Reply) {
 	d.mu.Lock()
 	fn, ok := d.waiting[r.Req]
 	delete(d.waiting, r.Req)
@@ -486,23 +488,23 @@ func (d *Driver) reply(r Reply) {
 }
 
 // undecided asks the loop for the transactions still in voting.
-func (d *Driver) undecided(ctx context.Context) ([]UndecidedTxn, error) {
-	return askLoop(ctx, d, (*Core).Undecided)
+func (d *Driver) undecided(ctx context.Context) ([]twopc.UndecidedTxn, error) {
+	return askLoop(ctx, d, (*twopc.Core).Undecided)
 }
 
 // phase2Backlog asks the loop for the transactions in phase 2.
-func (d *Driver) phase2Backlog(ctx context.Context) ([]Phase2Txn, error) {
-	return askLoop(ctx, d, (*Core).Phase2Backlog)
+func (d *Driver) phase2Backlog(ctx context.Context) ([]twopc.Phase2Txn, error) {
+	return askLoop(ctx, d, (*twopc.Core).Phase2Backlog)
 }
 
 // CoreStats returns the core's counters: the events it ignored, per kind.
-func (d *Driver) CoreStats(ctx context.Context) (CoreStats, error) {
-	return askLoop(ctx, d, (*Core).Stats)
+func (d *Driver) CoreStats(ctx context.Context) (twopc.Stats, error) {
+	return askLoop(ctx, d, (*twopc.Core).Stats)
 }
 
 // askLoop runs read on the core, on the loop, which alone may touch it. A
 // stepped driver's owner is the loop: it reads at once.
-func askLoop[T any](ctx context.Context, d *Driver, read func(*Core) T) (T, error) {
+func askLoop[T any](ctx context.Context, d *Driver, read func(*twopc.Core) T) (T, error) {
 	if d.stepped {
 		return read(d.core), nil
 	}

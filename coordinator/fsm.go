@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 )
@@ -118,7 +119,7 @@ func (a *applier) decide(d *decreev1.Decide, index uint64) (Result, error) {
 		// An id minted before the retention horizon may have been decided
 		// and collected: deciding it again could contradict that.
 		if isForgotten(d.GetTxnId(), a.currentHorizon()) {
-			res.Err = fmt.Errorf("decide %q: %w", d.GetTxnId(), ErrForgotten)
+			res.Err = fmt.Errorf("decide %q: %w", d.GetTxnId(), twopc.ErrForgotten)
 			return res, nil
 		}
 	}
@@ -156,7 +157,7 @@ func (a *applier) staged(st *decreev1.Staged, index uint64) (Result, error) {
 	}
 	if r == nil {
 		if isForgotten(st.GetTxnId(), a.currentHorizon()) {
-			res.Err = fmt.Errorf("staged %q: %w", st.GetTxnId(), ErrForgotten)
+			res.Err = fmt.Errorf("staged %q: %w", st.GetTxnId(), twopc.ErrForgotten)
 			return res, nil
 		}
 		r = &txlog.Record{ID: st.GetTxnId(), Participants: slices.Clone(st.GetParticipants())}

@@ -12,6 +12,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 )
@@ -122,7 +123,7 @@ func TestCollectDeletesExactlyTheExpiredRecords(t *testing.T) {
 	// Across the collect: the collected id is FORGOTTEN, never decided
 	// again; the kept ones answer their recorded outcome.
 	res = f.apply(decideCommand(expired, decreev1.Outcome_OUTCOME_ABORTED, nil, "presumed", 2))[0]
-	if !errors.Is(res.Err, ErrForgotten) {
+	if !errors.Is(res.Err, twopc.ErrForgotten) {
 		t.Fatalf("decide on a collected id = %+v, want ErrForgotten", res)
 	}
 	for _, id := range []string{recent, ahead, unfinished} {
@@ -182,7 +183,7 @@ func TestCollectSeesRecordsFinishedEarlierInTheBatch(t *testing.T) {
 	before := epoch.Add(time.Hour)
 	res := f.apply(finishedCmd(epoch.Add(time.Minute), fresh), collectCmd(before), collectCmd(before),
 		decideCommand(fresh, decreev1.Outcome_OUTCOME_ABORTED, nil, "", 2))
-	if !errors.Is(res[3].Err, ErrForgotten) {
+	if !errors.Is(res[3].Err, twopc.ErrForgotten) {
 		t.Fatalf("decide after the collect in the same batch = %+v, want ErrForgotten", res[3])
 	}
 	if got := f.ids(); len(got) != 0 {

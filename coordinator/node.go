@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 )
@@ -44,7 +45,7 @@ type Node struct {
 	tr    Transport
 	// phase2 reports the 2PC driver's phase-2 backlog for Admin Status;
 	// the driver sets it (NewDriver), a node without one reports none.
-	phase2 atomic.Pointer[func(context.Context) ([]Phase2Txn, error)]
+	phase2 atomic.Pointer[func(context.Context) ([]twopc.Phase2Txn, error)]
 
 	propc   chan *proposal
 	recvc   chan *raftpb.Message

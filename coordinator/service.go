@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 	"github.com/decree-tx/decree/txnspec"
@@ -101,15 +102,15 @@ func (d *Driver) serveList(ctx context.Context, req *decreev1.ListTransactionsRe
 // commit hands a validated Commit to the core, with what the log holds for
 // its id; done gets the response, or the core's error (statusOf maps it).
 // It returns the request id (0 if done already ran).
-func (d *Driver) commit(id string, branches []BranchSpec, done func(*decreev1.CommitResponse, error)) uint64 {
+func (d *Driver) commit(id string, branches []twopc.BranchSpec, done func(*decreev1.CommitResponse, error)) uint64 {
 	logged, err := d.logged(id)
 	if err != nil {
 		done(nil, err)
 		return 0
 	}
-	return d.submit(func(req uint64) Event {
-		return ClientCommit{Req: req, ID: id, Branches: branches, Logged: logged}
-	}, func(r Reply) {
+	return d.submit(func(req uint64) twopc.Event {
+		return twopc.ClientCommit{Req: req, ID: id, Branches: branches, Logged: logged}
+	}, func(r twopc.Reply) {
 		if r.Err != nil {
 			done(nil, r.Err)
 			return
@@ -126,11 +127,11 @@ func (d *Driver) outcome(id string, participants []string, done func(*decreev1.O
 		done(nil, err)
 		return 0
 	}
-	return d.submit(func(req uint64) Event {
-		return ClientOutcome{Req: req, ID: id, Participants: participants, Logged: logged}
-	}, func(r Reply) {
+	return d.submit(func(req uint64) twopc.Event {
+		return twopc.ClientOutcome{Req: req, ID: id, Participants: participants, Logged: logged}
+	}, func(r twopc.Reply) {
 		switch {
-		case errors.Is(r.Err, ErrForgotten):
+		case errors.Is(r.Err, twopc.ErrForgotten):
 			done(&decreev1.OutcomeResponse{TxnId: id, State: decreev1.TxnState_TXN_STATE_FORGOTTEN}, nil)
 		case r.Err != nil:
 			done(nil, r.Err)
@@ -142,15 +143,15 @@ func (d *Driver) outcome(id string, participants []string, done func(*decreev1.O
 }
 
 // logged reads what the decision log holds for id, for the core to judge.
-func (d *Driver) logged(id string) (Logged, error) {
+func (d *Driver) logged(id string) (twopc.Logged, error) {
 	r, ok, err := d.rlog.Record(id)
 	switch {
 	case err != nil:
-		return Logged{}, status.Errorf(codes.Internal, "read record: %v", err)
+		return twopc.Logged{}, status.Errorf(codes.Internal, "read record: %v", err)
 	case !ok:
-		return Logged{Forgotten: isForgotten(id, d.rlog.Horizon())}, nil
+		return twopc.Logged{Forgotten: isForgotten(id, d.rlog.Horizon())}, nil
 	}
-	return Logged{Found: true, Outcome: outcomeFromRecord(r.Outcome), Reason: r.Reason, Participants: r.Participants,
+	return twopc.Logged{Found: true, Outcome: outcomeFromRecord(r.Outcome), Reason: r.Reason, Participants: r.Participants,
 		Finished: r.Finished, DecidedAt: r.DecidedAt}, nil
 }
 
@@ -364,13 +365,13 @@ func (d *Driver) statusOf(ctx context.Context, err error) error {
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded before the outcome was known; ask Outcome")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "call cancelled; ask Outcome")
-	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNoLeader), errors.Is(err, ErrStopped):
+	case errors.Is(err, twopc.ErrNotLeader), errors.Is(err, ErrNoLeader), errors.Is(err, ErrStopped):
 		return d.unavailable(ctx, err.Error())
-	case errors.Is(err, ErrOverloaded):
+	case errors.Is(err, twopc.ErrOverloaded):
 		return status.Error(codes.ResourceExhausted, err.Error())
-	case errors.Is(err, errNotParticipant), errors.Is(err, ErrForgotten):
+	case errors.Is(err, twopc.ErrNotParticipant), errors.Is(err, twopc.ErrForgotten):
 		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, errNoParticipants):
+	case errors.Is(err, twopc.ErrNoParticipants):
 		return status.Error(codes.InvalidArgument, err.Error())
 	default:
 		return status.Error(codes.Unavailable, err.Error())
@@ -383,7 +384,7 @@ func (d *Driver) limits() txnspec.Limits {
 	return txnspec.Limits{MaxParticipants: d.cfg.MaxBranches, MaxPayload: d.cfg.MaxPayload}
 }
 
-func (d *Driver) validateCommit(req *decreev1.CommitRequest) ([]BranchSpec, error) {
+func (d *Driver) validateCommit(req *decreev1.CommitRequest) ([]twopc.BranchSpec, error) {
 	if _, err := txnspec.ParseID(req.GetTxnId()); err != nil {
 		return nil, err
 	}
@@ -395,12 +396,12 @@ func (d *Driver) validateCommit(req *decreev1.CommitRequest) ([]BranchSpec, erro
 	if err := d.limits().CheckParticipants(parts); err != nil {
 		return nil, fmt.Errorf("branches: %w", err)
 	}
-	out := make([]BranchSpec, len(bs))
+	out := make([]twopc.BranchSpec, len(bs))
 	for i, b := range bs {
 		if err := d.limits().CheckPayload(len(b.GetPayload())); err != nil {
 			return nil, fmt.Errorf("branch %d: %w", i, err)
 		}
-		out[i] = BranchSpec{Participant: parts[i], Payload: b.GetPayload()}
+		out[i] = twopc.BranchSpec{Participant: parts[i], Payload: b.GetPayload()}
 	}
 	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	"github.com/decree-tx/decree/participant"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
@@ -256,7 +257,7 @@ func (c *simClient) issue() {
 	attempt, txn := c.attempt, c.txn
 	n := w.nodes[w.rng.IntN(len(w.nodes))]
 	answer := func(st decreev1.TxnState, reason string, err error) {
-		if st == decreev1.TxnState_TXN_STATE_FORGOTTEN || errors.Is(err, ErrForgotten) {
+		if st == decreev1.TxnState_TXN_STATE_FORGOTTEN || errors.Is(err, twopc.ErrForgotten) {
 			w.noteForgotten(n, txn.id, c.name)
 			st, err = decreev1.TxnState_TXN_STATE_FORGOTTEN, nil
 		}
@@ -309,7 +310,7 @@ func (c *simClient) lateDuplicate() {
 		n.run(n.inc, func() {
 			n.drv.serveCommit(context.Background(), t.commitRequest(), func(r *decreev1.CommitResponse, err error) {
 				switch {
-				case errors.Is(err, ErrForgotten):
+				case errors.Is(err, twopc.ErrForgotten):
 					w.noteForgotten(n, t.id, c.name)
 				case err == nil:
 					w.noteTold(t.id, outcomeOfState(r.GetState()))
@@ -355,10 +356,10 @@ func (c *simClient) listUnfinished() {
 	}, nil)
 }
 
-func (t *simTxn) branches() []BranchSpec {
-	bs := make([]BranchSpec, len(t.parts))
+func (t *simTxn) branches() []twopc.BranchSpec {
+	bs := make([]twopc.BranchSpec, len(t.parts))
 	for i, p := range t.parts {
-		bs[i] = BranchSpec{Participant: p, Payload: []byte(t.payloads[i])}
+		bs[i] = twopc.BranchSpec{Participant: p, Payload: []byte(t.payloads[i])}
 	}
 	return bs
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 )
@@ -135,7 +136,7 @@ func (sn *simNode) newDriver() (*Driver, error) {
 		collectEvery = w.plan.collectEvery
 	}
 	cfg := DriverConfig{
-		Core: CoreConfig{
+		Core: twopc.Config{
 			PrepareTimeout: 300 * time.Millisecond, RetryMin: 20 * time.Millisecond, RetryMax: 300 * time.Millisecond,
 			FinishDelay: 20 * time.Millisecond, RescanEvery: 2 * time.Second,
 			Retention: w.plan.retention, CollectEvery: collectEvery,
@@ -157,9 +158,9 @@ func (sn *simNode) newDriver() (*Driver, error) {
 	mux.idle = simLinkIdle
 	d.rlog, d.calls, d.mux = simLog{sn}, mux, mux
 	d.leaderLink, d.stepped = simLeaderLink{sn}, true
-	d.onAction = func(a Action) {
+	d.onAction = func(a twopc.Action) {
 		w.tracef("n%d %s", sn.id, a)
-		if c, ok := a.(Conflict); ok {
+		if c, ok := a.(twopc.Conflict); ok {
 			w.violate("n%d core conflict on %s: %s", sn.id, c.ID, c.What)
 		}
 	}
@@ -682,7 +683,7 @@ func (sp *simPart) serveDecision(req *decreev1.DecisionRequest, o decreev1.Outco
 		resp, err = sp.svc.Abort(context.Background(), req)
 	}
 	if status.Code(err) == codes.FailedPrecondition && !isStaleTerm(err) {
-		w.violate("%s refused %s of %s: %v", sp.addr, decisionVerb(o), id, err)
+		w.violate("%s refused %s of %s: %v", sp.addr, twopc.DecisionVerb(o), id, err)
 	}
 	if err == nil {
 		st := txlog.PStateAborted

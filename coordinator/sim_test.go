@@ -16,6 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 )
@@ -374,7 +375,7 @@ func (w *world) collectAll() {
 			l.drv.serveCommit(context.Background(), w.txns[id].commitRequest(), func(r *decreev1.CommitResponse, err error) {
 				answered++
 				switch {
-				case errors.Is(err, ErrForgotten):
+				case errors.Is(err, twopc.ErrForgotten):
 				case err != nil:
 					w.violate("after collecting, a commit of %s fails with %v, not FORGOTTEN", id, err)
 				default:
@@ -457,7 +458,7 @@ func (w *world) finalChecks() {
 		}
 		out := outcomeFromRecord(rec.Outcome)
 		if told, ok := w.told[id]; !ok || told != out {
-			w.violate("%s: client told %s, replicas hold %s", id, outcomeWord(told), outcomeWord(out))
+			w.violate("%s: client told %s, replicas hold %s", id, twopc.OutcomeWord(told), twopc.OutcomeWord(out))
 			return
 		}
 		w.checkParticipantsHold(t, out)

@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 )
@@ -300,11 +301,11 @@ func (w *world) noteDecision(id string, o decreev1.Outcome, where string) {
 	}
 	prev, ok := w.decided[id]
 	if ok && prev != o {
-		w.violate("first decision wins broken: %s was %s, now %s (%s)", id, outcomeWord(prev), outcomeWord(o), where)
+		w.violate("first decision wins broken: %s was %s, now %s (%s)", id, twopc.OutcomeWord(prev), twopc.OutcomeWord(o), where)
 		return
 	}
 	if !ok && w.forgotten[id] {
-		w.violate("%s answered FORGOTTEN, then decided %s (%s)", id, outcomeWord(o), where)
+		w.violate("%s answered FORGOTTEN, then decided %s (%s)", id, twopc.OutcomeWord(o), where)
 		return
 	}
 	w.decided[id] = o
@@ -322,11 +323,11 @@ func (w *world) noteForgotten(n *simNode, id, to string) {
 
 func (w *world) noteTold(id string, o decreev1.Outcome) {
 	if prev, ok := w.told[id]; ok && prev != o {
-		w.violate("client told %s %s, then %s", id, outcomeWord(prev), outcomeWord(o))
+		w.violate("client told %s %s, then %s", id, twopc.OutcomeWord(prev), twopc.OutcomeWord(o))
 	}
 	w.told[id] = o
 	w.noteDecision(id, o, "told to a client")
-	w.tracef("client told %s %s", id, outcomeWord(o))
+	w.tracef("client told %s %s", id, twopc.OutcomeWord(o))
 }
 
 func (w *world) noteVote(part, id string, v decreev1.Vote) {

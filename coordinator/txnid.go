@@ -1,14 +1,8 @@
 package coordinator
 
 import (
-	"errors"
-
 	"github.com/decree-tx/decree/txnspec"
 )
-
-// ErrForgotten marks a transaction id older than the retention horizon that
-// has no record: its outcome, if it had one, was collected.
-var ErrForgotten = errors.New("transaction is older than the retention horizon")
 
 // isForgotten reports whether id was minted before the retention horizon
 // (unix nanos). Ids that do not parse are never forgotten; they were

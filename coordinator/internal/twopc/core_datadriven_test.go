@@ -1,4 +1,4 @@
-package coordinator
+package twopc
 
 import (
 	"fmt"
@@ -25,8 +25,8 @@ import (
 // and read the diff of testdata/core before committing it: the diff is
 // the behaviour change.
 func TestCoreData(t *testing.T) {
-	datadriven.Walk(t, "testdata/core", func(t *testing.T, path string) {
-		env := newCoreEnv(CoreConfig{Rand: noJitter})
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		env := newCoreEnv(Config{Rand: noJitter})
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			return env.handle(t, d)
 		})
@@ -46,9 +46,9 @@ type coreEnv struct {
 	req   uint64 // the last client request number handed out
 }
 
-func newCoreEnv(cfg CoreConfig) *coreEnv {
+func newCoreEnv(cfg Config) *coreEnv {
 	start := time.Unix(0, 0)
-	return &coreEnv{core: NewCore(cfg), start: start, now: start}
+	return &coreEnv{core: New(cfg), start: start, now: start}
 }
 
 // handle runs one command. Every command takes at=<duration>, which first
@@ -223,7 +223,7 @@ func (e *coreEnv) step(ev Event) string {
 func (e *coreEnv) action(a Action) string {
 	switch a := a.(type) {
 	case ProposeDecide:
-		s := fmt.Sprintf("propose decide %s %s [%s] (term %d", a.ID, outcomeWord(a.Outcome), strings.Join(a.Participants, " "), a.Term)
+		s := fmt.Sprintf("propose decide %s %s [%s] (term %d", a.ID, OutcomeWord(a.Outcome), strings.Join(a.Participants, " "), a.Term)
 		if a.Presumed {
 			s += ", presumed"
 		}
@@ -284,9 +284,9 @@ func (e *coreEnv) txnState(b *strings.Builder, t *coreTxn) {
 	case phaseVoting:
 		line("deadline %s", e.since(t.deadline))
 	case phaseDeciding:
-		line("proposed %s%s", outcomeWord(t.proposed), reasonSuffix(t.reason))
+		line("proposed %s%s", OutcomeWord(t.proposed), reasonSuffix(t.reason))
 	case phaseDelivering:
-		line("outcome %s%s; decided at %s, %d sends", outcomeWord(t.outcome), reasonSuffix(t.reason), e.since(t.decidedAt), t.sends)
+		line("outcome %s%s; decided at %s, %d sends", OutcomeWord(t.outcome), reasonSuffix(t.reason), e.since(t.decidedAt), t.sends)
 	}
 	if s := perParticipant(t.participants, t.votes, func(v decreev1.Vote) string { return enumWord(v.String(), "VOTE_") }); s != "" {
 		line("votes %s", s)
@@ -384,7 +384,7 @@ func parseParticipantState(t *testing.T, d *datadriven.TestData, word string) de
 // parseOutcome reads committed, aborted or undecided (the printed words).
 func parseOutcome(t *testing.T, d *datadriven.TestData, word string) decreev1.Outcome {
 	for _, o := range []decreev1.Outcome{decreev1.Outcome_OUTCOME_COMMITTED, decreev1.Outcome_OUTCOME_ABORTED, decreev1.Outcome_OUTCOME_UNSPECIFIED} {
-		if outcomeWord(o) == word {
+		if OutcomeWord(o) == word {
 			return o
 		}
 	}
@@ -392,8 +392,8 @@ func parseOutcome(t *testing.T, d *datadriven.TestData, word string) decreev1.Ou
 	return 0
 }
 
-func (e *coreEnv) config(t *testing.T, d *datadriven.TestData) CoreConfig {
-	cfg := CoreConfig{Rand: noJitter}
+func (e *coreEnv) config(t *testing.T, d *datadriven.TestData) Config {
+	cfg := Config{Rand: noJitter}
 	durations := map[string]*time.Duration{"prepare-timeout": &cfg.PrepareTimeout, "retry-min": &cfg.RetryMin,
 		"retry-max": &cfg.RetryMax, "finish-delay": &cfg.FinishDelay, "retention": &cfg.Retention,
 		"collect-every": &cfg.CollectEvery, "rescan-every": &cfg.RescanEvery}

@@ -1,4 +1,4 @@
-package coordinator
+package twopc
 
 import (
 	"cmp"
@@ -12,10 +12,11 @@ import (
 	"time"
 
 	"github.com/decree-tx/decree/internal/backoff"
+	"github.com/decree-tx/decree/internal/opts"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
-// Defaults of CoreConfig's fields.
+// Defaults of Config's fields.
 const (
 	DefaultPrepareTimeout = 5 * time.Second
 	DefaultRetryMin       = 50 * time.Millisecond
@@ -29,8 +30,8 @@ const (
 	DefaultMaxHeldBytes   = 256 << 20
 )
 
-// CoreConfig tunes the 2PC core. Zero values take the defaults.
-type CoreConfig struct {
+// Config tunes the 2PC core. Zero values take the defaults.
+type Config struct {
 	// PrepareTimeout bounds voting: a participant silent this long makes
 	// the transaction abort (default 5s).
 	PrepareTimeout time.Duration
@@ -71,29 +72,31 @@ type CoreConfig struct {
 // Validate reports the settings of c that cannot work, each naming its
 // field: a negative value (zero stands for the default), or a RetryMin
 // above RetryMax.
-func (c CoreConfig) Validate() error {
+func (c Config) Validate() error {
 	if err := errors.Join(
-		notNegative("PrepareTimeout", c.PrepareTimeout),
-		notNegative("RetryMin", c.RetryMin),
-		notNegative("RetryMax", c.RetryMax),
-		notNegative("FinishBatch", c.FinishBatch),
-		notNegative("FinishDelay", c.FinishDelay),
-		notNegative("Retention", c.Retention),
-		notNegative("CollectEvery", c.CollectEvery),
-		notNegative("RescanEvery", c.RescanEvery),
-		notNegative("MaxInFlight", c.MaxInFlight),
-		notNegative("MaxHeldBytes", c.MaxHeldBytes),
+		opts.NotNegative("PrepareTimeout", c.PrepareTimeout),
+		opts.NotNegative("RetryMin", c.RetryMin),
+		opts.NotNegative("RetryMax", c.RetryMax),
+		opts.NotNegative("FinishBatch", c.FinishBatch),
+		opts.NotNegative("FinishDelay", c.FinishDelay),
+		opts.NotNegative("Retention", c.Retention),
+		opts.NotNegative("CollectEvery", c.CollectEvery),
+		opts.NotNegative("RescanEvery", c.RescanEvery),
+		opts.NotNegative("MaxInFlight", c.MaxInFlight),
+		opts.NotNegative("MaxHeldBytes", c.MaxHeldBytes),
 	); err != nil {
 		return err
 	}
-	if d := c.withDefaults(); d.RetryMin > d.RetryMax {
+	if d := c.EnsureDefaults(); d.RetryMin > d.RetryMax {
 		return fmt.Errorf("RetryMin (%s) exceeds RetryMax (%s): the backoff could not grow from one to the other",
-			orDefault(c.RetryMin, DefaultRetryMin), orDefault(c.RetryMax, DefaultRetryMax))
+			opts.OrDefault(c.RetryMin, DefaultRetryMin), opts.OrDefault(c.RetryMax, DefaultRetryMax))
 	}
 	return nil
 }
 
-func (c CoreConfig) withDefaults() CoreConfig {
+// EnsureDefaults returns c with every zero field set to its default
+// (Pebble's style: the defaults are the exported Default* constants).
+func (c Config) EnsureDefaults() Config {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
@@ -128,7 +131,7 @@ func (c CoreConfig) withDefaults() CoreConfig {
 // records (LoadUnfinished), and voting that was not yet decided is left to
 // presumed abort.
 type Core struct {
-	cfg    CoreConfig
+	cfg    Config
 	retry  backoff.Policy // of phase-2 deliveries, proposals and Resolves
 	leader bool
 	term   uint64
@@ -150,7 +153,7 @@ type Core struct {
 
 	out []Action
 	// drop is why the current Step ignores its event, if it does;
-	// dropped counts the ignored events per kind (CoreStats).
+	// dropped counts the ignored events per kind (Stats).
 	drop    Dropped
 	dropped map[string]uint64
 }
@@ -236,14 +239,14 @@ func (r *retryState) fire(now time.Time) bool {
 	return false
 }
 
-// NewCore returns a core that is not leader. Like etcd raft's newRaft, it
-// panics on an invalid cfg (see CoreConfig.Validate): NewDriver validates
+// New returns a core that is not leader. Like etcd raft's newRaft, it
+// panics on an invalid cfg (see Config.Validate): NewDriver validates
 // what it is given and returns the error.
-func NewCore(cfg CoreConfig) *Core {
+func New(cfg Config) *Core {
 	if err := cfg.Validate(); err != nil {
 		panic("coordinator core: " + err.Error())
 	}
-	cfg = cfg.withDefaults()
+	cfg = cfg.EnsureDefaults()
 	return &Core{cfg: cfg, retry: backoff.Policy{Min: cfg.RetryMin, Max: cfg.RetryMax, Rand: cfg.Rand},
 		txns: make(map[string]*coreTxn)}
 }
@@ -335,15 +338,15 @@ type Dropped struct {
 // participant the transaction does not have.
 func (d Dropped) Suspect() bool { return d.Why == dropUnknownParticipant }
 
-// CoreStats counts what the core did not act on. Counters only grow.
-type CoreStats struct {
+// Stats counts what the core did not act on. Counters only grow.
+type Stats struct {
 	// Dropped counts the ignored events per kind (the event's type name).
 	Dropped map[string]uint64
 }
 
 // Stats returns the core's counters so far.
-func (c *Core) Stats() CoreStats {
-	return CoreStats{Dropped: maps.Clone(c.dropped)}
+func (c *Core) Stats() Stats {
+	return Stats{Dropped: maps.Clone(c.dropped)}
 }
 
 // LastDropped returns the event the last Step ignored, if it ignored it.
@@ -517,7 +520,7 @@ func (c *Core) clientOutcome(e ClientOutcome) {
 		c.emit(Reply{Req: e.Req, ID: e.ID, Err: ErrForgotten})
 		return
 	case len(e.Participants) == 0:
-		c.emit(Reply{Req: e.Req, ID: e.ID, Err: fmt.Errorf("transaction %s has %w", e.ID, errNoParticipants)})
+		c.emit(Reply{Req: e.Req, ID: e.ID, Err: fmt.Errorf("transaction %s has %w", e.ID, ErrNoParticipants)})
 		return
 	}
 	t := &coreTxn{id: e.ID, participants: slices.Clone(e.Participants), presumed: true, waiters: []uint64{e.Req},
@@ -545,7 +548,7 @@ func (c *Core) settled(t *coreTxn, e ParticipantResolved) {
 	if e.Err != "" {
 		err := fmt.Errorf("ask the one-phase participant %s: %s", e.Participant, e.Err)
 		if e.Refused {
-			err = fmt.Errorf("%w: %s serves no participant API: %s", errNotParticipant, e.Participant, e.Err)
+			err = fmt.Errorf("%w: %s serves no participant API: %s", ErrNotParticipant, e.Participant, e.Err)
 		}
 		for _, req := range t.waiters {
 			c.emit(Reply{Req: req, ID: t.id, Err: err})
@@ -920,7 +923,7 @@ func (c *Core) decisionApplied(e DecisionApplied) {
 		return
 	}
 	if t.replied && e.Outcome != decreev1.Outcome_OUTCOME_COMMITTED {
-		c.emit(Conflict{ID: t.id, What: "COMMITTED was acknowledged to the client (one-phase or parallel commit), but " + outcomeWord(e.Outcome) + " applied first"})
+		c.emit(Conflict{ID: t.id, What: "COMMITTED was acknowledged to the client (one-phase or parallel commit), but " + OutcomeWord(e.Outcome) + " applied first"})
 	}
 	t.outcome, t.reason = e.Outcome, e.Reason
 	c.replyAll(t, e.Outcome, e.Reason)

@@ -5,9 +5,6 @@ import (
 	"time"
 )
 
-// The core's protocol scenarios are data files: testdata/core/*.txt, run
-// by TestCoreData (core_datadriven_test.go).
-
 func TestIsForgotten(t *testing.T) {
 	good := "01890a5d-ac96-774b-bcce-b302099a8057"
 	ts := time.UnixMilli(0x01890a5dac96)

@@ -1,12 +1,9 @@
-package coordinator
+package twopc
 
 import (
 	"maps"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/rs/zerolog"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
@@ -32,7 +29,7 @@ func committed(id string, parts ...string) DecisionApplied {
 // Every event the core ignores is counted per kind and reported with its
 // transaction and reason; events it acts on are not.
 func TestCoreCountsTheEventsItIgnores(t *testing.T) {
-	c := NewCore(CoreConfig{})
+	c := New(Config{})
 	now := time.Unix(0, 0)
 	for i, s := range []struct {
 		ev      Event
@@ -88,47 +85,4 @@ func TestCoreCountsTheEventsItIgnores(t *testing.T) {
 	if d, _ := c.LastDropped(); d.Kind != "VoteReceived" || d.Suspect() {
 		t.Fatalf("LastDropped = %+v, want a VoteReceived, not suspect", d)
 	}
-}
-
-// The driver logs the events the core ignores with their transaction and
-// kind, at most once per kind and reason every dropLogEvery, counting the
-// lines it held back; one no correct driver feeds is a warning.
-func TestDriverLogsIgnoredEventsRateLimited(t *testing.T) {
-	var logs strings.Builder
-	clock := &stepClock{now: time.Unix(1000, 0)}
-	d := &Driver{cfg: DriverConfig{Clock: clock}, core: NewCore(CoreConfig{}),
-		log: zerolog.New(&logs).Level(zerolog.DebugLevel)}
-	for range 3 {
-		d.step(vote("t1", "a", yes)) // not leader: stale
-	}
-	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
-	if len(lines) != 1 || !strings.Contains(lines[0], `"level":"debug"`) || !strings.Contains(lines[0], `"event":"VoteReceived"`) ||
-		!strings.Contains(lines[0], `"txn":"t1"`) || !strings.Contains(lines[0], `"also_dropped":0`) {
-		t.Fatalf("after 3 stale votes within a second, want one debug line naming the event and txn: %q", lines)
-	}
-	d.step(Acked{ID: "t2", Participant: "a", Term: 2}) // another kind has its own budget
-	clock.advance(dropLogEvery)
-	d.step(vote("t3", "a", yes))
-	lines = strings.Split(strings.TrimSpace(logs.String()), "\n")
-	if len(lines) != 3 || !strings.Contains(lines[1], `"event":"Acked"`) || !strings.Contains(lines[2], `"txn":"t3"`) ||
-		!strings.Contains(lines[2], `"also_dropped":2`) {
-		t.Fatalf("want an Acked line, then after %v a VoteReceived line counting the 2 held back: %q", dropLogEvery, lines)
-	}
-
-	// Straight to the core: this driver has no node or participant links
-	// to carry out the actions.
-	d.core.Step(clock.Now(), LeadershipChanged{Leader: true, Term: 2})
-	d.core.Step(clock.Now(), commitReq(1, "t4", "a"))
-	d.step(vote("t4", "z", yes))
-	if last := lastLine(logs.String()); !strings.Contains(last, `"level":"warn"`) || !strings.Contains(last, dropUnknownParticipant) {
-		t.Fatalf("a vote from a participant the transaction lacks: %q, want a warning", last)
-	}
-	if got := d.core.Stats().Dropped; got["VoteReceived"] != 5 || got["Acked"] != 1 {
-		t.Fatalf("Dropped = %v, want 5 VoteReceived and 1 Acked", got)
-	}
-}
-
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
 }

@@ -1,4 +1,4 @@
-package coordinator
+package twopc
 
 import (
 	"errors"
@@ -13,6 +13,11 @@ import (
 // the outcome with Outcome, on whichever node leads now.
 var ErrNotLeader = errors.New("this coordinator is not the leader")
 
+// ErrForgotten answers a request for a transaction older than the
+// retention horizon whose record may have been collected: nothing about it
+// can be known or decided any more.
+var ErrForgotten = errors.New("transaction is older than the retention horizon")
+
 // ErrOverloaded is the answer to a client whose new transaction would take
 // the leader past its limit of transactions in flight or of payload bytes
 // held; nothing of it was started, so the client may retry later.
@@ -23,16 +28,16 @@ var ErrOverloaded = errors.New("the leader is at its limit")
 // it is finishing it already: the caller asks again.
 var ErrSettling = errors.New("the transaction is staged and being settled at its participants; ask again")
 
-// errNoParticipants: an outcome query for an id the cluster has no record
+// ErrNoParticipants: an outcome query for an id the cluster has no record
 // of named no participants. It may be a one-phase transaction that
 // committed at its only participant, so presuming abort without asking
 // could contradict it.
-var errNoParticipants = errors.New("no record here: name its participants to settle it (a one-phase transaction's outcome lives at its participant)")
+var ErrNoParticipants = errors.New("no record here: name its participants to settle it (a one-phase transaction's outcome lives at its participant)")
 
-// errNotParticipant: an outcome query named, as a one-phase transaction's
+// ErrNotParticipant: an outcome query named, as a one-phase transaction's
 // only participant, an address that is not a participant. Nothing is
 // decided: its outcome cannot be learned there.
-var errNotParticipant = errors.New("not a participant")
+var ErrNotParticipant = errors.New("not a participant")
 
 // Event is an input to the 2PC core. Feedback events carry the leader term
 // their action was issued in; the core ignores feedback from an earlier
@@ -334,7 +339,7 @@ func (a ResolveAtParticipant) String() string {
 }
 
 func (a ProposeDecide) String() string {
-	s := fmt.Sprintf("propose decide %s %s [%s]", a.ID, outcomeWord(a.Outcome), strings.Join(a.Participants, " "))
+	s := fmt.Sprintf("propose decide %s %s [%s]", a.ID, OutcomeWord(a.Outcome), strings.Join(a.Participants, " "))
 	if a.Presumed {
 		s += " (presumed)"
 	}
@@ -355,14 +360,14 @@ func (a ProposeFinished) String() string {
 func (a ProposeCollect) String() string { return fmt.Sprintf("propose collect before %d", a.Before) }
 
 func (a SendDecision) String() string {
-	return fmt.Sprintf("%s %s -> %s (term %d)", decisionVerb(a.Outcome), a.ID, a.Participant, a.Term)
+	return fmt.Sprintf("%s %s -> %s (term %d)", DecisionVerb(a.Outcome), a.ID, a.Participant, a.Term)
 }
 
 func (a Reply) String() string {
 	if a.Err != nil {
 		return fmt.Sprintf("reply %d %s error: %v", a.Req, a.ID, a.Err)
 	}
-	s := fmt.Sprintf("reply %d %s %s", a.Req, a.ID, outcomeWord(a.Outcome))
+	s := fmt.Sprintf("reply %d %s %s", a.Req, a.ID, OutcomeWord(a.Outcome))
 	if a.Reason != "" {
 		s += ": " + a.Reason
 	}
@@ -372,7 +377,7 @@ func (a Reply) String() string {
 func (a LoadUnfinished) String() string { return fmt.Sprintf("load unfinished (term %d)", a.Term) }
 func (a Conflict) String() string       { return fmt.Sprintf("CONFLICT %s: %s", a.ID, a.What) }
 
-func outcomeWord(o decreev1.Outcome) string {
+func OutcomeWord(o decreev1.Outcome) string {
 	switch o {
 	case decreev1.Outcome_OUTCOME_COMMITTED:
 		return "committed"
@@ -383,7 +388,7 @@ func outcomeWord(o decreev1.Outcome) string {
 	}
 }
 
-func decisionVerb(o decreev1.Outcome) string {
+func DecisionVerb(o decreev1.Outcome) string {
 	if o == decreev1.Outcome_OUTCOME_COMMITTED {
 		return "commit"
 	}
