@@ -158,6 +158,8 @@ func (sn *simNode) newDriver() (*Driver, error) {
 	mux.idle = simLinkIdle
 	d.rlog, d.calls, d.mux = simLog{sn}, mux, mux
 	d.leaderLink, d.stepped = simLeaderLink{sn}, true
+	backlog := d.phase2Backlog // for the Admin status, as NewDriver does
+	sn.node.phase2.Store(&backlog)
 	d.onAction = func(a twopc.Action) {
 		w.tracef("n%d %s", sn.id, a)
 		if c, ok := a.(twopc.Conflict); ok {

@@ -464,6 +464,38 @@ func (w *world) finalChecks() {
 		w.checkParticipantsHold(t, out)
 	}
 	w.checkLists(tables[0])
+	w.checkStatus()
+}
+
+// checkStatus asks every node for its Admin status after quiescence: one
+// leader that all know, in one term, everything applied everywhere, no
+// phase-2 backlog, and the leader listing every member.
+func (w *world) checkStatus() {
+	var sts []*decreev1.StatusResponse
+	for _, n := range w.nodes {
+		st, err := (&adminService{node: n.node}).Status(context.Background(), &decreev1.StatusRequest{})
+		if err != nil {
+			w.violate("n%d status: %v", n.id, err)
+			return
+		}
+		sts = append(sts, st)
+	}
+	l := sts[0]
+	for _, st := range sts {
+		if st.GetRole() == decreev1.Role_ROLE_LEADER {
+			l = st
+		}
+	}
+	for _, st := range sts {
+		if st.GetLeader() != l.GetId() || st.GetTerm() != l.GetTerm() || st.GetApplied() != l.GetApplied() ||
+			st.GetClusterId() != l.GetClusterId() || st.GetPhase2Backlog() != 0 {
+			w.violate("after quiescence n%d reports leader %d term %d applied %d backlog %d; the leader n%d: term %d applied %d",
+				st.GetId(), st.GetLeader(), st.GetTerm(), st.GetApplied(), st.GetPhase2Backlog(), l.GetId(), l.GetTerm(), l.GetApplied())
+		}
+	}
+	if len(l.GetMembers()) != len(w.nodes) {
+		w.violate("the leader n%d reports %d members, want %d", l.GetId(), len(l.GetMembers()), len(w.nodes))
+	}
 }
 
 // checkLists asks the leader to list the transactions after quiescence:
