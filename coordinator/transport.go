@@ -185,25 +185,23 @@ func (t *PeerTransport) dropped(m *raftpb.Message) {
 // and otherwise opens a stream if none is open and sends the queue on it
 // in batches. The owner calls pump after anything that may have queued a
 // message (Send) or given a stream or transfer something to return.
-func (t *PeerTransport) pump() {
+func (t *PeerTransport) pump() { t.pumpAt(t.cfg.Clock.Now()) }
+
+// tick is pump for a stepped transport whose time has passed: the peers
+// whose redial backoff ended by now are reached again.
+func (t *PeerTransport) tick(now time.Time) { t.pumpAt(now) }
+
+func (t *PeerTransport) pumpAt(now time.Time) {
 	if t.ctx.Err() != nil {
 		for _, p := range t.order {
 			p.dropQueued()
 		}
 		return
 	}
-	now := t.cfg.Clock.Now()
 	for _, p := range t.order {
 		p.pumpSnapshot()
 		p.pumpStream(now)
 	}
-}
-
-// tick is pump for a stepped transport whose time has passed: the peers
-// whose redial backoff ended at now are reached again.
-func (t *PeerTransport) tick(now time.Time) {
-	_ = now // pump reads the clock, which the owner has advanced to now
-	t.pump()
 }
 
 type peerSender struct {
