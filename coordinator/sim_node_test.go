@@ -12,12 +12,10 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
 	"go.etcd.io/raft/v3"
-	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
@@ -44,6 +42,7 @@ type simNode struct {
 	store  *txlog.Store
 	node   *Node
 	drv    *Driver
+	tr     *simTransport
 	inc    int // incarnation: callbacks from an earlier one are ignored
 	up     bool
 	paused bool
@@ -107,7 +106,8 @@ func (sn *simNode) boot() {
 		SnapshotEvery: w.plan.snapEvery, CatchUpEntries: w.plan.catchUp,
 		Nonce: w.rng.Uint32() | 1, Logger: zerolog.Nop(),
 	}
-	node, err := newNode(cfg, store, &simTransport{sn: sn})
+	tr := newSimTransport(sn)
+	node, err := newNode(cfg, store, tr)
 	if err != nil {
 		w.violate("n%d: start node: %v", sn.id, err)
 		return
@@ -115,6 +115,8 @@ func (sn *simNode) boot() {
 	node.collectLimit = w.plan.collectLimit
 	sn.inc++
 	sn.store, sn.node, sn.up, sn.paused = store, node, true, false
+	tr.attach(sn.inc)
+	sn.tr = tr
 	if sn.drv, err = sn.newDriver(); err != nil {
 		w.violate("n%d: start driver: %v", sn.id, err)
 		return
@@ -187,7 +189,7 @@ func (sn *simNode) shutdown() {
 		r.cancel()
 	}
 	_ = sn.store.Close()
-	sn.up, sn.node, sn.drv, sn.store = false, nil, nil, nil
+	sn.up, sn.node, sn.drv, sn.store, sn.tr = false, nil, nil, nil, nil
 	sn.inc++
 }
 
@@ -234,6 +236,9 @@ func (sn *simNode) tick() {
 	}
 	sn.expire()
 	if sn.up {
+		sn.tr.pt.tick(sn.w.now)
+	}
+	if sn.up {
 		sn.drv.mux.tick(sn.w.now)
 	}
 	if sn.up {
@@ -266,6 +271,10 @@ func (sn *simNode) pump() {
 		}
 		if err := sn.node.handleReadies(); err != nil {
 			sn.w.violate("n%d: storage error: %v", sn.id, err)
+			return
+		}
+		sn.tr.pt.pump()
+		if !sn.up {
 			return
 		}
 		sn.node.publishStatus()
@@ -706,113 +715,4 @@ func (sp *simPart) serveDecision(req *decreev1.DecisionRequest, o decreev1.Outco
 func isStaleTerm(err error) bool {
 	s, _ := status.FromError(err)
 	return s != nil && strings.HasPrefix(s.Message(), "stale term")
-}
-
-// simTransport carries raft messages through the simulated network,
-// marshalled as on the wire.
-type simTransport struct{ sn *simNode }
-
-func (t *simTransport) Close() {}
-
-func (t *simTransport) Send(msgs []*raftpb.Message) {
-	from := t.sn
-	w := from.w
-	for _, m := range msgs {
-		to := w.nodes[m.GetTo()-1]
-		data, err := proto.Marshal(m)
-		if err != nil {
-			w.violate("marshal raft message: %v", err)
-			return
-		}
-		typ, inc := m.GetType(), from.inc
-		if typ != raftpb.MsgHeartbeat && typ != raftpb.MsgHeartbeatResp {
-			w.tracef("n%d -> n%d %s term %d index %d", m.GetFrom(), m.GetTo(), typ, m.GetTerm(), m.GetIndex())
-		}
-		var lost func()
-		if typ == raftpb.MsgSnap {
-			lost = func() { from.reportSnapshot(inc, m.GetTo(), raft.SnapshotFailure) }
-		}
-		if typ == raftpb.MsgSnap {
-			w.send(from.name, to.name, func() {
-				st := raft.SnapshotFailure
-				to.run(to.inc, func() {
-					if from.transferSnapshot(inc, to, m) {
-						st = raft.SnapshotFinish
-					}
-				})
-				from.reportSnapshot(inc, m.GetTo(), st)
-			}, lost)
-			continue
-		}
-		w.send(from.name, to.name, func() {
-			to.run(to.inc, func() { to.stepRaft(data) })
-		}, lost)
-	}
-}
-
-// transferSnapshot streams a snapshot's state from sn (in incarnation inc)
-// to to through the production sender and receiver, over an in-memory
-// pipe, in small chunks. It reports whether raft got the snapshot.
-func (sn *simNode) transferSnapshot(inc int, to *simNode, m *raftpb.Message) bool {
-	if !sn.alive(inc) {
-		return false
-	}
-	var pipe simChunks
-	hdr := &decreev1.SnapshotHeader{ClusterId: 1, From: sn.id, To: to.id}
-	if _, err := sendSnapshot(sn.store, hdr, m, &pipe, 256); err != nil {
-		sn.w.violate("n%d: send snapshot: %v", sn.id, err)
-		return false
-	}
-	step := func(m *raftpb.Message) error {
-		to.node.stepSnap(m)
-		to.heard()
-		return nil
-	}
-	if _, err := to.node.receiveSnapshot(&pipe, sn.id, step); err != nil {
-		sn.w.violate("n%d: receive snapshot from n%d: %v", to.id, sn.id, err)
-		return false
-	}
-	return true
-}
-
-// simChunks is an in-memory snapshot stream.
-type simChunks struct{ chunks []*decreev1.SnapshotChunk }
-
-func (p *simChunks) Send(c *decreev1.SnapshotChunk) error {
-	p.chunks = append(p.chunks, proto.CloneOf(c))
-	return nil
-}
-
-func (p *simChunks) Recv() (*decreev1.SnapshotChunk, error) {
-	if len(p.chunks) == 0 {
-		return nil, io.EOF
-	}
-	c := p.chunks[0]
-	p.chunks = p.chunks[1:]
-	return c, nil
-}
-
-func (sn *simNode) reportSnapshot(inc int, to uint64, st raft.SnapshotStatus) {
-	sn.run(inc, func() { sn.node.rn.ReportSnapshot(to, st) })
-}
-
-func (sn *simNode) stepRaft(data []byte) {
-	var m raftpb.Message
-	if err := proto.Unmarshal(data, &m); err != nil {
-		sn.w.violate("unmarshal raft message: %v", err)
-		return
-	}
-	// Simulated peers are correct, so the node's input checks must pass
-	// every message they send.
-	if err := sn.node.checkMessage(&m); err != nil {
-		sn.w.violate("n%d would drop a correct peer's message: %v", sn.id, err)
-		return
-	}
-	sn.node.step(&m)
-	switch m.GetType() {
-	case raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap:
-		if sn.node.rn.BasicStatus().Lead == m.GetFrom() {
-			sn.heard()
-		}
-	}
 }

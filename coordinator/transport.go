@@ -1,11 +1,13 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,9 +15,6 @@ import (
 	"github.com/rs/zerolog"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/decree-tx/decree/internal/backoff"
@@ -53,20 +52,61 @@ type PeerTransportConfig struct {
 	stats *nodeStats // the node's, when the node built the transport
 }
 
-// PeerTransport sends raft messages to peers over one gRPC client stream per
-// peer. Each peer has its own goroutine and bounded queue, so a slow or dead
-// peer never blocks the raft loop or the other peers.
+// raftEdge is a stepped PeerTransport's edge to its peers: the
+// simulation's network. A production transport speaks gRPC instead
+// (grpcPeer).
+type raftEdge interface {
+	// openStream opens a Raft stream to peer to. It ends at the latest
+	// when ctx does.
+	openStream(ctx context.Context, to uint64) (raftStream, error)
+	// openSnapshot opens a Snapshot stream to peer to.
+	openSnapshot(ctx context.Context, to uint64) (snapshotStream, error)
+}
+
+// raftStream is one open Raft stream. In production Send may block (flow
+// control); a stepped stream's must not. Either returns an error once the
+// stream is broken.
+type raftStream interface {
+	Send(*decreev1.RaftBatch) error
+}
+
+// snapshotStream is one open Snapshot stream, as decreev1.Raft_SnapshotClient
+// declares it. A stepped stream's CloseAndRecv must not block: it returns
+// errNoReply until the peer's answer has arrived, and the transport asks
+// again on a later pump.
+type snapshotStream interface {
+	Send(*decreev1.SnapshotChunk) error
+	CloseAndRecv() (*decreev1.SnapshotAck, error)
+}
+
+// PeerTransport sends raft messages to peers over one Raft stream per peer.
+// Each peer has its own bounded queue, so a slow or dead peer never blocks
+// the raft loop or the other peers.
+//
+// A transport runs in one of two modes, with the same per-peer logic
+// (enqueue, take, send, broke, dropQueued, writeSnapshot, snapshotEnded):
+//
+//   - Production (NewPeerTransport): gRPC, and a goroutine per peer (run)
+//     and per snapshot transfer.
+//   - Stepped (newSteppedPeerTransport), for the deterministic simulation:
+//     no goroutine at all. One goroutine owns the transport: it alone
+//     calls Send, pump and tick, and every report to the Reporter is made
+//     on it, from within pump and tick. Nothing is sent until pump; no
+//     redial backoff ends until tick (or a pump after it). Peers are
+//     visited in id order, so a run is a function of the owner's inputs.
 type PeerTransport struct {
 	ctx    context.Context // cancelled by Close
 	cfg    PeerTransportConfig
 	log    zerolog.Logger
 	peers  map[uint64]*peerSender
+	order  []*peerSender // by id
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// edge is a stepped transport's network; nil in production.
+	edge raftEdge
 }
 
-// NewPeerTransport starts a sender for every peer except cfg.ID.
-func NewPeerTransport(cfg PeerTransportConfig) *PeerTransport {
+func newPeerTransport(cfg PeerTransportConfig, edge raftEdge) *PeerTransport {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 4096
 	}
@@ -86,17 +126,29 @@ func NewPeerTransport(cfg PeerTransportConfig) *PeerTransport {
 		log:    cfg.Logger.With().Str("component", "transport").Uint64("node", cfg.ID).Logger(),
 		peers:  make(map[uint64]*peerSender),
 		cancel: cancel,
+		edge:   edge,
 	}
 	for id, addr := range cfg.Peers {
 		if id == cfg.ID {
 			continue
 		}
-		p := &peerSender{t: t, id: id, addr: addr, queue: make(chan *raftpb.Message, cfg.QueueSize)}
+		p := &peerSender{t: t, id: id, addr: addr, wake: make(chan struct{}, 1),
+			redial: backoff.Backoff{Policy: backoff.Policy{Min: minRedial, Max: maxRedial, Rand: cfg.Rand}}}
 		t.peers[id] = p
-		t.wg.Go(func() { p.run(ctx) })
+		t.order = append(t.order, p)
 	}
+	slices.SortFunc(t.order, func(a, b *peerSender) int { return cmp.Compare(a.id, b.id) })
 	return t
 }
+
+// newSteppedPeerTransport returns a transport driven by its owner over
+// edge; see PeerTransport, pump and tick. cfg.Rand need not be safe for
+// concurrent use.
+func newSteppedPeerTransport(cfg PeerTransportConfig, edge raftEdge) *PeerTransport {
+	return newPeerTransport(cfg, edge)
+}
+
+func (t *PeerTransport) stepped() bool { return t.edge != nil }
 
 // Send queues messages for their peers without blocking. A full queue drops
 // the message and reports the peer unreachable; raft will retransmit.
@@ -111,9 +163,7 @@ func (t *PeerTransport) Send(msgs []*raftpb.Message) {
 			t.sendSnapshot(p, m)
 			continue
 		}
-		select {
-		case p.queue <- m:
-		default:
+		if !p.enqueue(m) {
 			t.dropped(m)
 		}
 	}
@@ -129,66 +179,267 @@ func (t *PeerTransport) dropped(m *raftpb.Message) {
 	t.cfg.Reporter.ReportUnreachable(m.GetTo())
 }
 
-type peerSender struct {
-	t        *PeerTransport
-	id       uint64
-	addr     string
-	queue    chan *raftpb.Message
-	snapping atomic.Bool // a snapshot transfer to this peer is running
+// pump does for a stepped transport what the production goroutines do: for
+// each peer, it ends a snapshot transfer whose answer arrived and starts
+// one raft asked for; drops what is queued while the peer is backed off;
+// and otherwise opens a stream if none is open and sends the queue on it
+// in batches. The owner calls pump after anything that may have queued a
+// message (Send) or given a stream or transfer something to return.
+func (t *PeerTransport) pump() { t.pumpAt(t.cfg.Clock.Now()) }
+
+// tick is pump for a stepped transport whose time has passed: the peers
+// whose redial backoff ended by now are reached again.
+func (t *PeerTransport) tick(now time.Time) { t.pumpAt(now) }
+
+func (t *PeerTransport) pumpAt(now time.Time) {
+	if t.ctx.Err() != nil {
+		for _, p := range t.order {
+			p.dropQueued()
+		}
+		return
+	}
+	for _, p := range t.order {
+		p.pumpSnapshot()
+		p.pumpStream(now)
+	}
 }
 
-// sendSnapshot starts streaming a snapshot to p on its own goroutine and
-// connection, so that heartbeats and appends to p, and the raft loop, never
-// wait for it. Raft sends no other snapshot to a peer until it hears how
-// this one went, so a second one while one runs is dropped.
+type peerSender struct {
+	t    *PeerTransport
+	id   uint64
+	addr string
+	// wake is signalled when a message is queued (production).
+	wake chan struct{}
+
+	mu    sync.Mutex
+	queue []*raftpb.Message
+
+	snapping atomic.Bool // a snapshot transfer to this peer is running
+
+	// The rest is owned by the sender: its goroutine in production, the
+	// owner of a stepped transport.
+	redial backoff.Backoff
+	sent   bool // a send on the current stream has worked
+	// Stepped only: the open stream (nil: none), the end of the backoff,
+	// and the snapshot transfer waiting to start or for its answer.
+	cur       raftStream
+	downUntil time.Time
+	snap      *snapTransfer
+}
+
+// snapTransfer is a stepped transport's snapshot transfer to one peer.
+type snapTransfer struct {
+	m      *raftpb.Message
+	s      snapshotStream // nil until started
+	start  time.Time
+	ts     transferStats
+	cancel context.CancelFunc
+}
+
+// enqueue queues m, or reports false if the queue is full.
+func (p *peerSender) enqueue(m *raftpb.Message) bool {
+	p.mu.Lock()
+	if len(p.queue) >= p.t.cfg.QueueSize {
+		p.mu.Unlock()
+		return false
+	}
+	p.queue = append(p.queue, m)
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take removes up to maxSendBatch queued messages.
+func (p *peerSender) take() []*raftpb.Message {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := min(len(p.queue), maxSendBatch)
+	if n == 0 {
+		return nil
+	}
+	batch := slices.Clone(p.queue[:n])
+	clear(p.queue[:n])
+	p.queue = p.queue[n:]
+	if len(p.queue) == 0 {
+		p.queue = nil
+	}
+	return batch
+}
+
+func (p *peerSender) queued() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.queue)
+}
+
+// dropQueued discards what is queued, reporting each message: while the
+// peer is down it would only be stale by the time it is back, and raft
+// resends what matters.
+func (p *peerSender) dropQueued() {
+	p.mu.Lock()
+	q := p.queue
+	p.queue = nil
+	p.mu.Unlock()
+	for _, m := range q {
+		p.t.dropped(m)
+	}
+}
+
+// send sends batch as one RaftBatch on s.
+func (p *peerSender) send(s raftStream, batch []*raftpb.Message) error {
+	out := &decreev1.RaftBatch{ClusterId: p.t.cfg.ClusterID, From: p.t.cfg.ID, To: p.id}
+	for _, m := range batch {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			p.t.log.Error().Err(err).Msg("cannot marshal raft message")
+			continue
+		}
+		out.Messages = append(out.Messages, b)
+	}
+	if err := s.Send(out); err != nil {
+		return err
+	}
+	p.sent = true
+	return nil
+}
+
+// broke takes a stream's end (err: why it could not be opened or sent
+// on) and returns how long to wait before streaming to the peer again. A
+// stream that had worked means the peer was up, so this is a new outage
+// and the backoff starts over. Raft hears that the peer is unreachable.
+func (p *peerSender) broke(err error) time.Duration {
+	if p.sent {
+		p.redial.Reset()
+	}
+	p.sent = false
+	d := p.redial.Next()
+	p.t.log.Debug().Err(err).Uint64("peer", p.id).Dur("retry_in", d).Msg("peer stream broken")
+	p.t.cfg.Reporter.ReportUnreachable(p.id)
+	return d
+}
+
+// pumpStream is a stepped transport's run: see PeerTransport.pump.
+func (p *peerSender) pumpStream(now time.Time) {
+	if now.Before(p.downUntil) {
+		p.dropQueued()
+		return
+	}
+	for p.queued() > 0 {
+		if p.cur == nil {
+			s, err := p.t.edge.openStream(p.t.ctx, p.id)
+			if err != nil {
+				p.downUntil = now.Add(p.broke(fmt.Errorf("open stream: %w", err)))
+				p.dropQueued()
+				return
+			}
+			p.cur = s
+		}
+		if err := p.send(p.cur, p.take()); err != nil {
+			p.cur = nil
+			p.downUntil = now.Add(p.broke(err))
+			p.dropQueued()
+			return
+		}
+	}
+}
+
+// sendSnapshot starts streaming a snapshot to p: in production on its own
+// goroutine and connection, so that heartbeats and appends to p, and the
+// raft loop, never wait for it; stepped, at the next pump. Raft sends no
+// other snapshot to a peer until it hears how this one went, so a second
+// one while one runs is dropped.
 func (t *PeerTransport) sendSnapshot(p *peerSender, m *raftpb.Message) {
 	if !p.snapping.CompareAndSwap(false, true) {
 		t.log.Warn().Uint64("peer", p.id).Msg("snapshot transfer already running; dropping another")
 		return
 	}
+	if t.stepped() {
+		p.snap = &snapTransfer{m: m}
+		return
+	}
 	t.wg.Go(func() {
-		defer p.snapping.Store(false)
 		start := t.cfg.Clock.Now()
 		ts, err := p.streamSnapshot(t.ctx, m)
-		took := t.cfg.Clock.Now().Sub(start)
-		status := raft.SnapshotFinish
-		log := t.log.Info()
-		if err != nil {
-			status, log = raft.SnapshotFailure, t.log.Warn().Err(err)
-		} else {
-			t.cfg.stats.noteSnapshotSent(ts, took)
-		}
-		log.Uint64("peer", p.id).Uint64("index", m.GetSnapshot().GetMetadata().GetIndex()).
-			Uint64("pairs", ts.pairs).Uint64("bytes", ts.bytes).Dur("took", took).Msg("snapshot transfer ended")
-		t.cfg.Reporter.ReportSnapshot(p.id, status)
+		p.snapshotEnded(m, start, ts, err)
 	})
 }
 
-// streamSnapshot runs one transfer on a connection of its own.
-func (p *peerSender) streamSnapshot(ctx context.Context, m *raftpb.Message) (transferStats, error) {
-	if p.t.cfg.State == nil {
-		return transferStats{}, errors.New("no state to stream")
-	}
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, peerDialOptions(p.t.cfg.Dial)...)
-	if err != nil {
-		return transferStats{}, fmt.Errorf("dial: %w", err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	s, err := decreev1.NewRaftClient(conn).Snapshot(ctx)
-	if err != nil {
-		return transferStats{}, fmt.Errorf("open snapshot stream: %w", err)
-	}
+// writeSnapshot streams m's header and the state to s.
+func (p *peerSender) writeSnapshot(s snapshotStream, m *raftpb.Message) (transferStats, error) {
 	hdr := &decreev1.SnapshotHeader{ClusterId: p.t.cfg.ClusterID, From: p.t.cfg.ID, To: p.id}
-	ts, err := sendSnapshot(p.t.cfg.State, hdr, m, s, p.t.cfg.SnapshotChunkBytes)
+	return sendSnapshot(p.t.cfg.State, hdr, m, s, p.t.cfg.SnapshotChunkBytes)
+}
+
+// snapshotAnswer is the end of a transfer, given the peer's answer.
+func snapshotAnswer(err error) error {
 	if err != nil {
-		return ts, err
+		return fmt.Errorf("peer did not take the snapshot: %w", err)
 	}
-	if _, err := s.CloseAndRecv(); err != nil {
-		return ts, fmt.Errorf("peer did not take the snapshot: %w", err)
+	return nil
+}
+
+// snapshotEnded logs and counts a transfer that ended and tells raft how it
+// went; then the peer may get another.
+func (p *peerSender) snapshotEnded(m *raftpb.Message, start time.Time, ts transferStats, err error) {
+	t := p.t
+	took := t.cfg.Clock.Now().Sub(start)
+	status := raft.SnapshotFinish
+	log := t.log.Info()
+	if err != nil {
+		status, log = raft.SnapshotFailure, t.log.Warn().Err(err)
+	} else {
+		t.cfg.stats.noteSnapshotSent(ts, took)
 	}
-	return ts, nil
+	log.Uint64("peer", p.id).Uint64("index", m.GetSnapshot().GetMetadata().GetIndex()).
+		Uint64("pairs", ts.pairs).Uint64("bytes", ts.bytes).Dur("took", took).Msg("snapshot transfer ended")
+	t.cfg.Reporter.ReportSnapshot(p.id, status)
+	p.snapping.Store(false)
+}
+
+// pumpSnapshot is a stepped transport's transfer: it starts the one raft
+// asked for (writing the whole state to the stream at once) and ends it
+// when the peer's answer is there.
+func (p *peerSender) pumpSnapshot() {
+	x := p.snap
+	if x == nil {
+		return
+	}
+	if x.s == nil {
+		x.start = p.t.cfg.Clock.Now()
+		if p.t.cfg.State == nil {
+			p.endSnap(transferStats{}, errors.New("no state to stream"))
+			return
+		}
+		ctx, cancel := context.WithCancel(p.t.ctx)
+		x.cancel = cancel
+		s, err := p.t.edge.openSnapshot(ctx, p.id)
+		if err != nil {
+			p.endSnap(transferStats{}, fmt.Errorf("open snapshot stream: %w", err))
+			return
+		}
+		x.s = s
+		if x.ts, err = p.writeSnapshot(s, x.m); err != nil {
+			p.endSnap(x.ts, err)
+			return
+		}
+	}
+	_, err := x.s.CloseAndRecv()
+	if errors.Is(err, errNoReply) {
+		return
+	}
+	p.endSnap(x.ts, snapshotAnswer(err))
+}
+
+func (p *peerSender) endSnap(ts transferStats, err error) {
+	x := p.snap
+	p.snap = nil
+	if x.cancel != nil {
+		x.cancel()
+	}
+	p.snapshotEnded(x.m, x.start, ts, err)
 }
 
 const (
@@ -199,105 +450,6 @@ const (
 	// maxSendBatch bounds how many queued messages ride in one stream send.
 	maxSendBatch = 64
 )
-
-func (p *peerSender) run(ctx context.Context) {
-	log := p.t.log.With().Uint64("peer", p.id).Str("addr", p.addr).Logger()
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, peerDialOptions(p.t.cfg.Dial)...)
-	if err != nil {
-		log.Error().Err(err).Msg("cannot create peer client; peer stays unreachable")
-		p.dropUntilDone(ctx)
-		return
-	}
-	defer conn.Close()
-	client := decreev1.NewRaftClient(conn)
-	redial := backoff.Backoff{Policy: backoff.Policy{Min: minRedial, Max: maxRedial, Rand: p.t.cfg.Rand}}
-	for ctx.Err() == nil {
-		err := p.stream(ctx, client)
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			// The stream had worked: the peer was up, so this is a new
-			// outage and the backoff starts over.
-			redial.Reset()
-		}
-		d := redial.Next()
-		log.Debug().Err(err).Dur("retry_in", d).Msg("peer stream broken")
-		p.t.cfg.Reporter.ReportUnreachable(p.id)
-		p.dropFor(ctx, d)
-	}
-}
-
-// stream opens a stream and pumps the queue into it until it breaks. It
-// returns nil if the stream had worked before breaking (redial at once).
-func (p *peerSender) stream(ctx context.Context, client decreev1.RaftClient) error {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	s, err := client.Stream(sctx)
-	if err != nil {
-		return fmt.Errorf("open stream: %w", err)
-	}
-	sent := false
-	for {
-		var first *raftpb.Message
-		select {
-		case first = <-p.queue:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		batch := []*raftpb.Message{first}
-		for len(batch) < maxSendBatch && len(p.queue) > 0 {
-			batch = append(batch, <-p.queue)
-		}
-		if err := p.send(s, batch); err != nil {
-			if sent {
-				return nil
-			}
-			return err
-		}
-		sent = true
-	}
-}
-
-func (p *peerSender) send(s decreev1.Raft_StreamClient, batch []*raftpb.Message) error {
-	out := &decreev1.RaftBatch{ClusterId: p.t.cfg.ClusterID, From: p.t.cfg.ID, To: p.id}
-	for _, m := range batch {
-		b, err := proto.Marshal(m)
-		if err != nil {
-			p.t.log.Error().Err(err).Msg("cannot marshal raft message")
-			continue
-		}
-		out.Messages = append(out.Messages, b)
-	}
-	return s.Send(out)
-}
-
-// dropFor discards queued messages for d: while the peer is down they would
-// only be stale by the time it is back, and raft resends what matters.
-func (p *peerSender) dropFor(ctx context.Context, d time.Duration) {
-	timer := p.t.cfg.Clock.After(d)
-	for {
-		select {
-		case m := <-p.queue:
-			p.t.dropped(m)
-		case <-timer:
-			return
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
-func (p *peerSender) dropUntilDone(ctx context.Context) {
-	for {
-		select {
-		case m := <-p.queue:
-			p.t.dropped(m)
-		case <-ctx.Done():
-			return
-		}
-	}
-}
 
 // RaftService receives peers' raft streams and steps their messages into the
 // node.
@@ -310,47 +462,30 @@ type RaftService struct {
 	snapping sync.Mutex
 }
 
-// Snapshot implements decreev1.RaftServer: it receives a streamed snapshot
-// (see snapshot.go).
-func (s *RaftService) Snapshot(stream decreev1.Raft_SnapshotServer) error {
-	if !s.snapping.TryLock() {
-		return status.Error(codes.ResourceExhausted, "a snapshot transfer to this node is already running")
+// receiveBatch takes one batch of a peer's Raft stream: it checks the
+// batch, and hands each of its messages that claims to come from the
+// batch's sender to step. It returns how many it handed on; an error (a
+// gRPC status: the batch is not for this node, a message is undecodable,
+// step failed) ends the stream.
+func (s *RaftService) receiveBatch(b *decreev1.RaftBatch, step func(*raftpb.Message) error) (uint64, error) {
+	if err := s.checkBatch(b); err != nil {
+		return 0, err
 	}
-	defer s.snapping.Unlock()
-	step := func(m *raftpb.Message) error { return s.node.stepSnapshot(stream.Context(), m) }
-	ts, err := s.node.receiveSnapshot(stream, 0, step)
-	if err != nil {
-		s.log.Warn().Err(err).Msg("snapshot transfer failed")
-		return err
+	var n uint64
+	for _, raw := range b.GetMessages() {
+		m := &raftpb.Message{}
+		if err := proto.Unmarshal(raw, m); err != nil {
+			return n, invalidArgument("undecodable raft message from %d: %v", b.GetFrom(), err)
+		}
+		if !s.node.admitFromStream(b.GetFrom(), m) { // raftcheck.go
+			continue
+		}
+		if err := step(m); err != nil {
+			return n, err
+		}
+		n++
 	}
-	return stream.SendAndClose(&decreev1.SnapshotAck{Pairs: ts.pairs})
-}
-
-// Stream implements decreev1.RaftServer.
-func (s *RaftService) Stream(stream decreev1.Raft_StreamServer) error {
-	var received uint64
-	for {
-		b, err := stream.Recv()
-		if err != nil {
-			return stream.SendAndClose(&decreev1.RaftStreamSummary{Received: received})
-		}
-		if err := s.checkBatch(b); err != nil {
-			return err
-		}
-		for _, raw := range b.GetMessages() {
-			var m raftpb.Message
-			if err := proto.Unmarshal(raw, &m); err != nil {
-				return invalidArgument("undecodable raft message from %d: %v", b.GetFrom(), err)
-			}
-			if !s.node.admitFromStream(b.GetFrom(), &m) { // raftcheck.go
-				continue
-			}
-			if err := s.node.Step(stream.Context(), &m); err != nil {
-				return unavailable("node stopped: %v", err)
-			}
-			received++
-		}
-	}
+	return n, nil
 }
 
 func (s *RaftService) checkBatch(b *decreev1.RaftBatch) error {
