@@ -325,6 +325,18 @@ func (w *world) unquiet() string {
 			return fmt.Sprintf("n%d has not finished %s", n.id, unfinished)
 		}
 	}
+	// Every replica has caught up: the transport may take up to its
+	// redial backoff to reach a peer that was down or cut off.
+	l := w.leader()
+	if l == nil {
+		return "no leader"
+	}
+	applied := l.node.Status().Applied
+	for _, n := range w.nodes {
+		if a := n.node.Status().Applied; a != applied {
+			return fmt.Sprintf("n%d applied %d, the leader n%d %d", n.id, a, l.id, applied)
+		}
+	}
 	return ""
 }
 
