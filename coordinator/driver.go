@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/decree-tx/decree/coordinator/internal/partcall"
 	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	"github.com/decree-tx/decree/internal/opts"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
@@ -97,7 +98,7 @@ func (c DriverConfig) withDefaults() DriverConfig {
 // or why there is none, exactly once, at the latest timeout after the
 // call; it must not block. The callMux is the production one.
 type participantCaller interface {
-	call(addr string, c *decreev1.Call, timeout time.Duration, done callDone)
+	Call(addr string, c *decreev1.Call, timeout time.Duration, done partcall.Done)
 }
 
 // Driver runs the 2PC Core on a replicated decision log: it feeds the core
@@ -118,10 +119,10 @@ type Driver struct {
 	rlog  decisionLog
 	core  *twopc.Core
 	calls participantCaller
-	conns *connPool // forwarding to the leader, and the mux's connections
+	conns *partcall.Conns // forwarding to the leader, and the mux's connections
 	// leaderLink forwards a follower's requests to the leader.
 	leaderLink leaderLink
-	mux        *callMux // production only: Stop waits for its goroutines
+	mux        *partcall.Mux // production only: Stop waits for its goroutines
 
 	evc     chan twopc.Event
 	askc    chan func()     // a read of the core, run on the loop (askLoop)
@@ -159,8 +160,8 @@ func NewDriver(node *Node, cfg DriverConfig) (*Driver, error) {
 	}
 	cfg = cfg.withDefaults()
 	d := newDriver(cfg, node.ID())
-	d.conns = newConnPool(cfg.Dial)
-	d.mux = newCallMux(d.ctx, d.conns, cfg.Clock, cfg.CallTimeout, d.log)
+	d.conns = partcall.NewConns(cfg.Dial)
+	d.mux = partcall.New(d.ctx, d.conns, cfg.Clock, cfg.CallTimeout, d.log)
 	d.rlog, d.calls = nodeLog{n: node, ctx: d.ctx, wg: &d.pending}, d.mux
 	d.leaderLink = grpcLeaderLink{conns: d.conns}
 	backlog := d.phase2Backlog
@@ -192,8 +193,8 @@ func (d *Driver) Stop() {
 	d.stop.Do(func() { close(d.stopc); d.cancel() })
 	<-d.donec
 	d.pending.Wait()
-	d.mux.wait()
-	d.conns.close()
+	d.mux.Wait()
+	d.conns.Close()
 }
 
 func (d *Driver) run() {
@@ -316,7 +317,7 @@ func (d *Driver) execute(a twopc.Action) {
 // prepare asks a participant for its vote; the answer, or the failure,
 // comes back to the loop as an event.
 func (d *Driver) prepare(a twopc.SendPrepare) {
-	d.calls.call(a.Participant, prepareCall(a), d.cfg.Core.PrepareTimeout, func(r *decreev1.Reply, err error) {
+	d.calls.Call(a.Participant, prepareCall(a), d.cfg.Core.PrepareTimeout, func(r *decreev1.Reply, err error) {
 		if err != nil {
 			d.feed(twopc.PrepareFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error(), Refused: notParticipant(err)})
 			return
@@ -334,7 +335,7 @@ func (d *Driver) prepare(a twopc.SendPrepare) {
 func notParticipant(err error) bool { return status.Code(err) == codes.Unimplemented }
 
 func (d *Driver) resolve(a twopc.ResolveAtParticipant) {
-	d.calls.call(a.Participant, resolveCall(a.ID, a.Term), d.cfg.CallTimeout, func(r *decreev1.Reply, err error) {
+	d.calls.Call(a.Participant, resolveCall(a.ID, a.Term), d.cfg.CallTimeout, func(r *decreev1.Reply, err error) {
 		ev := twopc.ParticipantResolved{ID: a.ID, Participant: a.Participant, Term: a.Term, State: r.GetResolve().GetState(),
 			ParticipantID: r.GetResolve().GetParticipantId()}
 		if err != nil {
@@ -401,7 +402,7 @@ func (d *Driver) proposeCollect(a twopc.ProposeCollect) {
 // sendDecision delivers the applied decision to a participant; its
 // acknowledgement, or the failure, comes back to the loop as an event.
 func (d *Driver) sendDecision(a twopc.SendDecision) {
-	d.calls.call(a.Participant, decisionCall(a), d.cfg.CallTimeout, func(_ *decreev1.Reply, err error) {
+	d.calls.Call(a.Participant, decisionCall(a), d.cfg.CallTimeout, func(_ *decreev1.Reply, err error) {
 		if err != nil {
 			d.log.Debug().Err(err).Str("txn", a.ID).Str("participant", a.Participant).Msg("decision delivery failed; will retry")
 			d.feed(twopc.DeliveryFailed{ID: a.ID, Participant: a.Participant, Term: a.Term, Err: err.Error()})
@@ -523,4 +524,23 @@ func askLoop[T any](ctx context.Context, d *Driver, read func(*twopc.Core) T) (T
 	case <-ctx.Done():
 		return zero, ctx.Err()
 	}
+}
+
+// prepareCall, decisionCall and resolveCall put the core's actions on
+// the wire.
+func prepareCall(a twopc.SendPrepare) *decreev1.Call {
+	return &decreev1.Call{Kind: &decreev1.Call_Prepare{Prepare: &decreev1.PrepareRequest{
+		TxnId: a.ID, Payload: a.Payload, Participants: a.Participants, OnePhase: a.OnePhase, Term: a.Term}}}
+}
+
+func decisionCall(a twopc.SendDecision) *decreev1.Call {
+	req := &decreev1.DecisionRequest{TxnId: a.ID, Term: a.Term}
+	if a.Outcome == decreev1.Outcome_OUTCOME_COMMITTED {
+		return &decreev1.Call{Kind: &decreev1.Call_Commit{Commit: req}}
+	}
+	return &decreev1.Call{Kind: &decreev1.Call_Abort{Abort: req}}
+}
+
+func resolveCall(id string, term uint64) *decreev1.Call {
+	return &decreev1.Call{Kind: &decreev1.Call_Resolve{Resolve: &decreev1.ResolveRequest{TxnId: id, Term: term}}}
 }

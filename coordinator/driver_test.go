@@ -8,6 +8,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/decree-tx/decree/coordinator/internal/twopc"
+	"github.com/decree-tx/decree/internal/clock"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
@@ -20,8 +21,8 @@ func vote(id, p string) twopc.VoteReceived {
 // lines it held back; one no correct driver feeds is a warning.
 func TestDriverLogsIgnoredEventsRateLimited(t *testing.T) {
 	var logs strings.Builder
-	clock := &stepClock{now: time.Unix(1000, 0)}
-	d := &Driver{cfg: DriverConfig{Clock: clock}, core: twopc.New(twopc.Config{}),
+	clk := clock.NewFake(time.Unix(1000, 0))
+	d := &Driver{cfg: DriverConfig{Clock: clk}, core: twopc.New(twopc.Config{}),
 		log: zerolog.New(&logs).Level(zerolog.DebugLevel)}
 	for range 3 {
 		d.step(vote("t1", "a")) // not leader: stale
@@ -32,7 +33,7 @@ func TestDriverLogsIgnoredEventsRateLimited(t *testing.T) {
 		t.Fatalf("after 3 stale votes within a second, want one debug line naming the event and txn: %q", lines)
 	}
 	d.step(twopc.Acked{ID: "t2", Participant: "a", Term: 2}) // another kind has its own budget
-	clock.advance(dropLogEvery)
+	clk.Advance(dropLogEvery)
 	d.step(vote("t3", "a"))
 	lines = strings.Split(strings.TrimSpace(logs.String()), "\n")
 	if len(lines) != 3 || !strings.Contains(lines[1], `"event":"Acked"`) || !strings.Contains(lines[2], `"txn":"t3"`) ||
@@ -42,8 +43,8 @@ func TestDriverLogsIgnoredEventsRateLimited(t *testing.T) {
 
 	// Straight to the core: this driver has no node or participant links
 	// to carry out the actions.
-	d.core.Step(clock.Now(), twopc.LeadershipChanged{Leader: true, Term: 2})
-	d.core.Step(clock.Now(), twopc.ClientCommit{Req: 1, ID: "t4", Branches: []twopc.BranchSpec{{Participant: "a"}}})
+	d.core.Step(clk.Now(), twopc.LeadershipChanged{Leader: true, Term: 2})
+	d.core.Step(clk.Now(), twopc.ClientCommit{Req: 1, ID: "t4", Branches: []twopc.BranchSpec{{Participant: "a"}}})
 	d.step(vote("t4", "z"))
 	if last := lastLine(logs.String()); !strings.Contains(last, `"level":"warn"`) || !strings.Contains(last, "no such participant") {
 		t.Fatalf("a vote from a participant the transaction lacks: %q, want a warning", last)

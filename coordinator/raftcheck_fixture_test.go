@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/decree-tx/decree/internal/clock"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 )
@@ -189,18 +190,18 @@ type follower struct {
 	logs *bytes.Buffer
 }
 
-func newFollower(tb testing.TB, clock Clock) *follower {
+func newFollower(tb testing.TB, clk Clock) *follower {
 	tb.Helper()
 	prepOnce.Do(func() { prepDisk, prepErr = prepare() })
 	if prepErr != nil {
 		tb.Fatalf("prepare the follower's disk: %v", prepErr)
 	}
-	if clock == nil {
-		clock = &stepClock{now: time.Unix(1000, 0)}
+	if clk == nil {
+		clk = clock.NewFake(time.Unix(1000, 0))
 	}
 	logs := &bytes.Buffer{}
 	fs := prepDisk.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
-	n, err := openFixNode(fs, fixFollower, zerolog.New(logs).Level(zerolog.WarnLevel), clock)
+	n, err := openFixNode(fs, fixFollower, zerolog.New(logs).Level(zerolog.WarnLevel), clk)
 	if err != nil {
 		tb.Fatal(err)
 	}

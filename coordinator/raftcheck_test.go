@@ -13,6 +13,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/decree-tx/decree/txlog"
+
+	"github.com/decree-tx/decree/internal/clock"
 )
 
 // badRaftInputs are messages that crashed or stopped a follower before
@@ -192,8 +194,8 @@ func TestRaftMessageFromAnotherSenderOnAStreamIsDropped(t *testing.T) {
 }
 
 func TestRejectedRaftMessagesAreLoggedAtMostEveryFewSeconds(t *testing.T) {
-	clock := &stepClock{now: time.Unix(1000, 0)}
-	f := newFollower(t, clock)
+	clk := clock.NewFake(time.Unix(1000, 0))
+	f := newFollower(t, clk)
 	bad := f.heartbeat()
 	bad.Commit = new(f.disk.last + 5)
 	for range 3 {
@@ -204,7 +206,7 @@ func TestRejectedRaftMessagesAreLoggedAtMostEveryFewSeconds(t *testing.T) {
 	if n := strings.Count(f.logs.String(), "\n"); n != 1 {
 		t.Fatalf("%d warnings for 3 rejections within a second, want 1:\n%s", n, f.logs.String())
 	}
-	clock.advance(rejectLogEvery)
+	clk.Advance(rejectLogEvery)
 	if err := f.deliver(bad); err != nil {
 		t.Fatal(err)
 	}

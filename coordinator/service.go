@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/decree-tx/decree/coordinator/internal/partcall"
 	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
@@ -441,7 +442,7 @@ func txnInfo(r *txlog.Record) *decreev1.TxnInfo {
 
 // grpcLeaderLink forwards over gRPC, on the caller's goroutine: its handler
 // waits for the answer anyway.
-type grpcLeaderLink struct{ conns *connPool }
+type grpcLeaderLink struct{ conns *partcall.Conns }
 
 func (l grpcLeaderLink) Commit(ctx context.Context, addr string, req *decreev1.CommitRequest, done func(*decreev1.CommitResponse, error)) {
 	forwardCall(ctx, l, addr, req, decreev1.CoordinatorClient.Commit, done)
@@ -460,7 +461,7 @@ func (l grpcLeaderLink) ListTransactions(ctx context.Context, addr string, req *
 func forwardCall[Req, Resp any](ctx context.Context, l grpcLeaderLink, addr string, req Req,
 	call func(decreev1.CoordinatorClient, context.Context, Req, ...grpc.CallOption) (Resp, error), done func(Resp, error),
 ) {
-	conn, err := l.conns.get(addr)
+	conn, err := l.conns.Get(addr)
 	if err != nil {
 		var zero Resp
 		done(zero, status.Errorf(codes.Unavailable, "cannot reach the leader at %s: %v", addr, err))

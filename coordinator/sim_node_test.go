@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/decree-tx/decree/coordinator/internal/partcall"
 	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
@@ -155,9 +156,9 @@ func (sn *simNode) newDriver() (*Driver, error) {
 		return nil, err
 	}
 	d := newDriver(cfg.withDefaults(), sn.id)
-	mux := newSteppedCallMux(d.ctx, simCalls{sn: sn, inc: sn.inc}, cfg.Clock, zerolog.Nop())
+	mux := partcall.NewStepped(d.ctx, simCalls{sn: sn, inc: sn.inc}, cfg.Clock, zerolog.Nop())
 	// Short, so that links retire and reopen within a run.
-	mux.idle = simLinkIdle
+	mux.SetIdleTimeout(simLinkIdle)
 	d.rlog, d.calls, d.mux = simLog{sn}, mux, mux
 	d.leaderLink, d.stepped = simLeaderLink{sn}, true
 	backlog := d.phase2Backlog // for the Admin status, as NewDriver does
@@ -239,7 +240,7 @@ func (sn *simNode) tick() {
 		sn.tr.pt.tick(sn.w.now)
 	}
 	if sn.up {
-		sn.drv.mux.tick(sn.w.now)
+		sn.drv.mux.Tick(sn.w.now)
 	}
 	if sn.up {
 		sn.drv.tick()
@@ -284,7 +285,7 @@ func (sn *simNode) pump() {
 		if !sn.up {
 			return
 		}
-		sn.drv.mux.pump()
+		sn.drv.mux.Pump()
 		moved = sn.drv.drain() > 0 || moved
 		if !moved && !sn.node.rn.HasReady() {
 			return
@@ -517,7 +518,7 @@ type simCalls struct {
 	inc int // the node's incarnation that owns the mux
 }
 
-func (c simCalls) openCalls(_ context.Context, addr string) (callsStream, error) {
+func (c simCalls) OpenCalls(_ context.Context, addr string) (partcall.Stream, error) {
 	p, ok := c.sn.w.byAddr[addr]
 	if !ok || !p.up {
 		return nil, status.Errorf(codes.Unavailable, "sim: connection to %s refused", addr)
@@ -525,11 +526,11 @@ func (c simCalls) openCalls(_ context.Context, addr string) (callsStream, error)
 	return &simStream{c: c, p: p, pinc: p.inc}, nil
 }
 
-func (c simCalls) unary(addr string) (unaryParticipant, error) {
+func (c simCalls) Unary(addr string) (partcall.UnaryParticipant, error) {
 	return nil, status.Errorf(codes.Unavailable, "sim: %s serves Calls; no unary calls", addr)
 }
 
-func (c simCalls) release(string) {}
+func (c simCalls) Release(string) {}
 
 // simStream is one simulated Calls connection from a node to a participant
 // process (incarnation pinc).
@@ -631,10 +632,10 @@ func (s *simStream) Recv() (*decreev1.ReplyBatch, error) {
 	case s.err != nil:
 		return nil, s.err
 	}
-	return nil, errNoReply
+	return nil, partcall.ErrNoReply
 }
 
-func (s *simStream) cancel() {
+func (s *simStream) Cancel() {
 	s.broken = true
 	if s.err == nil {
 		s.err = status.Error(codes.Canceled, "sim: stream cancelled")

@@ -79,6 +79,10 @@ type snapshotStream interface {
 	CloseAndRecv() (*decreev1.SnapshotAck, error)
 }
 
+// errNoReply is a stepped snapshotStream's CloseAndRecv while the peer's
+// answer has not arrived.
+var errNoReply = errors.New("no answer yet")
+
 // PeerTransport sends raft messages to peers over one Raft stream per peer.
 // Each peer has its own bounded queue, so a slow or dead peer never blocks
 // the raft loop or the other peers.

@@ -1,4 +1,4 @@
-package coordinator
+package partcall
 
 import (
 	"context"
@@ -15,12 +15,30 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	"github.com/decree-tx/decree/internal/clock"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
-// stepTransport is an in-memory callTransport for a stepped mux: the test
+// prepareCall, decisionCall and resolveCall build the calls the tests send
+// (the Driver builds them from the core's actions).
+func prepareCall(id, addr string, payload []byte) *decreev1.Call {
+	return &decreev1.Call{Kind: &decreev1.Call_Prepare{Prepare: &decreev1.PrepareRequest{
+		TxnId: id, Payload: payload, Participants: []string{addr}}}}
+}
+
+func decisionCall(id string, commit bool) *decreev1.Call {
+	req := &decreev1.DecisionRequest{TxnId: id}
+	if commit {
+		return &decreev1.Call{Kind: &decreev1.Call_Commit{Commit: req}}
+	}
+	return &decreev1.Call{Kind: &decreev1.Call_Abort{Abort: req}}
+}
+
+func resolveCall(id string, term uint64) *decreev1.Call {
+	return &decreev1.Call{Kind: &decreev1.Call_Resolve{Resolve: &decreev1.ResolveRequest{TxnId: id, Term: term}}}
+}
+
+// stepTransport is an in-memory Transport for a stepped mux: the test
 // (or the simulation) sees every stream opened and decides what each
 // returns. It is used from the mux's owner only.
 type stepTransport struct {
@@ -28,17 +46,17 @@ type stepTransport struct {
 	// openErr fails the next openings of an address.
 	openErr map[string]error
 	// unaryOf serves an address's unary calls; none: unary fails.
-	unaryOf  map[string]unaryParticipant
+	unaryOf  map[string]UnaryParticipant
 	released []string
 	// onSend, if set, sees every batch sent, after it is recorded.
 	onSend func(s *stepStream, b *decreev1.CallBatch)
 }
 
 func newStepTransport() *stepTransport {
-	return &stepTransport{opened: map[string][]*stepStream{}, openErr: map[string]error{}, unaryOf: map[string]unaryParticipant{}}
+	return &stepTransport{opened: map[string][]*stepStream{}, openErr: map[string]error{}, unaryOf: map[string]UnaryParticipant{}}
 }
 
-func (t *stepTransport) openCalls(_ context.Context, addr string) (callsStream, error) {
+func (t *stepTransport) OpenCalls(_ context.Context, addr string) (Stream, error) {
 	if err := t.openErr[addr]; err != nil {
 		return nil, err
 	}
@@ -47,14 +65,14 @@ func (t *stepTransport) openCalls(_ context.Context, addr string) (callsStream, 
 	return s, nil
 }
 
-func (t *stepTransport) unary(addr string) (unaryParticipant, error) {
+func (t *stepTransport) Unary(addr string) (UnaryParticipant, error) {
 	if u := t.unaryOf[addr]; u != nil {
 		return u, nil
 	}
 	return nil, errors.New("step: no unary service")
 }
 
-func (t *stepTransport) release(addr string) { t.released = append(t.released, addr) }
+func (t *stepTransport) Release(addr string) { t.released = append(t.released, addr) }
 
 // last is addr's newest stream.
 func (t *stepTransport) last(addr string) *stepStream {
@@ -65,9 +83,9 @@ func (t *stepTransport) last(addr string) *stepStream {
 	return ss[len(ss)-1]
 }
 
-// stepStream is a stepped callsStream: Send records the batch, Recv returns
+// stepStream is a stepped Stream: Send records the batch, Recv returns
 // the reply batches pushed, in order, then the error it failed with, if
-// any, else errNoReply.
+// any, else ErrNoReply.
 type stepStream struct {
 	tr        *stepTransport
 	addr      string
@@ -106,10 +124,10 @@ func (s *stepStream) Recv() (*decreev1.ReplyBatch, error) {
 	case s.err != nil:
 		return nil, s.err
 	}
-	return nil, errNoReply
+	return nil, ErrNoReply
 }
 
-func (s *stepStream) cancel() { s.cancelled = true }
+func (s *stepStream) Cancel() { s.cancelled = true }
 
 // push makes r available to Recv, as one batch.
 func (s *stepStream) push(r ...*decreev1.Reply) {
@@ -143,7 +161,7 @@ type stepHarness struct {
 	t      *testing.T
 	clk    *clock.Fake
 	tr     *stepTransport
-	m      *callMux
+	m      *Mux
 	cancel context.CancelFunc
 	ends   map[string]callResult
 	order  []string // ids, in the order they ended
@@ -153,7 +171,7 @@ func newStepHarness(t *testing.T) *stepHarness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &stepHarness{t: t, clk: clock.NewFake(time.Unix(1000, 0)), tr: newStepTransport(), cancel: cancel, ends: map[string]callResult{}}
-	h.m = newSteppedCallMux(ctx, h.tr, h.clk, zerolog.New(zerolog.NewTestWriter(t)))
+	h.m = NewStepped(ctx, h.tr, h.clk, zerolog.New(zerolog.NewTestWriter(t)))
 	t.Cleanup(func() {
 		if n := h.m.running.Load(); n != 0 {
 			t.Errorf("a stepped mux ran %d goroutines", n)
@@ -163,7 +181,7 @@ func newStepHarness(t *testing.T) *stepHarness {
 }
 
 func (h *stepHarness) call(addr, id string, c *decreev1.Call, timeout time.Duration) {
-	h.m.call(addr, c, timeout, func(r *decreev1.Reply, err error) {
+	h.m.Call(addr, c, timeout, func(r *decreev1.Reply, err error) {
 		if _, dup := h.ends[id]; dup {
 			h.t.Errorf("call %s ended twice (now with %v, %v)", id, r, err)
 		}
@@ -173,13 +191,13 @@ func (h *stepHarness) call(addr, id string, c *decreev1.Call, timeout time.Durat
 }
 
 func (h *stepHarness) prepare(addr, id string, payload int, timeout time.Duration) {
-	h.call(addr, id, prepareCall(twopc.SendPrepare{ID: id, Payload: make([]byte, payload), Participants: []string{addr}}), timeout)
+	h.call(addr, id, prepareCall(id, addr, make([]byte, payload)), timeout)
 }
 
 // advance moves the clock on and ticks the mux.
 func (h *stepHarness) advance(d time.Duration) {
 	h.clk.Advance(d)
-	h.m.tick(h.clk.Now())
+	h.m.Tick(h.clk.Now())
 }
 
 // pending fails the test unless none of ids has ended.
@@ -240,7 +258,7 @@ func TestSteppedMuxBatchesAndMatchesReplies(t *testing.T) {
 		t.Fatal("a stream opened before pump")
 	}
 	h.clk.Advance(time.Second)
-	h.m.pump()
+	h.m.Pump()
 	s := h.tr.last(addr)
 	if got, want := s.batchSizes(), []int{2, 2, 1, 1, 1}; !slices.Equal(got, want) {
 		t.Fatalf("batches %v, want %v", got, want)
@@ -266,7 +284,7 @@ func TestSteppedMuxBatchesAndMatchesReplies(t *testing.T) {
 	s.push(rs...)
 	s.push(&decreev1.Reply{Seq: calls[5].GetSeq(), Kind: &decreev1.Reply_Decision{Decision: &decreev1.DecisionResponse{}}},
 		&decreev1.Reply{Seq: calls[6].GetSeq(), Kind: &decreev1.Reply_Error{Error: &decreev1.CallError{Code: uint32(codes.FailedPrecondition), Message: "stale term"}}})
-	h.m.pump()
+	h.m.Pump()
 	for i := range 5 {
 		id := fmt.Sprintf("t%d", i)
 		if r := h.ended(id); r.err != nil || r.r.GetPrepare().GetVote() != decreev1.Vote_VOTE_YES || txnOf(calls[r.r.GetSeq()-1]) != id {
@@ -303,7 +321,7 @@ func TestSteppedMuxDeadlines(t *testing.T) {
 	// passes its deadline.
 	h.prepare(addr, "stuck", 0, time.Second)
 	h.prepare(addr, "patient", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	old := h.tr.last(addr)
 	if n := len(old.calls()); n != 2 {
 		t.Fatalf("%d calls sent, want 2", n)
@@ -318,13 +336,13 @@ func TestSteppedMuxDeadlines(t *testing.T) {
 	}
 	old.push(voteYes(old.calls()[1])) // too late: dropped
 	h.prepare(addr, "next", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	if n := len(h.tr.opened[addr]); n != 2 {
 		t.Fatalf("%d streams opened, want a second after the reset", n)
 	}
 	s := h.tr.last(addr)
 	s.push(voteYes(s.calls()[0]))
-	h.m.pump()
+	h.m.Pump()
 	if r := h.ended("next"); r.err != nil {
 		t.Fatalf("next: %v", r.err)
 	}
@@ -338,12 +356,12 @@ func TestSteppedMuxStreamDeathAndOpenFailure(t *testing.T) {
 	const addr = "p1:1"
 	h.prepare(addr, "a", 0, time.Hour)
 	h.prepare(addr, "b", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	s := h.tr.last(addr)
 	s.push(voteYes(s.calls()[0]))
 	s.fail(status.Error(codes.Internal, "step: hung up"))
 	h.prepare(addr, "c", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	if r := h.ended("a"); r.err != nil {
 		t.Fatalf("a, answered before the stream died: %v", r.err)
 	}
@@ -355,14 +373,14 @@ func TestSteppedMuxStreamDeathAndOpenFailure(t *testing.T) {
 	// A send failing resets the stream, which ends its calls.
 	h.tr.last(addr).sendErr = io.EOF
 	h.prepare(addr, "d", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	h.wantCode("c", codes.Unavailable)
 	h.wantCode("d", codes.Unavailable)
 
 	h.tr.openErr[addr] = errors.New("step: refused")
 	h.prepare(addr, "e", 0, time.Hour)
 	h.prepare(addr, "f", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	h.wantCode("e", codes.Unavailable)
 	h.wantCode("f", codes.Unavailable)
 	if !strings.Contains(h.ended("f").err.Error(), "refused") {
@@ -408,14 +426,14 @@ func TestSteppedMuxUnaryFallback(t *testing.T) {
 	u := &unaryServer{}
 	h.tr.unaryOf[addr] = u
 	h.prepare(addr, "p", 0, time.Hour)
-	h.call(addr, "c", decisionCall(twopc.SendDecision{ID: "c", Outcome: decreev1.Outcome_OUTCOME_COMMITTED}), time.Hour)
-	h.m.pump()
+	h.call(addr, "c", decisionCall("c", true), time.Hour)
+	h.m.Pump()
 	h.tr.last(addr).fail(status.Error(codes.Unimplemented, "unknown method Calls"))
-	h.m.pump()
-	h.call(addr, "a", decisionCall(twopc.SendDecision{ID: "a", Outcome: decreev1.Outcome_OUTCOME_ABORTED}), time.Hour)
+	h.m.Pump()
+	h.call(addr, "a", decisionCall("a", false), time.Hour)
 	h.call(addr, "r", resolveCall("r", 1), time.Hour)
 	h.prepare(addr, "refused", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	if want := []string{"prepare p", "commit c", "abort a", "resolve r", "prepare refused"}; !slices.Equal(u.got, want) {
 		t.Fatalf("unary calls %q, want %q", u.got, want)
 	}
@@ -437,14 +455,14 @@ func TestSteppedMuxUnaryFallback(t *testing.T) {
 	// Without a unary service to reach, the call fails.
 	delete(h.tr.unaryOf, addr)
 	h.prepare(addr, "unreached", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	if r := h.ended("unreached"); r.err == nil {
 		t.Fatal("unreached succeeded")
 	}
 	// A call of no known kind fails.
 	h.tr.unaryOf[addr] = u
 	h.call(addr, "odd", &decreev1.Call{}, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	if r := h.ended("odd"); r.err == nil {
 		t.Fatal("a call of no kind succeeded")
 	}
@@ -458,10 +476,10 @@ func TestSteppedMuxRetiresIdleLinks(t *testing.T) {
 	h.m.idle = time.Minute
 	const addr = "p1:1"
 	h.prepare(addr, "t1", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	s := h.tr.last(addr)
 	s.push(voteYes(s.calls()[0]))
-	h.m.pump()
+	h.m.Pump()
 	h.advance(59 * time.Second)
 	if h.m.linkCount() != 1 || s.cancelled {
 		t.Fatal("the link closed before its idle time")
@@ -472,7 +490,7 @@ func TestSteppedMuxRetiresIdleLinks(t *testing.T) {
 	}
 
 	h.prepare(addr, "t2", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	if n := len(h.tr.opened[addr]); n != 2 || h.m.linkCount() != 1 {
 		t.Fatalf("%d streams, %d links; want t2 on a new link and stream", n, h.m.linkCount())
 	}
@@ -489,10 +507,10 @@ func TestSteppedMuxRetiresIdleLinks(t *testing.T) {
 func TestSteppedMuxStop(t *testing.T) {
 	h := newStepHarness(t)
 	h.prepare("p1:1", "sent", 0, time.Hour)
-	h.m.pump()
+	h.m.Pump()
 	h.prepare("p1:1", "queued", 0, time.Hour)
 	h.cancel()
-	h.m.pump()
+	h.m.Pump()
 	if r := h.ended("queued"); !errors.Is(r.err, ErrStopped) {
 		t.Fatalf("queued: %v, want ErrStopped", r.err)
 	}
@@ -555,7 +573,7 @@ func stepWorkload(t *testing.T, seed uint64) string {
 		case 7:
 			h.advance(time.Duration(rng.IntN(500)) * time.Millisecond)
 		}
-		h.m.pump()
+		h.m.Pump()
 		fmt.Fprintf(&trace, "%v;", h.order)
 	}
 	h.advance(time.Hour)

@@ -1,4 +1,4 @@
-package coordinator
+package partcall
 
 import (
 	"context"
@@ -15,12 +15,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	"github.com/decree-tx/decree/internal/clock"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
-// stepClock is a Clock whose time moves only when the test says, and whose
+// stepClock is a clock.Clock whose time moves only when the test says, and whose
 // tickers fire only when the test ticks them.
 type stepClock struct {
 	mu    sync.Mutex
@@ -129,13 +128,13 @@ func serveScripted(t *testing.T, s *scriptedParticipant) string {
 	return lis.Addr().String()
 }
 
-func newTestMux(t *testing.T, clock Clock) *callMux {
+func newTestMux(t *testing.T, clock clock.Clock) *Mux {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var d net.Dialer
-	conns := newConnPool(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) })
-	m := newCallMux(ctx, conns, clock, 5*time.Second, zerolog.New(zerolog.NewTestWriter(t)))
-	t.Cleanup(func() { cancel(); m.wait(); conns.close() })
+	conns := NewConns(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) })
+	m := New(ctx, conns, clock, 5*time.Second, zerolog.New(zerolog.NewTestWriter(t)))
+	t.Cleanup(func() { cancel(); m.Wait(); conns.Close() })
 	return m
 }
 
@@ -145,11 +144,11 @@ type callResult struct {
 	err error
 }
 
-func prepareN(m *callMux, addr string, n int, timeout time.Duration) chan callResult {
+func prepareN(m *Mux, addr string, n int, timeout time.Duration) chan callResult {
 	out := make(chan callResult, n)
 	for i := range n {
 		id := fmt.Sprintf("txn-%d", i)
-		m.call(addr, prepareCall(twopc.SendPrepare{ID: id, Participants: []string{addr}}), timeout,
+		m.Call(addr, prepareCall(id, addr, nil), timeout,
 			func(r *decreev1.Reply, err error) { out <- callResult{id, r, err} })
 	}
 	return out
@@ -179,7 +178,7 @@ func TestCallMuxCoalescesCalls(t *testing.T) {
 	release := make(chan struct{})
 	p := &scriptedParticipant{answer: voteYes, release: release}
 	addr := serveScripted(t, p)
-	m := newTestMux(t, WallClock{})
+	m := newTestMux(t, clock.Wall{})
 	const n = 200
 	ch := prepareN(m, addr, n, 5*time.Second)
 	close(release)
@@ -255,11 +254,11 @@ func TestCallMuxOpenTimeoutOnInjectedClock(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	var d net.Dialer
-	conns := newConnPool(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) })
+	conns := NewConns(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) })
 	clk := clock.NewFake(time.Unix(1000, 0))
 	// A wall-clock timeout this long would outlast the test's wait below.
-	m := newCallMux(ctx, conns, clk, time.Minute, zerolog.New(zerolog.NewTestWriter(t)))
-	t.Cleanup(func() { cancel(); m.wait(); conns.close() })
+	m := New(ctx, conns, clk, time.Minute, zerolog.New(zerolog.NewTestWriter(t)))
+	t.Cleanup(func() { cancel(); m.Wait(); conns.Close() })
 
 	ch := prepareN(m, lis.Addr().String(), 1, time.Hour)
 	waitFor(t, 10*time.Second, "the stream opening", func() bool { return clk.Waiters() == 1 })
@@ -279,7 +278,7 @@ func TestCallMuxOpenTimeoutOnInjectedClock(t *testing.T) {
 func TestCallMuxStreamDeath(t *testing.T) {
 	p := &scriptedParticipant{answer: voteYes, hangUp: true}
 	addr := serveScripted(t, p)
-	m := newTestMux(t, WallClock{})
+	m := newTestMux(t, clock.Wall{})
 	for id, r := range collect(t, prepareN(m, addr, 10, 5*time.Second), 10) {
 		if status.Code(r.err) != codes.Unavailable {
 			t.Fatalf("%s ended with %v, want Unavailable", id, r.err)
@@ -303,7 +302,7 @@ func TestCallMuxUnreachable(t *testing.T) {
 	}
 	addr := lis.Addr().String()
 	lis.Close()
-	m := newTestMux(t, WallClock{})
+	m := newTestMux(t, clock.Wall{})
 	for id, r := range collect(t, prepareN(m, addr, 3, 5*time.Second), 3) {
 		if status.Code(r.err) != codes.Unavailable {
 			t.Fatalf("%s ended with %v, want Unavailable", id, r.err)
@@ -311,7 +310,7 @@ func TestCallMuxUnreachable(t *testing.T) {
 	}
 }
 
-func inFlight(m *callMux, addr string) int {
+func inFlight(m *Mux, addr string) int {
 	m.mu.Lock()
 	l := m.links[addr]
 	m.mu.Unlock()
@@ -337,7 +336,7 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 	m.idle = time.Minute
 	call := func(id string) {
 		t.Helper()
-		r, err := m.callSync(context.Background(), addr, prepareCall(twopc.SendPrepare{ID: id, Participants: []string{addr}}), time.Hour)
+		r, err := m.callSync(context.Background(), addr, prepareCall(id, addr, nil), time.Hour)
 		if err != nil || r.GetPrepare().GetVote() != decreev1.Vote_VOTE_YES {
 			t.Fatalf("call %s: reply %v, err %v", id, r, err)
 		}
@@ -353,9 +352,9 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 		}
 	}
 	call("t1")
-	if m.linkCount() != 1 || muxConns(m).size() != 1 || m.running.Load() != 3 {
+	if m.linkCount() != 1 || muxConns(m).Size() != 1 || m.running.Load() != 3 {
 		t.Fatalf("after a call: %d links, %d conns, %d goroutines; want 1, 1, 3 (sender, sweeper, receiver)",
-			m.linkCount(), muxConns(m).size(), m.running.Load())
+			m.linkCount(), muxConns(m).Size(), m.running.Load())
 	}
 	clock.advance(59 * time.Second)
 	swept()
@@ -364,7 +363,7 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 	}
 	clock.advance(time.Second)
 	waitFor(t, 5*time.Second, "the idle link released", func() bool {
-		return m.linkCount() == 0 && muxConns(m).size() == 0 && m.running.Load() == 0
+		return m.linkCount() == 0 && muxConns(m).Size() == 0 && m.running.Load() == 0
 	})
 	call("t2")
 	if got := p.streams.Load(); got != 2 || m.linkCount() != 1 {
@@ -376,7 +375,7 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 	p.answer = func(*decreev1.Call) *decreev1.Reply { return nil }
 	p.mu.Unlock()
 	done := make(chan error, 1)
-	m.call(addr, prepareCall(twopc.SendPrepare{ID: "t3", Participants: []string{addr}}), time.Hour,
+	m.Call(addr, prepareCall("t3", addr, nil), time.Hour,
 		func(_ *decreev1.Reply, err error) { done <- err })
 	waitFor(t, 5*time.Second, "call in flight", func() bool { return inFlight(m, addr) == 1 })
 	clock.advance(2 * time.Minute)
@@ -386,8 +385,8 @@ func TestCallMuxClosesIdleLinks(t *testing.T) {
 	}
 }
 
-// muxConns is the connPool under a production mux.
-func muxConns(m *callMux) *connPool { return m.tr.(*grpcCalls).conns }
+// muxConns is the Conns under a production mux.
+func muxConns(m *Mux) *Conns { return m.tr.(*grpcCalls).conns }
 
 // Over gRPC, a participant without the Calls stream (Unimplemented) gets
 // the calls through its unary methods, each of its kind.
@@ -403,11 +402,11 @@ func TestCallMuxUnaryFallback(t *testing.T) {
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	addr := lis.Addr().String()
-	m := newTestMux(t, WallClock{})
+	m := newTestMux(t, clock.Wall{})
 	calls := []*decreev1.Call{
-		prepareCall(twopc.SendPrepare{ID: "p", Participants: []string{addr}}),
-		decisionCall(twopc.SendDecision{ID: "c", Outcome: decreev1.Outcome_OUTCOME_COMMITTED}),
-		decisionCall(twopc.SendDecision{ID: "a", Outcome: decreev1.Outcome_OUTCOME_ABORTED}),
+		prepareCall("p", addr, nil),
+		decisionCall("c", true),
+		decisionCall("a", false),
 		resolveCall("r", 1),
 	}
 	for _, c := range calls {

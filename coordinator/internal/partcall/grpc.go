@@ -1,4 +1,4 @@
-package coordinator
+package partcall
 
 import (
 	"context"
@@ -8,23 +8,24 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/decree-tx/decree/internal/clock"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
-// This file is the production side of the callMux: its gRPC transport and
+// This file is the production side of the Mux: its gRPC transport and
 // the goroutines that drive the links. Everything they run is shared with
 // the stepped mux (calls.go); keep it that way, so the simulation runs the
 // same logic.
 
-// newCallMux returns a production mux: gRPC over conns, driven by its own
+// New returns a production mux: gRPC over conns, driven by its own
 // goroutines. openTimeout bounds opening a stream. Cancel ctx, then call
 // wait, to stop it.
-func newCallMux(ctx context.Context, conns *connPool, clock Clock, openTimeout time.Duration, log zerolog.Logger) *callMux {
+func New(ctx context.Context, conns *Conns, clock clock.Clock, openTimeout time.Duration, log zerolog.Logger) *Mux {
 	return newMux(ctx, &grpcCalls{conns: conns, clock: clock, openTimeout: openTimeout}, clock, false, log)
 }
 
 // spawn runs f on a goroutine of the mux.
-func (m *callMux) spawn(f func()) {
+func (m *Mux) spawn(f func()) {
 	m.running.Add(1)
 	m.wg.Go(func() {
 		defer m.running.Add(-1)
@@ -35,13 +36,13 @@ func (m *callMux) spawn(f func()) {
 // callSync is call for a caller that waits: it returns the reply, or the
 // error, or ctx's error if ctx ends first. Production only: a stepped mux
 // would wait for a pump its owner cannot run.
-func (m *callMux) callSync(ctx context.Context, addr string, c *decreev1.Call, timeout time.Duration) (*decreev1.Reply, error) {
+func (m *Mux) callSync(ctx context.Context, addr string, c *decreev1.Call, timeout time.Duration) (*decreev1.Reply, error) {
 	type result struct {
 		r   *decreev1.Reply
 		err error
 	}
 	ch := make(chan result, 1)
-	m.call(addr, c, timeout, func(r *decreev1.Reply, err error) { ch <- result{r, err} })
+	m.Call(addr, c, timeout, func(r *decreev1.Reply, err error) { ch <- result{r, err} })
 	select {
 	case res := <-ch:
 		return res.r, res.err
@@ -52,7 +53,7 @@ func (m *callMux) callSync(ctx context.Context, addr string, c *decreev1.Call, t
 
 // wait returns once every goroutine of the mux has ended; the mux's context
 // must be cancelled first.
-func (m *callMux) wait() { m.wg.Wait() }
+func (m *Mux) Wait() { m.wg.Wait() }
 
 // run sends what is queued. Deadlines are swept by another goroutine
 // (sweep): a Send blocked by a participant that stopped reading must not
@@ -101,11 +102,11 @@ func (l *callLink) receive(cs *callStream) {
 	}
 }
 
-// grpcCalls is the production callTransport: the participants' gRPC
-// service over the connPool.
+// grpcCalls is the production Transport: the participants' gRPC
+// service over the Conns.
 type grpcCalls struct {
-	conns       *connPool
-	clock       Clock
+	conns       *Conns
+	clock       clock.Clock
 	openTimeout time.Duration
 }
 
@@ -115,12 +116,12 @@ type grpcStream struct {
 	cancelFn context.CancelFunc
 }
 
-func (s *grpcStream) cancel() { s.cancelFn() }
+func (s *grpcStream) Cancel() { s.cancelFn() }
 
 // openCalls opens a Calls stream, bounded by openTimeout: a participant
 // whose address swallows packets must not hold the link for long.
-func (t *grpcCalls) openCalls(ctx context.Context, addr string) (callsStream, error) {
-	conn, err := t.conns.get(addr)
+func (t *grpcCalls) OpenCalls(ctx context.Context, addr string) (Stream, error) {
+	conn, err := t.conns.Get(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -154,17 +155,17 @@ func (t *grpcCalls) openCalls(ctx context.Context, addr string) (callsStream, er
 	return &grpcStream{Participant_CallsClient: stream, cancelFn: cancel}, nil
 }
 
-func (t *grpcCalls) unary(addr string) (unaryParticipant, error) {
-	conn, err := t.conns.get(addr)
+func (t *grpcCalls) Unary(addr string) (UnaryParticipant, error) {
+	conn, err := t.conns.Get(addr)
 	if err != nil {
 		return nil, err
 	}
 	return grpcUnary{decreev1.NewParticipantClient(conn)}, nil
 }
 
-func (t *grpcCalls) release(addr string) { t.conns.drop(addr) }
+func (t *grpcCalls) Release(addr string) { t.conns.Drop(addr) }
 
-// grpcUnary is a ParticipantClient as a unaryParticipant.
+// grpcUnary is a ParticipantClient as a UnaryParticipant.
 type grpcUnary struct{ c decreev1.ParticipantClient }
 
 func (u grpcUnary) Prepare(ctx context.Context, r *decreev1.PrepareRequest) (*decreev1.PrepareResponse, error) {
@@ -184,7 +185,7 @@ func (u grpcUnary) Resolve(ctx context.Context, r *decreev1.ResolveRequest) (*de
 }
 
 var (
-	_ callTransport    = (*grpcCalls)(nil)
-	_ unaryParticipant = grpcUnary{}
-	_ unaryParticipant = (decreev1.ParticipantServer)(nil)
+	_ Transport        = (*grpcCalls)(nil)
+	_ UnaryParticipant = grpcUnary{}
+	_ UnaryParticipant = (decreev1.ParticipantServer)(nil)
 )

@@ -1,4 +1,4 @@
-package coordinator
+package partcall
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/connectivity"
+
+	"github.com/decree-tx/decree/internal/clock"
 )
 
 // TestParticipantKeepaliveSuitsADefaultServer: the README serves a
@@ -18,7 +20,7 @@ import (
 // against the policy instead.
 func TestParticipantKeepaliveSuitsADefaultServer(t *testing.T) {
 	const defaultMinTime = 5 * time.Minute
-	ka := newConnPool(nil).keepalive
+	ka := NewConns(nil).keepalive
 	if ka.Time < defaultMinTime || ka.PermitWithoutStream {
 		t.Fatalf("participant keepalive %+v: a default server wants pings at least %v apart and none without a stream", ka, defaultMinTime)
 	}
@@ -42,13 +44,13 @@ func TestParticipantConnectionSurvivesIdleOnADefaultServer(t *testing.T) {
 	t.Parallel()
 	p := &scriptedParticipant{answer: voteYes}
 	addr := serveScripted(t, p)
-	m := newTestMux(t, WallClock{})
+	m := newTestMux(t, clock.Wall{})
 	for id, r := range collect(t, prepareN(m, addr, 1, 5*time.Second), 1) {
 		if r.err != nil {
 			t.Fatalf("%s: %v", id, r.err)
 		}
 	}
-	conn, err := muxConns(m).get(addr)
+	conn, err := muxConns(m).Get(addr)
 	if err != nil {
 		t.Fatal(err)
 	}

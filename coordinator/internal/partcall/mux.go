@@ -1,4 +1,4 @@
-package coordinator
+package partcall
 
 import (
 	"cmp"
@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/decree-tx/decree/coordinator/internal/twopc"
+	"github.com/decree-tx/decree/internal/clock"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
@@ -28,57 +28,71 @@ const maxCallBatchBytes = 1 << 20
 // two goroutines and a connection forever; the next call re-opens it.
 const linkIdleTimeout = 2 * time.Minute
 
-// callDone receives the end of one call: the participant's reply, or why
+// Done receives the end of one call: the participant's reply, or why
 // there is none. It must not block for long: it holds up the replies
 // behind it. It runs without any lock of the mux held, so it may make
 // another call.
-type callDone func(*decreev1.Reply, error)
+type Done func(*decreev1.Reply, error)
 
-// callTransport is the mux's edge to the participants. Production uses
-// gRPC over the connPool (grpcCalls, calls_grpc.go); the simulation and
+// Transport is the mux's edge to the participants. Production uses
+// gRPC over the Conns (grpcCalls, calls_grpc.go); the simulation and
 // the unit tests use in-memory fakes.
-type callTransport interface {
-	// openCalls opens addr's Calls stream. The stream ends at the latest
+type Transport interface {
+	// OpenCalls opens addr's Calls stream. The stream ends at the latest
 	// when ctx does.
-	openCalls(ctx context.Context, addr string) (callsStream, error)
-	// unary returns the unary methods of addr, for a participant that
+	OpenCalls(ctx context.Context, addr string) (Stream, error)
+	// Unary returns the unary methods of addr, for a participant that
 	// does not serve Calls.
-	unary(addr string) (unaryParticipant, error)
-	// release drops what the transport holds for addr (its connection):
+	Unary(addr string) (UnaryParticipant, error)
+	// Release drops what the transport holds for addr (its connection):
 	// addr's link retired for idleness.
-	release(addr string)
+	Release(addr string)
 }
 
-// callsStream is one open Calls stream.
+// Stream is one open Calls stream.
 //
 // In production Send may block (flow control) and Recv blocks until a
 // reply batch arrives or the stream fails. A stepped stream must do
-// neither: Send hands the batch on, and Recv returns errNoReply when no
+// neither: Send hands the batch on, and Recv returns ErrNoReply when no
 // reply batch is waiting.
 //
-// After cancel, Recv must soon return an error other than errNoReply (a
+// After cancel, Recv must soon return an error other than ErrNoReply (a
 // stepped stream: at once), so that the calls still in flight end.
-type callsStream interface {
+type Stream interface {
 	Send(*decreev1.CallBatch) error
 	Recv() (*decreev1.ReplyBatch, error)
-	cancel()
+	Cancel()
 }
 
-// errNoReply is what a stepped callsStream's Recv returns when no reply
-// batch is waiting: the stream is alive, there is nothing yet.
-var errNoReply = errors.New("no reply batch waiting")
+// SetIdleTimeout sets how long a link may go without a call before it
+// closes (default two minutes). Call it before the first call; the
+// simulation shortens it so that links close and reopen within a run.
+func (m *Mux) SetIdleTimeout(d time.Duration) { m.idle = d }
 
-// unaryParticipant is the participant's four unary methods, as
+// ErrStopped ends the calls of a mux that has stopped.
+var ErrStopped = errors.New("participant calls stopped")
+
+// unavailable is an Unavailable status: the participant could not be
+// reached, or its stream broke.
+func unavailable(format string, a ...any) error {
+	return status.Error(codes.Unavailable, fmt.Sprintf(format, a...))
+}
+
+// ErrNoReply is what a stepped Stream's Recv returns when no reply
+// batch is waiting: the stream is alive, there is nothing yet.
+var ErrNoReply = errors.New("no reply batch waiting")
+
+// UnaryParticipant is the participant's four unary methods, as
 // decreev1.ParticipantServer declares them (so a server can serve as one
 // directly in the simulation).
-type unaryParticipant interface {
+type UnaryParticipant interface {
 	Prepare(context.Context, *decreev1.PrepareRequest) (*decreev1.PrepareResponse, error)
 	Commit(context.Context, *decreev1.DecisionRequest) (*decreev1.DecisionResponse, error)
 	Abort(context.Context, *decreev1.DecisionRequest) (*decreev1.DecisionResponse, error)
 	Resolve(context.Context, *decreev1.ResolveRequest) (*decreev1.ResolveResponse, error)
 }
 
-// callMux carries the leader's calls to participants. Each participant has
+// Mux carries the leader's calls to participants. Each participant has
 // one long-lived Calls stream: every call queued while the previous batch
 // was being sent goes out in the next CallBatch, and the participant
 // coalesces its replies the same way, so under load many prepares, commits
@@ -86,7 +100,7 @@ type unaryParticipant interface {
 // participant that does not serve Calls (Unimplemented) gets the unary
 // methods instead.
 //
-// Every call ends exactly once, through its callDone: with the reply, with
+// Every call ends exactly once, through its Done: with the reply, with
 // the participant's error for it, or with an error of its own (the stream
 // broke, the deadline passed, the mux stopped). A reply arriving after the
 // call ended is dropped.
@@ -94,22 +108,22 @@ type unaryParticipant interface {
 // A mux runs in one of two modes, with the same link logic (enqueue, take,
 // open, send, handle, died, expire, retireIfIdle, stop):
 //
-//   - Production (newCallMux): goroutines drive each link: a sender (run),
+//   - Production (New): goroutines drive each link: a sender (run),
 //     a deadline sweeper (sweep), a receiver per stream (receive) and one
 //     per unary call. Any goroutine may call; done runs on a goroutine of
 //     the mux. These wrappers live in calls_grpc.go.
-//   - Stepped (newSteppedCallMux), for the deterministic simulation: no
+//   - Stepped (NewStepped), for the deterministic simulation: no
 //     goroutine at all. One goroutine owns the mux: it alone calls call,
 //     pump and tick, and every done runs on it, from within those. Nothing
 //     is sent until pump; no deadline passes until tick. Links are visited
 //     in address order and calls ended together in sequence order, so a
 //     run is a function of the owner's inputs.
-type callMux struct {
+type Mux struct {
 	ctx   context.Context
-	tr    callTransport
-	clock Clock
+	tr    Transport
+	clock clock.Clock
 	log   zerolog.Logger
-	// stepped: the owner drives the mux with pump and tick; see callMux.
+	// stepped: the owner drives the mux with pump and tick; see Mux.
 	stepped bool
 	// sweep is how often a production link checks its deadlines.
 	sweep time.Duration
@@ -124,18 +138,18 @@ type callMux struct {
 	running atomic.Int64
 }
 
-func newMux(ctx context.Context, tr callTransport, clock Clock, stepped bool, log zerolog.Logger) *callMux {
-	return &callMux{
+func newMux(ctx context.Context, tr Transport, clock clock.Clock, stepped bool, log zerolog.Logger) *Mux {
+	return &Mux{
 		ctx: ctx, tr: tr, clock: clock, log: log, stepped: stepped,
 		sweep: 50 * time.Millisecond, idle: linkIdleTimeout,
 		links: make(map[string]*callLink),
 	}
 }
 
-// newSteppedCallMux returns a mux driven by its owner, over tr; see
-// callMux, pump and tick. Cancelling ctx stops it: the next pump ends every
+// NewStepped returns a mux driven by its owner, over tr; see
+// Mux, pump and tick. Cancelling ctx stops it: the next pump ends every
 // call.
-func newSteppedCallMux(ctx context.Context, tr callTransport, clock Clock, log zerolog.Logger) *callMux {
+func NewStepped(ctx context.Context, tr Transport, clock clock.Clock, log zerolog.Logger) *Mux {
 	return newMux(ctx, tr, clock, true, log)
 }
 
@@ -143,14 +157,14 @@ func newSteppedCallMux(ctx context.Context, tr callTransport, clock Clock, log z
 // timeout after now (a stepped mux: at the first tick at or past that
 // time). Once the mux has stopped, done runs at once, on the caller's
 // goroutine, with ErrStopped.
-func (m *callMux) call(addr string, c *decreev1.Call, timeout time.Duration, done callDone) {
+func (m *Mux) Call(addr string, c *decreev1.Call, timeout time.Duration, done Done) {
 	pc := &pendingCall{call: c, size: callSize(c), deadline: m.clock.Now().Add(timeout), done: done}
 	m.submit(addr, pc)
 }
 
 // submit queues pc on addr's link, opening a new link if the one found
 // closed for idleness meanwhile.
-func (m *callMux) submit(addr string, pc *pendingCall) {
+func (m *Mux) submit(addr string, pc *pendingCall) {
 	for {
 		l, err := m.link(addr)
 		if err != nil {
@@ -164,13 +178,13 @@ func (m *callMux) submit(addr string, pc *pendingCall) {
 }
 
 // linkCount is the number of open links.
-func (m *callMux) linkCount() int {
+func (m *Mux) linkCount() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.links)
 }
 
-func (m *callMux) link(addr string) (*callLink, error) {
+func (m *Mux) link(addr string) (*callLink, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.ctx.Err() != nil {
@@ -189,7 +203,7 @@ func (m *callMux) link(addr string) (*callLink, error) {
 }
 
 // sortedLinks returns the open links in address order.
-func (m *callMux) sortedLinks() []*callLink {
+func (m *Mux) sortedLinks() []*callLink {
 	m.mu.Lock()
 	ls := make([]*callLink, 0, len(m.links))
 	for _, l := range m.links {
@@ -209,7 +223,7 @@ func (m *callMux) sortedLinks() []*callLink {
 //
 // The owner calls pump after anything that may have queued a call (call)
 // or given a stream something to return (a reply batch, its death).
-func (m *callMux) pump() {
+func (m *Mux) Pump() {
 	if m.ctx.Err() != nil {
 		m.shutdown()
 		return
@@ -237,17 +251,17 @@ func (m *callMux) pump() {
 // the calls whose deadline is not after now, resets a stream with a call
 // stuck on it, and closes the links idle for the idle time. Then it pumps.
 // The owner calls it as its time passes, e.g. on each of its ticks.
-func (m *callMux) tick(now time.Time) {
+func (m *Mux) Tick(now time.Time) {
 	for _, l := range m.sortedLinks() {
 		l.expire(now)
 		l.retireIfIdle(now)
 	}
-	m.pump()
+	m.Pump()
 }
 
 // shutdown ends every call of a stepped mux whose context is cancelled:
 // those queued with ErrStopped, those in flight as their streams die.
-func (m *callMux) shutdown() {
+func (m *Mux) shutdown() {
 	for _, l := range m.sortedLinks() {
 		l.stop()
 		l.mu.Lock()
@@ -263,7 +277,7 @@ type pendingCall struct {
 	call     *decreev1.Call
 	size     int
 	deadline time.Time
-	done     callDone
+	done     Done
 }
 
 // callSize estimates the encoded size of c: its payload and names dominate.
@@ -282,7 +296,7 @@ func callSize(c *decreev1.Call) int {
 // goroutine (run) opens the stream and sends, and one per stream receives;
 // in a stepped mux, pump does both.
 type callLink struct {
-	mux  *callMux
+	mux  *Mux
 	addr string
 	log  zerolog.Logger
 	wake chan struct{}
@@ -307,11 +321,11 @@ type callLink struct {
 // reply. inflight is guarded by the link's mu and is nil once the stream
 // has died (its calls ended).
 type callStream struct {
-	stream   callsStream
+	stream   Stream
 	inflight map[uint64]*pendingCall
 }
 
-func (cs *callStream) cancel() { cs.stream.cancel() }
+func (cs *callStream) cancel() { cs.stream.Cancel() }
 
 // enqueue queues pc for the sender, or reports false if the link retired.
 // Once the mux has stopped it ends pc at once: stop, which drains the
@@ -367,7 +381,7 @@ func (l *callLink) retireIfIdle(now time.Time) bool {
 		cs.cancel() // its receiver ends, with no call to end
 	}
 	close(l.closed)
-	m.tr.release(l.addr)
+	m.tr.Release(l.addr)
 	return true
 }
 
@@ -428,7 +442,7 @@ func (l *callLink) take() ([]*pendingCall, *callStream, bool) {
 // open starts a stream. If that fails, the queued calls end with the
 // error: the core retries them on its own schedule.
 func (l *callLink) open() {
-	s, err := l.mux.tr.openCalls(l.mux.ctx, l.addr)
+	s, err := l.mux.tr.OpenCalls(l.mux.ctx, l.addr)
 	if err == nil {
 		cs := &callStream{stream: s, inflight: make(map[uint64]*pendingCall)}
 		l.mu.Lock()
@@ -472,7 +486,7 @@ func (l *callLink) drain() {
 	for _, cs := range streams {
 		for {
 			b, err := cs.stream.Recv()
-			if errors.Is(err, errNoReply) {
+			if errors.Is(err, ErrNoReply) {
 				break
 			}
 			if err != nil {
@@ -631,7 +645,7 @@ func (l *callLink) unaryDone(pc *pendingCall, r *decreev1.Reply, err error) {
 }
 
 func (l *callLink) invokeUnary(ctx context.Context, c *decreev1.Call) (*decreev1.Reply, error) {
-	pc, err := l.mux.tr.unary(l.addr)
+	pc, err := l.mux.tr.Unary(l.addr)
 	if err != nil {
 		return nil, err
 	}
@@ -677,21 +691,4 @@ func replyError(c *decreev1.Call, r *decreev1.Reply) error {
 		return status.Errorf(codes.Internal, "participant answered call %d with a reply of another kind", c.GetSeq())
 	}
 	return nil
-}
-
-func prepareCall(a twopc.SendPrepare) *decreev1.Call {
-	return &decreev1.Call{Kind: &decreev1.Call_Prepare{Prepare: &decreev1.PrepareRequest{
-		TxnId: a.ID, Payload: a.Payload, Participants: a.Participants, OnePhase: a.OnePhase, Term: a.Term}}}
-}
-
-func decisionCall(a twopc.SendDecision) *decreev1.Call {
-	req := &decreev1.DecisionRequest{TxnId: a.ID, Term: a.Term}
-	if a.Outcome == decreev1.Outcome_OUTCOME_COMMITTED {
-		return &decreev1.Call{Kind: &decreev1.Call_Commit{Commit: req}}
-	}
-	return &decreev1.Call{Kind: &decreev1.Call_Abort{Abort: req}}
-}
-
-func resolveCall(id string, term uint64) *decreev1.Call {
-	return &decreev1.Call{Kind: &decreev1.Call_Resolve{Resolve: &decreev1.ResolveRequest{TxnId: id, Term: term}}}
 }

@@ -1,4 +1,4 @@
-package coordinator
+package partcall
 
 import (
 	"context"
@@ -22,20 +22,20 @@ import (
 // died silently, eventually.
 var participantKeepalive = keepalive.ClientParameters{Time: 5*time.Minute + 30*time.Second, Timeout: 20 * time.Second}
 
-// connPool keeps one lazily-connecting gRPC connection per address, reused
+// Conns keeps one lazily-connecting gRPC connection per address, reused
 // by every call to that participant (or, forwarding, to the leader).
-type connPool struct {
+type Conns struct {
 	dial      func(ctx context.Context, addr string) (net.Conn, error)
 	keepalive keepalive.ClientParameters
 	mu        sync.Mutex
 	conns     map[string]*grpc.ClientConn
 }
 
-func newConnPool(dial func(ctx context.Context, addr string) (net.Conn, error)) *connPool {
-	return &connPool{dial: dial, keepalive: participantKeepalive, conns: make(map[string]*grpc.ClientConn)}
+func NewConns(dial func(ctx context.Context, addr string) (net.Conn, error)) *Conns {
+	return &Conns{dial: dial, keepalive: participantKeepalive, conns: make(map[string]*grpc.ClientConn)}
 }
 
-func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
+func (p *Conns) Get(addr string) (*grpc.ClientConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.conns[addr]; ok {
@@ -55,7 +55,7 @@ func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
 
 // drop closes the connection to addr, if any: a participant link that
 // went idle releases it; the next get dials again.
-func (p *connPool) drop(addr string) {
+func (p *Conns) Drop(addr string) {
 	p.mu.Lock()
 	c, ok := p.conns[addr]
 	delete(p.conns, addr)
@@ -66,13 +66,13 @@ func (p *connPool) drop(addr string) {
 }
 
 // size is the number of connections held.
-func (p *connPool) size() int {
+func (p *Conns) Size() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.conns)
 }
 
-func (p *connPool) close() {
+func (p *Conns) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for addr, c := range p.conns {
