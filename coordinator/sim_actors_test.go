@@ -9,6 +9,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/decree-tx/decree/coordinator/internal/twopc"
 	"github.com/decree-tx/decree/participant"
@@ -257,7 +259,11 @@ func (c *simClient) issue() {
 	attempt, txn := c.attempt, c.txn
 	n := w.nodes[w.rng.IntN(len(w.nodes))]
 	answer := func(st decreev1.TxnState, reason string, err error) {
-		if st == decreev1.TxnState_TXN_STATE_FORGOTTEN || errors.Is(err, twopc.ErrForgotten) {
+		if err != nil {
+			// What the gRPC handler answers the client.
+			err = n.drv.statusOf(context.Background(), err)
+		}
+		if st == decreev1.TxnState_TXN_STATE_FORGOTTEN || status.Code(err) == codes.FailedPrecondition {
 			w.noteForgotten(n, txn.id, c.name)
 			st, err = decreev1.TxnState_TXN_STATE_FORGOTTEN, nil
 		}

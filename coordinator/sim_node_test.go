@@ -83,26 +83,25 @@ type simRead struct {
 	done     func(error)
 }
 
-func (w *world) peers() map[uint64]string {
-	m := map[uint64]string{}
-	for _, n := range w.nodes {
-		m[n.id] = fmt.Sprintf("n%d:1", n.id)
-	}
-	return m
-}
+// simPeers is the cluster as an operator gives it to `decree start
+// --peers`: the nodes are configured through the same parsing, and their
+// cluster id is derived the same way.
+const simPeers = "1=n1:1,2=n2:1,3=n3:1"
+
+func (w *world) peers() map[uint64]string { return w.peerMap }
 
 func (sn *simNode) alive(inc int) bool { return sn.up && sn.inc == inc }
 
 // boot opens the node's store from its file system and starts it.
 func (sn *simNode) boot() {
 	w := sn.w
-	store, err := txlog.Open("node", txlog.Identity{ClusterID: 1, NodeID: sn.id}, txlog.Options{FS: sn.fs, Logger: zerolog.Nop()})
+	store, err := txlog.Open("node", txlog.Identity{ClusterID: w.clusterID, NodeID: sn.id}, txlog.Options{FS: sn.fs, Logger: zerolog.Nop()})
 	if err != nil {
 		w.violate("n%d: reopen store: %v", sn.id, err)
 		return
 	}
 	cfg := Config{
-		ID: sn.id, Peers: w.peers(), ClusterID: 1,
+		ID: sn.id, Peers: w.peers(), ClusterID: w.clusterID,
 		ElectionTicks: simElectionTicks, HeartbeatTicks: 1,
 		SnapshotEvery: w.plan.snapEvery, CatchUpEntries: w.plan.catchUp,
 		Nonce: w.rng.Uint32() | 1, Logger: zerolog.Nop(),

@@ -38,7 +38,7 @@ func newSimTransport(sn *simNode) *simTransport { return &simTransport{sn: sn} }
 func (t *simTransport) attach(inc int) {
 	sn, w := t.sn, t.sn.w
 	t.pt = newSteppedPeerTransport(PeerTransportConfig{
-		ID: sn.id, ClusterID: 1, Peers: w.peers(),
+		ID: sn.id, ClusterID: w.clusterID, Peers: w.peers(),
 		Reporter: simReporter{sn: sn, inc: inc}, Logger: zerolog.Nop(),
 		State: sn.store, SnapshotChunkBytes: 256, Clock: simClock{w},
 		// The redial jitter has a stream of its own, seeded from the

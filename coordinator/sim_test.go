@@ -67,6 +67,16 @@ func runSim(seed uint64, keepTrace bool) simResult {
 }
 
 func (w *world) setup() {
+	peers, err := ParsePeers(simPeers)
+	if err != nil {
+		w.violate("parse %q: %v", simPeers, err)
+		return
+	}
+	if err := ValidatePeers(1, peers); err != nil {
+		w.violate("peers %q: %v", simPeers, err)
+		return
+	}
+	w.peerMap, w.clusterID = peers, ClusterID("sim", peers)
 	for i := range 3 {
 		n := &simNode{w: w, id: uint64(i + 1), name: fmt.Sprintf("n%d", i+1), fs: vfs.NewCrashableMem()}
 		w.nodes = append(w.nodes, n)

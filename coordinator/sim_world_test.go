@@ -109,16 +109,18 @@ type simTxn struct {
 
 // world is one simulation run.
 type world struct {
-	seed    uint64
-	rng     *rand.Rand
-	now     time.Time
-	q       simQueue
-	seq     uint64
-	plan    faultPlan
-	nodes   []*simNode
-	parts   []*simPart
-	clients []*simClient
-	byAddr  map[string]*simPart
+	seed      uint64
+	rng       *rand.Rand
+	now       time.Time
+	q         simQueue
+	seq       uint64
+	plan      faultPlan
+	nodes     []*simNode
+	parts     []*simPart
+	clients   []*simClient
+	byAddr    map[string]*simPart
+	peerMap   map[uint64]string // the coordinator nodes' addresses (simPeers)
+	clusterID uint64
 
 	cut        map[[2]string]bool
 	faultsOn   bool
