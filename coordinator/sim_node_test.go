@@ -158,7 +158,7 @@ func (sn *simNode) newDriver() (*Driver, error) {
 	mux := partcall.NewStepped(d.ctx, simCalls{sn: sn, inc: sn.inc}, cfg.Clock, zerolog.Nop())
 	// Short, so that links retire and reopen within a run.
 	mux.SetIdleTimeout(simLinkIdle)
-	d.rlog, d.calls, d.mux = simLog{sn}, mux, mux
+	d.rlog, d.calls, d.mux = newSimLog(sn), mux, mux
 	d.leaderLink, d.stepped = simLeaderLink{sn}, true
 	backlog := d.phase2Backlog // for the Admin status, as NewDriver does
 	sn.node.phase2.Store(&backlog)
@@ -408,16 +408,17 @@ func (sn *simNode) expire() {
 	sn.reads = append(kept, sn.reads...)
 }
 
-// simLog is the Driver's decision log in the simulation: the real Node and
-// store, with proposals and reads completed by the node's pump; it notes
-// every outcome that leaves the log for the world's checks.
-type simLog struct{ sn *simNode }
+// simLog is the Driver's decision log in the simulation: the production
+// adapter of the real Node (nodeLog) for status and reads, with proposals
+// and reads through raft completed by the node's pump instead of waiting
+// goroutines. It notes every outcome that leaves the log for the world's
+// checks.
+type simLog struct {
+	nodeLog
+	sn *simNode
+}
 
-func (l simLog) ID() uint64                        { return l.sn.id }
-func (l simLog) Status() Status                    { return l.sn.node.Status() }
-func (l simLog) Done() <-chan struct{}             { return nil }
-func (l simLog) Horizon() int64                    { return l.sn.node.horizon.Load() }
-func (l simLog) PeerAddr(id uint64) (string, bool) { a, ok := l.sn.w.peers()[id]; return a, ok }
+func newSimLog(sn *simNode) simLog { return simLog{nodeLog: nodeLog{n: sn.node}, sn: sn} }
 
 func (l simLog) Propose(cmd *decreev1.Command, timeout time.Duration, done func(Result, error)) {
 	sn := l.sn
@@ -432,18 +433,16 @@ func (l simLog) Propose(cmd *decreev1.Command, timeout time.Duration, done func(
 func (l simLog) ReadIndex(timeout time.Duration, done func(error)) { l.sn.readIndex(timeout, done) }
 
 func (l simLog) Record(id string) (*txlog.Record, bool, error) {
-	r, ok, err := l.sn.store.GetRecord(id)
+	r, ok, err := l.nodeLog.Record(id)
 	if ok && r.Outcome != txlog.OutcomeUnknown {
 		l.sn.w.noteDecision(id, outcomeFromRecord(r.Outcome), fmt.Sprintf("n%d record", l.sn.id))
 	}
 	return r, ok, err
 }
 
-func (l simLog) ScanRecords(fn func(*txlog.Record) bool) error { return l.sn.store.ScanRecords(fn) }
-
 func (l simLog) ScanUnfinished(fn func(*txlog.Record) bool) error {
 	sn := l.sn
-	return sn.store.ScanUnfinished(func(r *txlog.Record) bool {
+	return l.nodeLog.ScanUnfinished(func(r *txlog.Record) bool {
 		if r.Outcome != txlog.OutcomeUnknown {
 			sn.w.noteDecision(r.ID, outcomeFromRecord(r.Outcome), fmt.Sprintf("n%d recovered", sn.id))
 		}
