@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/decree-tx/decree/coordinator"
+	"github.com/decree-tx/decree/internal/testpoll"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 )
@@ -194,5 +195,5 @@ func finished(ids ...string) *decreev1.Command {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	coordinator.WaitFor(t, d, what, cond)
+	testpoll.Until(t, d, what, cond)
 }

@@ -337,17 +337,7 @@ func (w *world) unquiet() string {
 	}
 	// Every replica has caught up: the transport may take up to its
 	// redial backoff to reach a peer that was down or cut off.
-	l := w.leader()
-	if l == nil {
-		return "no leader"
-	}
-	applied := l.node.Status().Applied
-	for _, n := range w.nodes {
-		if a := n.node.Status().Applied; a != applied {
-			return fmt.Sprintf("n%d applied %d, the leader n%d %d", n.id, a, l.id, applied)
-		}
-	}
-	return ""
+	return w.lagging()
 }
 
 // collectAll runs on until every record has expired and every replica has
@@ -412,10 +402,9 @@ func (w *world) collectAll() {
 	}
 }
 
-// uncollected says why garbage collection is not complete: no leader,
-// replicas at different applied indexes, a horizon not yet past the time
-// the run went quiet, or an expired record still held.
-func (w *world) uncollected(quiet int64) string {
+// lagging says why the replicas are not all caught up with a leader: no
+// leader, or one that has applied more than another replica.
+func (w *world) lagging() string {
 	l := w.leader()
 	if l == nil {
 		return "no leader"
@@ -425,6 +414,18 @@ func (w *world) uncollected(quiet int64) string {
 		if a := n.node.Status().Applied; a != applied {
 			return fmt.Sprintf("n%d applied %d, the leader n%d %d", n.id, a, l.id, applied)
 		}
+	}
+	return ""
+}
+
+// uncollected says why garbage collection is not complete: no leader,
+// replicas at different applied indexes, a horizon not yet past the time
+// the run went quiet, or an expired record still held.
+func (w *world) uncollected(quiet int64) string {
+	if why := w.lagging(); why != "" {
+		return why
+	}
+	for _, n := range w.nodes {
 		h, left := n.node.horizon.Load(), ""
 		if h < quiet {
 			return fmt.Sprintf("n%d has horizon %d, before %d", n.id, h, quiet)

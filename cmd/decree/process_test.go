@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/decree-tx/decree/coordinator/client"
+	"github.com/decree-tx/decree/internal/testpoll"
 
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
@@ -221,17 +222,7 @@ func (c *procCluster) waitLeader(d time.Duration, not uint64) uint64 {
 
 func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		select {
-		case <-time.After(10 * time.Millisecond):
-		case <-t.Context().Done():
-			t.Fatal("test context done")
-		}
-	}
+	testpoll.Until(t, d, what, cond)
 }
 
 // TestBinaryFailover runs three real decree processes, kills the leader with
