@@ -197,6 +197,7 @@ func (s *simRaftStream) deliver() {
 		if _, err := svc.receiveBatch(b, to.stepPeer); err != nil {
 			w.violate("n%d refused a correct peer's raft batch: %v", to.id, err)
 		}
+		w.injectHostile(to, b) // sim_hostile_test.go
 	})
 }
 

@@ -85,6 +85,9 @@ type faultPlan struct {
 	// the faults, and every record is collected after them.
 	retention, collectEvery time.Duration
 	collectLimit            int
+	// hostile is the chance that a delivered raft batch is followed by a
+	// hostile one (sim_hostile_test.go); 0 in about half the seeds.
+	hostile float64
 }
 
 func (p faultPlan) String() string {
@@ -96,8 +99,12 @@ func (p faultPlan) String() string {
 	if p.retention > 0 {
 		gc = fmt.Sprintf(", retention %v collected every %v, %d at a time", p.retention, p.collectEvery, p.collectLimit)
 	}
+	hostile := ""
+	if p.hostile > 0 {
+		hostile = fmt.Sprintf(", hostile peer %.2f", p.hostile)
+	}
 	return mode + fmt.Sprintf(", drop=%.2f dup=%.2f delay<=%v crash-nodes=%v crash-participants=%v partitions=%v pauses=%v every~%v for %v, %d clients, snapshot every %d keeping %d",
-		p.drop, p.dup, p.maxDelay, p.crashNodes, p.crashParts, p.partitions, p.pauses, p.faultEvery, p.activeFor, p.clients, p.snapEvery, p.catchUp) + gc
+		p.drop, p.dup, p.maxDelay, p.crashNodes, p.crashParts, p.partitions, p.pauses, p.faultEvery, p.activeFor, p.clients, p.snapEvery, p.catchUp) + gc + hostile
 }
 
 // simTxn is a transaction a simulated client runs.
@@ -111,6 +118,7 @@ type simTxn struct {
 type world struct {
 	seed      uint64
 	rng       *rand.Rand
+	hrng      *rand.Rand // the hostile peer's (sim_hostile_test.go)
 	now       time.Time
 	q         simQueue
 	seq       uint64
@@ -148,7 +156,7 @@ type world struct {
 
 func newWorld(seed uint64) *world {
 	w := &world{
-		seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5eed)), now: simEpoch,
+		seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5eed)), hrng: newHostileRand(seed), now: simEpoch,
 		cut: map[[2]string]bool{}, lastArrive: map[[2]string]time.Time{},
 		trace: sha256.New(), faults: map[string]int{}, byAddr: map[string]*simPart{},
 		txns: map[string]*simTxn{}, forgotten: map[string]bool{}, decided: map[string]decreev1.Outcome{}, told: map[string]decreev1.Outcome{},
@@ -190,6 +198,9 @@ func (w *world) drawPlan() faultPlan {
 		p.collectEvery = time.Duration(100+r.IntN(400)) * time.Millisecond
 		p.collectLimit = 1 + r.IntN(8)
 	}
+	// From a stream of its own: the rest of the schedule is the same with
+	// or without the hostile peer.
+	p.hostile = w.drawHostile()
 	return p
 }
 
