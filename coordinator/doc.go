@@ -12,7 +12,7 @@
 //     apply committed entries in one batch that records the applied index;
 //     hand results to waiting proposers after that; Advance. Every peer
 //     message is checked before raft sees it (raftcheck.go). Peers talk
-//     over gRPC streams (PeerTransport, RaftService; snapshot.go streams
+//     over gRPC streams (peerTransport, raftService; snapshot.go streams
 //     state to a lagging follower).
 //   - The Driver (driver.go) runs the 2PC core, internal/twopc, on the
 //     leader: it feeds it events on one goroutine and carries out its

@@ -157,7 +157,7 @@ func splitBatch(b *decreev1.RaftBatch, limit int) []*decreev1.RaftBatch {
 
 // Register adds the node's gRPC services (peer raft stream and admin) to s.
 func (n *Node) Register(s *grpc.Server) {
-	decreev1.RegisterRaftServer(s, &RaftService{node: n, log: n.log.With().Str("component", "raftservice").Logger()})
+	decreev1.RegisterRaftServer(s, &raftService{node: n, log: n.log.With().Str("component", "raftservice").Logger()})
 	decreev1.RegisterAdminServer(s, &adminService{node: n})
 }
 

@@ -172,7 +172,7 @@ func (n *Node) Members() []Member {
 
 // NewNode starts a node on an opened store. On a fresh store it bootstraps
 // the group from cfg.Peers; on a used one it resumes from what is stored.
-// If tr is nil, a PeerTransport to cfg.Peers is used. The caller keeps
+// If tr is nil, a peerTransport to cfg.Peers is used. The caller keeps
 // ownership of the store and closes it after Stop.
 func NewNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
 	n, err := newNode(cfg, store, tr)
@@ -180,9 +180,9 @@ func NewNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
 		return nil, err
 	}
 	if n.tr == nil {
-		n.tr = NewPeerTransport(PeerTransportConfig{
+		n.tr = startPeerTransport(peerTransportConfig{
 			ID: n.cfg.ID, ClusterID: n.cfg.ClusterID, Peers: n.cfg.Peers,
-			Dial: n.cfg.Dial, Reporter: n, Logger: n.cfg.Logger,
+			Dial: n.cfg.Dial, reporter: n, Logger: n.cfg.Logger,
 			State: n.store, SnapshotChunkBytes: n.cfg.SnapshotChunkBytes, Clock: n.cfg.Clock, stats: &n.stats,
 		})
 	}

@@ -7,7 +7,7 @@ package coordinator
 // on a stream of its own (a buggy peer, another process on the network, a
 // corrupted frame), so refusing it and closing its stream leaves the
 // correct streams alone. The receiving node's production code
-// (RaftService.receiveBatch, then Node.step and the checks of
+// (raftService.receiveBatch, then Node.step and the checks of
 // raftcheck.go) must refuse every one: a batch-level fault ends the stream
 // with its gRPC code and hands nothing on; a message-level fault is dropped
 // and counted in RejectedMessages, once, and raft never sees it.
@@ -368,7 +368,7 @@ func (w *world) shootHostile(to *simNode, k hostileKind, b *decreev1.RaftBatch, 
 	w.tracef("hostile %s to n%d: %s", k.name, to.id, what)
 	n := to.node
 	before, admitted := n.stats.rejectedMessages.Load(), false
-	svc := &RaftService{node: n, log: zerolog.Nop()}
+	svc := &raftService{node: n, log: zerolog.Nop()}
 	handed, err := svc.receiveBatch(b, func(m *raftpb.Message) error {
 		// A snapshot message is refused by Node.step whatever it holds;
 		// anything else must fail the checks, or raft would step it. A

@@ -24,11 +24,11 @@ import (
 const simKeepalive = time.Second
 
 // simTransport is a node's raft transport in the simulation: the
-// production PeerTransport, stepped, over simulated Raft and Snapshot
+// production peerTransport, stepped, over simulated Raft and Snapshot
 // streams (simRaftEdge). The node's pump and tick drive it.
 type simTransport struct {
 	sn *simNode
-	pt *PeerTransport
+	pt *peerTransport
 }
 
 // newSimTransport builds the transport of sn's incarnation inc. It is
@@ -37,9 +37,9 @@ func newSimTransport(sn *simNode) *simTransport { return &simTransport{sn: sn} }
 
 func (t *simTransport) attach(inc int) {
 	sn, w := t.sn, t.sn.w
-	t.pt = newSteppedPeerTransport(PeerTransportConfig{
+	t.pt = newSteppedPeerTransport(peerTransportConfig{
 		ID: sn.id, ClusterID: w.clusterID, Peers: w.peers(),
-		Reporter: simReporter{sn: sn, inc: inc}, Logger: zerolog.Nop(),
+		reporter: simReporter{sn: sn, inc: inc}, Logger: zerolog.Nop(),
 		State: sn.store, SnapshotChunkBytes: 256, Clock: simClock{w},
 		// The redial jitter has a stream of its own, seeded from the
 		// run's seed, so it does not shift the world's fault schedule.
@@ -111,7 +111,7 @@ func (e simRaftEdge) openSnapshot(_ context.Context, to uint64) (snapshotStream,
 
 // simRaftStream is one simulated Raft stream from a node to a peer
 // (incarnation toInc), received by the peer's production per-batch code
-// (RaftService.receiveBatch). Like TCP it delivers in order and never
+// (raftService.receiveBatch). Like TCP it delivers in order and never
 // twice, and a cut link holds its batches back (retransmitting every
 // simRTO) until the link heals or the sender's keepalive gives up on the
 // stream; a dropped batch resets it.
@@ -193,7 +193,7 @@ func (s *simRaftStream) deliver() {
 		w.at(max(0, s.q[0].at.Sub(w.now)), s.deliver)
 	}
 	to.run(s.toInc, func() {
-		svc := &RaftService{node: to.node, log: zerolog.Nop()}
+		svc := &raftService{node: to.node, log: zerolog.Nop()}
 		if _, err := svc.receiveBatch(b, to.stepPeer); err != nil {
 			w.violate("n%d refused a correct peer's raft batch: %v", to.id, err)
 		}

@@ -21,19 +21,19 @@ import (
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
-// Reporter receives the transport's delivery feedback for raft.
-type Reporter interface {
+// reporter receives the transport's delivery feedback for raft.
+type reporter interface {
 	ReportUnreachable(id uint64)
 	ReportSnapshot(id uint64, status raft.SnapshotStatus)
 }
 
-// PeerTransportConfig configures a PeerTransport.
-type PeerTransportConfig struct {
+// peerTransportConfig configures a peerTransport.
+type peerTransportConfig struct {
 	ID        uint64
 	ClusterID uint64
 	Peers     map[uint64]string
 	Dial      func(ctx context.Context, addr string) (net.Conn, error)
-	Reporter  Reporter
+	reporter  reporter
 	Logger    zerolog.Logger
 	// QueueSize bounds each peer's outgoing queue (default 4096).
 	QueueSize int
@@ -52,7 +52,7 @@ type PeerTransportConfig struct {
 	stats *nodeStats // the node's, when the node built the transport
 }
 
-// raftEdge is a stepped PeerTransport's edge to its peers: the
+// raftEdge is a stepped peerTransport's edge to its peers: the
 // simulation's network. A production transport speaks gRPC instead
 // (grpcPeer).
 type raftEdge interface {
@@ -83,24 +83,24 @@ type snapshotStream interface {
 // answer has not arrived.
 var errNoReply = errors.New("no answer yet")
 
-// PeerTransport sends raft messages to peers over one Raft stream per peer.
+// peerTransport sends raft messages to peers over one Raft stream per peer.
 // Each peer has its own bounded queue, so a slow or dead peer never blocks
 // the raft loop or the other peers.
 //
 // A transport runs in one of two modes, with the same per-peer logic
 // (enqueue, take, send, broke, dropQueued, writeSnapshot, snapshotEnded):
 //
-//   - Production (NewPeerTransport): gRPC, and a goroutine per peer (run)
+//   - Production (newPeerTransport): gRPC, and a goroutine per peer (run)
 //     and per snapshot transfer.
 //   - Stepped (newSteppedPeerTransport), for the deterministic simulation:
 //     no goroutine at all. One goroutine owns the transport: it alone
-//     calls Send, pump and tick, and every report to the Reporter is made
+//     calls Send, pump and tick, and every report to the reporter is made
 //     on it, from within pump and tick. Nothing is sent until pump; no
 //     redial backoff ends until tick (or a pump after it). Peers are
 //     visited in id order, so a run is a function of the owner's inputs.
-type PeerTransport struct {
+type peerTransport struct {
 	ctx    context.Context // cancelled by Close
-	cfg    PeerTransportConfig
+	cfg    peerTransportConfig
 	log    zerolog.Logger
 	peers  map[uint64]*peerSender
 	order  []*peerSender // by id
@@ -110,7 +110,7 @@ type PeerTransport struct {
 	edge raftEdge
 }
 
-func newPeerTransport(cfg PeerTransportConfig, edge raftEdge) *PeerTransport {
+func newPeerTransport(cfg peerTransportConfig, edge raftEdge) *peerTransport {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 4096
 	}
@@ -124,7 +124,7 @@ func newPeerTransport(cfg PeerTransportConfig, edge raftEdge) *PeerTransport {
 		cfg.Rand = rand.Float64
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	t := &PeerTransport{
+	t := &peerTransport{
 		ctx:    ctx,
 		cfg:    cfg,
 		log:    cfg.Logger.With().Str("component", "transport").Uint64("node", cfg.ID).Logger(),
@@ -146,17 +146,17 @@ func newPeerTransport(cfg PeerTransportConfig, edge raftEdge) *PeerTransport {
 }
 
 // newSteppedPeerTransport returns a transport driven by its owner over
-// edge; see PeerTransport, pump and tick. cfg.Rand need not be safe for
+// edge; see peerTransport, pump and tick. cfg.Rand need not be safe for
 // concurrent use.
-func newSteppedPeerTransport(cfg PeerTransportConfig, edge raftEdge) *PeerTransport {
+func newSteppedPeerTransport(cfg peerTransportConfig, edge raftEdge) *peerTransport {
 	return newPeerTransport(cfg, edge)
 }
 
-func (t *PeerTransport) stepped() bool { return t.edge != nil }
+func (t *peerTransport) stepped() bool { return t.edge != nil }
 
 // Send queues messages for their peers without blocking. A full queue drops
 // the message and reports the peer unreachable; raft will retransmit.
-func (t *PeerTransport) Send(msgs []*raftpb.Message) {
+func (t *peerTransport) Send(msgs []*raftpb.Message) {
 	for _, m := range msgs {
 		p, ok := t.peers[m.GetTo()]
 		if !ok {
@@ -174,13 +174,13 @@ func (t *PeerTransport) Send(msgs []*raftpb.Message) {
 }
 
 // Close stops every sender and waits for them.
-func (t *PeerTransport) Close() {
+func (t *peerTransport) Close() {
 	t.cancel()
 	t.wg.Wait()
 }
 
-func (t *PeerTransport) dropped(m *raftpb.Message) {
-	t.cfg.Reporter.ReportUnreachable(m.GetTo())
+func (t *peerTransport) dropped(m *raftpb.Message) {
+	t.cfg.reporter.ReportUnreachable(m.GetTo())
 }
 
 // pump does for a stepped transport what the production goroutines do: for
@@ -189,13 +189,13 @@ func (t *PeerTransport) dropped(m *raftpb.Message) {
 // and otherwise opens a stream if none is open and sends the queue on it
 // in batches. The owner calls pump after anything that may have queued a
 // message (Send) or given a stream or transfer something to return.
-func (t *PeerTransport) pump() { t.pumpAt(t.cfg.Clock.Now()) }
+func (t *peerTransport) pump() { t.pumpAt(t.cfg.Clock.Now()) }
 
 // tick is pump for a stepped transport whose time has passed: the peers
 // whose redial backoff ended by now are reached again.
-func (t *PeerTransport) tick(now time.Time) { t.pumpAt(now) }
+func (t *peerTransport) tick(now time.Time) { t.pumpAt(now) }
 
-func (t *PeerTransport) pumpAt(now time.Time) {
+func (t *peerTransport) pumpAt(now time.Time) {
 	if t.ctx.Err() != nil {
 		for _, p := range t.order {
 			p.dropQueued()
@@ -209,7 +209,7 @@ func (t *PeerTransport) pumpAt(now time.Time) {
 }
 
 type peerSender struct {
-	t    *PeerTransport
+	t    *peerTransport
 	id   uint64
 	addr string
 	// wake is signalled when a message is queued (production).
@@ -321,11 +321,11 @@ func (p *peerSender) broke(err error) time.Duration {
 	p.sent = false
 	d := p.redial.Next()
 	p.t.log.Debug().Err(err).Uint64("peer", p.id).Dur("retry_in", d).Msg("peer stream broken")
-	p.t.cfg.Reporter.ReportUnreachable(p.id)
+	p.t.cfg.reporter.ReportUnreachable(p.id)
 	return d
 }
 
-// pumpStream is a stepped transport's run: see PeerTransport.pump.
+// pumpStream is a stepped transport's run: see peerTransport.pump.
 func (p *peerSender) pumpStream(now time.Time) {
 	if now.Before(p.downUntil) {
 		p.dropQueued()
@@ -355,7 +355,7 @@ func (p *peerSender) pumpStream(now time.Time) {
 // raft loop, never wait for it; stepped, at the next pump. Raft sends no
 // other snapshot to a peer until it hears how this one went, so a second
 // one while one runs is dropped.
-func (t *PeerTransport) sendSnapshot(p *peerSender, m *raftpb.Message) {
+func (t *peerTransport) sendSnapshot(p *peerSender, m *raftpb.Message) {
 	if !p.snapping.CompareAndSwap(false, true) {
 		t.log.Warn().Uint64("peer", p.id).Msg("snapshot transfer already running; dropping another")
 		return
@@ -399,7 +399,7 @@ func (p *peerSender) snapshotEnded(m *raftpb.Message, start time.Time, ts transf
 	}
 	log.Uint64("peer", p.id).Uint64("index", m.GetSnapshot().GetMetadata().GetIndex()).
 		Uint64("pairs", ts.pairs).Uint64("bytes", ts.bytes).Dur("took", took).Msg("snapshot transfer ended")
-	t.cfg.Reporter.ReportSnapshot(p.id, status)
+	t.cfg.reporter.ReportSnapshot(p.id, status)
 	p.snapping.Store(false)
 }
 
@@ -455,9 +455,9 @@ const (
 	maxSendBatch = 64
 )
 
-// RaftService receives peers' raft streams and steps their messages into the
+// raftService receives peers' raft streams and steps their messages into the
 // node.
-type RaftService struct {
+type raftService struct {
 	decreev1.UnimplementedRaftServer
 	node *Node
 	log  zerolog.Logger
@@ -471,7 +471,7 @@ type RaftService struct {
 // batch's sender to step. It returns how many it handed on; an error (a
 // gRPC status: the batch is not for this node, a message is undecodable,
 // step failed) ends the stream.
-func (s *RaftService) receiveBatch(b *decreev1.RaftBatch, step func(*raftpb.Message) error) (uint64, error) {
+func (s *raftService) receiveBatch(b *decreev1.RaftBatch, step func(*raftpb.Message) error) (uint64, error) {
 	if err := s.checkBatch(b); err != nil {
 		return 0, err
 	}
@@ -492,7 +492,7 @@ func (s *RaftService) receiveBatch(b *decreev1.RaftBatch, step func(*raftpb.Mess
 	return n, nil
 }
 
-func (s *RaftService) checkBatch(b *decreev1.RaftBatch) error {
+func (s *raftService) checkBatch(b *decreev1.RaftBatch) error {
 	if b.GetClusterId() != s.node.cfg.ClusterID {
 		s.log.Warn().Uint64("from", b.GetFrom()).Uint64("their_cluster", b.GetClusterId()).
 			Msg("rejecting raft stream from another cluster")

@@ -14,13 +14,13 @@ import (
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
-// This file is the production side of the PeerTransport and RaftService:
+// This file is the production side of the peerTransport and raftService:
 // gRPC, and the goroutines that drive the peers' senders. Everything they
 // run is shared with the stepped transport (transport.go); keep it that
 // way, so the simulation runs the same logic.
 
-// NewPeerTransport starts a sender for every peer except cfg.ID.
-func NewPeerTransport(cfg PeerTransportConfig) *PeerTransport {
+// startPeerTransport starts a sender for every peer except cfg.ID.
+func startPeerTransport(cfg peerTransportConfig) *peerTransport {
 	t := newPeerTransport(cfg, nil)
 	for _, p := range t.order {
 		t.wg.Go(func() { p.run(t.ctx) })
@@ -125,7 +125,7 @@ func (p *peerSender) dropUntilDone(ctx context.Context) {
 
 // Snapshot implements decreev1.RaftServer: it receives a streamed snapshot
 // (see snapshot.go).
-func (s *RaftService) Snapshot(stream decreev1.Raft_SnapshotServer) error {
+func (s *raftService) Snapshot(stream decreev1.Raft_SnapshotServer) error {
 	if !s.snapping.TryLock() {
 		return status.Error(codes.ResourceExhausted, "a snapshot transfer to this node is already running")
 	}
@@ -140,7 +140,7 @@ func (s *RaftService) Snapshot(stream decreev1.Raft_SnapshotServer) error {
 }
 
 // Stream implements decreev1.RaftServer.
-func (s *RaftService) Stream(stream decreev1.Raft_StreamServer) error {
+func (s *raftService) Stream(stream decreev1.Raft_StreamServer) error {
 	var received uint64
 	step := func(m *raftpb.Message) error {
 		if err := s.node.Step(stream.Context(), m); err != nil {

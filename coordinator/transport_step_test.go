@@ -91,12 +91,12 @@ func (r *recordingReporter) ReportSnapshot(_ uint64, st raft.SnapshotStatus) {
 	r.snapshots = append(r.snapshots, st)
 }
 
-func newSteppedRaftTransport(t *testing.T, state stateSource) (*PeerTransport, *fakeRaftEdge, *recordingReporter, *clock.Fake) {
+func newSteppedRaftTransport(t *testing.T, state stateSource) (*peerTransport, *fakeRaftEdge, *recordingReporter, *clock.Fake) {
 	t.Helper()
 	edge, rep := &fakeRaftEdge{}, &recordingReporter{}
 	clk := clock.NewFake(time.Unix(1000, 0))
-	tr := newSteppedPeerTransport(PeerTransportConfig{ID: 1, ClusterID: 7, Peers: map[uint64]string{1: "a", 2: "b", 3: "c"},
-		Reporter: rep, Logger: zerolog.Nop(), Clock: clk, Rand: func() float64 { return 0 }, QueueSize: 100,
+	tr := newSteppedPeerTransport(peerTransportConfig{ID: 1, ClusterID: 7, Peers: map[uint64]string{1: "a", 2: "b", 3: "c"},
+		reporter: rep, Logger: zerolog.Nop(), Clock: clk, Rand: func() float64 { return 0 }, QueueSize: 100,
 		State: state, SnapshotChunkBytes: 64}, edge)
 	t.Cleanup(tr.Close)
 	return tr, edge, rep, clk
@@ -291,7 +291,7 @@ func TestSteppedTransportSnapshot(t *testing.T) {
 // an undecodable one or a failing step.
 func TestReceiveBatch(t *testing.T) {
 	n := &Node{cfg: Config{ID: 2, ClusterID: 7, Peers: map[uint64]string{1: "a", 2: "b", 3: "c"}, Clock: WallClock{}}, log: zerolog.Nop()}
-	svc := &RaftService{node: n, log: zerolog.Nop()}
+	svc := &raftService{node: n, log: zerolog.Nop()}
 	enc := func(ms ...*raftpb.Message) [][]byte {
 		var out [][]byte
 		for _, m := range ms {

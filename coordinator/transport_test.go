@@ -31,8 +31,8 @@ func TestPeerTransportRedialsADownPeerOften(t *testing.T) {
 		dials.Add(1)
 		return nil, errors.New("peer is down")
 	}
-	tr := NewPeerTransport(PeerTransportConfig{ID: 1, Peers: map[uint64]string{1: "127.0.0.1:1", 2: "127.0.0.1:2"},
-		Dial: dial, Reporter: nopReporter{}, Logger: zerolog.Nop()})
+	tr := startPeerTransport(peerTransportConfig{ID: 1, Peers: map[uint64]string{1: "127.0.0.1:1", 2: "127.0.0.1:2"},
+		Dial: dial, reporter: nopReporter{}, Logger: zerolog.Nop()})
 	defer tr.Close()
 	hb := &raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), From: new(uint64(1)), To: new(uint64(2)), Term: new(uint64(1))}
 	end := time.Now().Add(4 * time.Second)
@@ -58,9 +58,9 @@ func (r *countingReporter) ReportSnapshot(uint64, raft.SnapshotStatus) {}
 func TestPeerTransportRedialBackoffOnInjectedClock(t *testing.T) {
 	rep := &countingReporter{}
 	clk := clock.NewFake(time.Unix(1000, 0))
-	tr := NewPeerTransport(PeerTransportConfig{ID: 1, Peers: map[uint64]string{1: "127.0.0.1:1", 2: "127.0.0.1:2"},
+	tr := startPeerTransport(peerTransportConfig{ID: 1, Peers: map[uint64]string{1: "127.0.0.1:1", 2: "127.0.0.1:2"},
 		Dial:     func(context.Context, string) (net.Conn, error) { return nil, errors.New("peer is down") },
-		Reporter: rep, Logger: zerolog.Nop(), Clock: clk, Rand: func() float64 { return 0 }})
+		reporter: rep, Logger: zerolog.Nop(), Clock: clk, Rand: func() float64 { return 0 }})
 	defer tr.Close()
 	waits := []time.Duration{minRedial, 2 * minRedial, 4 * minRedial, 8 * minRedial, 16 * minRedial, maxRedial, maxRedial}
 	for i, d := range waits {
