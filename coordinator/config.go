@@ -77,11 +77,17 @@ type Config struct {
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Logger is the node's logger; it gets a "component" field per part.
 	Logger zerolog.Logger
+
+	// Driver configures the 2PC driver that runs on the node (the
+	// leader's work) and its core. New gives it the node's Clock and Dial
+	// where it sets none, and the node's Logger.
+	Driver DriverConfig
 }
 
 // Validate reports the settings of c that cannot work, each naming its
 // field: bad peers, a negative value (zero stands for the default), or
-// heartbeats no more frequent than elections. NewNode calls it.
+// heartbeats no more frequent than elections; and the Driver's. NewNode
+// and New call it.
 func (c *Config) Validate() error {
 	if err := ValidatePeers(c.ID, c.Peers); err != nil {
 		return err
@@ -100,10 +106,15 @@ func (c *Config) Validate() error {
 	if heartbeat >= election {
 		return fmt.Errorf("HeartbeatTicks (%d) must be below ElectionTicks (%d)", heartbeat, election)
 	}
+	if err := c.Driver.Validate(); err != nil {
+		return fmt.Errorf("driver: %w", err)
+	}
 	return nil
 }
 
-func (c *Config) withDefaults() (Config, error) {
+// EnsureDefaults returns c with its zero fields set to their defaults (the
+// Default* constants), after Validate; the Driver's are set by NewDriver.
+func (c *Config) EnsureDefaults() (Config, error) {
 	cfg := *c
 	if err := cfg.Validate(); err != nil {
 		return cfg, err

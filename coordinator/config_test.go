@@ -191,3 +191,18 @@ func TestConstructorsReturnTheValidationError(t *testing.T) {
 		t.Errorf("NewNode: %v, want the ElectionTicks error", err)
 	}
 }
+
+// New validates the whole nested Config, the Driver's part included,
+// before it starts anything.
+func TestNewValidatesTheDriverConfig(t *testing.T) {
+	cfg := coordinator.Config{ID: 1, Peers: map[uint64]string{1: "127.0.0.1:7001"},
+		Driver: coordinator.DriverConfig{MaxList: -1, Core: coordinator.CoreConfig{RetryMin: time.Hour, RetryMax: time.Minute}}}
+	_, err := coordinator.New(cfg, nil)
+	if err == nil || !strings.Contains(err.Error(), "driver: MaxList is -1") {
+		t.Fatalf("New: %v, want the driver's MaxList error", err)
+	}
+	cfg.Driver.MaxList = 0
+	if _, err := coordinator.New(cfg, nil); err == nil || !strings.Contains(err.Error(), "RetryMin (1h0m0s) exceeds RetryMax") {
+		t.Fatalf("New: %v, want the core's RetryMin error", err)
+	}
+}

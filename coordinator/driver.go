@@ -67,7 +67,9 @@ func (c DriverConfig) Validate() error {
 	return nil
 }
 
-func (c DriverConfig) withDefaults() DriverConfig {
+// EnsureDefaults returns c with its zero fields, and its Core's, set to
+// their defaults (the Default* constants).
+func (c DriverConfig) EnsureDefaults() DriverConfig {
 	if c.CoreTickInterval <= 0 {
 		c.CoreTickInterval = DefaultCoreTickInterval
 	}
@@ -158,7 +160,7 @@ func NewDriver(node *Node, cfg DriverConfig) (*Driver, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("driver config: %w", err)
 	}
-	cfg = cfg.withDefaults()
+	cfg = cfg.EnsureDefaults()
 	d := newDriver(cfg, node.ID())
 	d.conns = partcall.NewConns(cfg.Dial)
 	d.mux = partcall.New(d.ctx, d.conns, cfg.Clock, cfg.CallTimeout, d.log)

@@ -193,7 +193,7 @@ func NewNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
 // newNode builds a node without starting its loop, so the caller can drive
 // it (NewNode's goroutine, or the simulation).
 func newNode(cfg Config, store *txlog.Store, tr Transport) (*Node, error) {
-	cfg, err := cfg.withDefaults()
+	cfg, err := cfg.EnsureDefaults()
 	if err != nil {
 		return nil, err
 	}

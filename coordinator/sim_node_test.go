@@ -154,7 +154,7 @@ func (sn *simNode) newDriver() (*Driver, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := newDriver(cfg.withDefaults(), sn.id)
+	d := newDriver(cfg.EnsureDefaults(), sn.id)
 	mux := partcall.NewStepped(d.ctx, simCalls{sn: sn, inc: sn.inc}, cfg.Clock, zerolog.Nop())
 	// Short, so that links retire and reopen within a run.
 	mux.SetIdleTimeout(simLinkIdle)

@@ -65,7 +65,10 @@ func startEmbeddedCluster(dir string, parallel bool, logger zerolog.Logger) (_ *
 	}
 	cid := coordinator.ClusterID("decree-bench", peers)
 	for id := uint64(1); id <= embeddedSize; id++ {
-		cfg := coordinator.Config{ID: id, Peers: peers, ClusterID: cid, Logger: logger}
+		cfg := coordinator.Config{ID: id, Peers: peers, ClusterID: cid, Logger: logger, Driver: coordinator.DriverConfig{
+			Core:        coordinator.CoreConfig{ParallelCommit: parallel},
+			MaxBranches: benchMaxParticipants, MaxPayload: benchMaxPayload,
+		}}
 		ndir := filepath.Join(dir, strconv.FormatUint(id, 10))
 		if err := os.MkdirAll(ndir, 0o755); err != nil {
 			return nil, fmt.Errorf("create data dir: %w", err)
@@ -77,18 +80,13 @@ func startEmbeddedCluster(dir string, parallel bool, logger zerolog.Logger) (_ *
 			return nil, fmt.Errorf("open store of node %d: %w", id, err)
 		}
 		c.members = append(c.members, m)
-		if m.node, err = coordinator.NewNode(cfg, m.store, nil); err != nil {
+		coord, err := coordinator.New(cfg, m.store)
+		if err != nil {
 			return nil, fmt.Errorf("start node %d: %w", id, err)
 		}
-		if m.drv, err = coordinator.NewDriver(m.node, coordinator.DriverConfig{
-			Core:        coordinator.CoreConfig{ParallelCommit: parallel},
-			MaxBranches: benchMaxParticipants, MaxPayload: benchMaxPayload, Logger: logger,
-		}); err != nil {
-			return nil, fmt.Errorf("start the driver of node %d: %w", id, err)
-		}
+		m.node, m.drv = coord.Node, coord.Driver
 		m.srv = grpc.NewServer(coordinator.ServerOptions(coordinator.ServerLimits{MaxBranches: benchMaxParticipants, MaxPayload: benchMaxPayload})...)
-		m.node.Register(m.srv)
-		m.drv.Register(m.srv)
+		coord.Register(m.srv)
 		lis := listeners[id]
 		delete(listeners, id)
 		go m.srv.Serve(lis)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -163,6 +162,12 @@ func (f *startFlags) nodeConfig() (coordinator.Config, error) {
 		ElectionTicks:    f.electionTicks,
 		SnapshotEvery:    f.snapshotEvery,
 		JoinExisting:     f.clusterState == clusterStateExisting,
+		Driver: coordinator.DriverConfig{
+			Core: coordinator.CoreConfig{PrepareTimeout: f.prepTimeout, Retention: f.retention, ParallelCommit: f.parallel,
+				MaxInFlight: f.maxInFlight, MaxHeldBytes: f.maxHeldBytes},
+			MaxBranches: f.maxBranches,
+			MaxPayload:  f.maxPayload,
+		},
 	}, nil
 }
 
@@ -213,26 +218,15 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 		}
 		defer stopHTTP()
 	}
-	node, err := coordinator.NewNode(cfg, store, nil)
+	coord, err := coordinator.New(cfg, store)
 	if err != nil {
 		lis.Close()
 		return err
 	}
-	drv, err := coordinator.NewDriver(node, coordinator.DriverConfig{
-		Core: coordinator.CoreConfig{PrepareTimeout: f.prepTimeout, Retention: f.retention, ParallelCommit: f.parallel,
-			MaxInFlight: f.maxInFlight, MaxHeldBytes: f.maxHeldBytes},
-		MaxBranches: f.maxBranches,
-		MaxPayload:  f.maxPayload,
-		Logger:      logger,
-	})
-	if err != nil {
-		lis.Close()
-		return errors.Join(err, node.Stop())
-	}
+	node, drv := coord.Node, coord.Driver
 	srv := grpc.NewServer(coordinator.ServerOptions(coordinator.ServerLimits{
 		MaxBranches: f.maxBranches, MaxPayload: f.maxPayload, MaxStreams: uint32(f.maxStreams)})...)
-	node.Register(srv)
-	drv.Register(srv)
+	coord.Register(srv)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
@@ -258,8 +252,7 @@ func serve(cfg coordinator.Config, f startFlags, logger zerolog.Logger) error {
 	<-healthDone
 	hs.Shutdown()
 	stopServer(srv, 5*time.Second)
-	drv.Stop()
-	if err := node.Stop(); err != nil {
+	if err := coord.Stop(); err != nil {
 		return fmt.Errorf("node failed: %w", err)
 	}
 	log.Info().Msg("stopped cleanly")
