@@ -20,6 +20,9 @@ func (s *Store) Applied() uint64 {
 type StateBatch struct {
 	store *Store
 	batch *pebble.Batch
+	// recs lists the record writes, for the store's cache of recent
+	// records (recent.go).
+	recs []recentOp
 }
 
 // NewStateBatch returns an empty batch for CommitState.
@@ -48,6 +51,7 @@ func (b *StateBatch) PutRecord(r *Record) {
 	w := b.open()
 	_ = w.Set(stateKey(recordKey(r.ID)), r.Marshal(), nil)
 	putIndex(w, r)
+	b.recs = append(b.recs, recentOp{id: r.ID, rec: r.clone()})
 }
 
 // DeleteRecord removes r, the record as stored, and its index entry.
@@ -59,6 +63,7 @@ func (b *StateBatch) DeleteRecord(r *Record) {
 	w := b.open()
 	_ = w.Delete(stateKey(recordKey(r.ID)), nil)
 	_ = w.Delete(stateKey(unfKey(r.ID)), nil)
+	b.recs = append(b.recs, recentOp{id: r.ID})
 }
 
 // DeleteFinished removes the finished record ref names, as read from
@@ -67,6 +72,7 @@ func (b *StateBatch) DeleteFinished(ref FinishedRef) {
 	w := b.open()
 	_ = w.Delete(stateKey(recordKey(ref.ID)), nil)
 	_ = w.Delete(stateKey(finKey(ref.At, ref.ID)), nil)
+	b.recs = append(b.recs, recentOp{id: ref.ID})
 }
 
 // Discard releases a batch that will not be committed. It is a no-op on a
@@ -119,9 +125,12 @@ func (s *Store) CommitState(b *StateBatch, applied uint64) error {
 		return fmt.Errorf("commit state: applied index %d not above current %d", applied, cur)
 	}
 	_ = b.batch.Set(appliedKey, encodeUint64(applied), nil)
+	s.recent.begin(b.recs)
 	if err := b.batch.Commit(pebble.NoSync); err != nil {
+		s.recent.end(b.recs, false)
 		return fmt.Errorf("commit state at %d: %w", applied, err)
 	}
+	s.recent.end(b.recs, true)
 	s.applied.Store(applied)
 	return nil
 }
@@ -135,8 +144,13 @@ func (s *Store) GetState(key []byte) ([]byte, bool, error) {
 	return val, found, nil
 }
 
-// GetRecord reads a committed transaction record.
+// GetRecord reads a committed transaction record. A young id (the common
+// case: a new transaction, or one finishing) is answered from memory (see
+// recent.go).
 func (s *Store) GetRecord(id string) (*Record, bool, error) {
+	if r, found, ok := s.recent.lookup(id); ok {
+		return r, found, nil
+	}
 	val, found, err := s.GetState(recordKey(id))
 	if err != nil || !found {
 		return nil, false, err
