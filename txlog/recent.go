@@ -8,48 +8,61 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 )
 
-// recentRecords answers GetRecord for the newest ids from memory. Every
-// transaction is looked up by id several times while it is young: the
-// Commit handler and the apply of its Decide (on every replica) look up an
-// id that has no record yet, and the apply of its Finished reads the record
-// its Decide wrote. In Pebble each of those is a seek in every memtable
-// (bloom filters cover only the tables) and, for a handler goroutine, a
-// stack grown to Pebble's depth: a quarter of the apply path's CPU in a
-// 256-client bench. Ids are UUIDv7, so the young ones are the largest, and
-// the cache holds exactly the records above a floor:
+// recentCache answers the lookup of a record by id from memory for the
+// newest ids: the coordinator's transaction records (Store.GetRecord) and a
+// participant's (ParticipantLog.GetTxn). Every transaction is looked up by
+// id several times while it is young: at a coordinator the Commit handler
+// and the apply of its Decide on every replica look up an id with no record
+// yet, and the apply of its Finished reads the record its Decide wrote; at
+// a participant its first Prepare looks up an id with no record. In Pebble
+// each is a seek in every memtable (bloom filters cover only the tables)
+// and, on a handler goroutine, a stack grown to Pebble's depth: GetRecord
+// was 7.4% of the CPU of a 256-client bench, GetTxn 3.8%. Ids are UUIDv7,
+// so the young ones are the largest, and the cache holds exactly the
+// records above a floor:
 //
-//	every record in the state whose id is above floor is in recs,
-//	and recs[id] is that record, or nil while a commit changes it.
+//	every record whose id is above floor is in recs,
+//	and recs[id].rec is that record, or nil while a commit changes it.
 //
 // So an id above the floor that recs lacks has no record, and one it holds
 // is answered without Pebble; anything else (an id at or below the floor, an
-// entry in flux, a cache invalidated by a snapshot install) reads Pebble as
-// before. The cache is only ever a copy of the committed state: nothing
-// replicated depends on it, and dropping it changes no answer.
+// entry in flux, a cache invalidated while a snapshot replaces the state)
+// reads Pebble. The cache is only ever a copy of the committed records:
+// nothing replicated or on disk depends on it.
 //
 // The floor rises every recentRotateEvery record writes, evicting the
 // records written before the previous rise; so recs holds about two rounds
-// of writes however many records the state holds. The new floor is the
-// largest evicted id, and a record whose id is above the median id of the
-// latest round is not evicted: a client whose clock runs ahead would
-// otherwise lift the floor above every other client's ids. Ids from
-// clients whose clocks lag fall below the floor and are read from Pebble.
-type recentRecords struct {
+// of writes however many records there are. The new floor is the largest
+// evicted id, and a record whose id is above the median id of the latest
+// round is not evicted: a client whose clock runs ahead would otherwise lift
+// the floor above every other client's ids. Ids from clients whose clocks
+// lag fall below the floor and are read from Pebble.
+type recentCache[T any] struct {
+	clone func(*T) *T // a copy sharing nothing with its argument
+
 	mu    sync.RWMutex
-	valid bool // false while the state is being replaced, or after a failure to reload
+	valid bool // false while the records are being replaced, or after a failure to reload
 	floor string
-	recs  map[string]recentEntry
-	// top is at least the largest id in the state.
+	recs  map[string]recentEntry[T]
+	// top is at least the largest id there is a record of.
 	top    string
 	round  uint64 // of the writes since the last rise
 	writes int    // since the last rise
+	seq    uint64 // numbers the commits begun
 }
 
-// recentEntry is a cached record, or nil while a commit changes it, and
-// the round that wrote it.
-type recentEntry struct {
-	rec   *Record
-	round uint64
+// recentEntry is a cached record, or nil while a commit changes it.
+// pending counts the commits in flight that write it; conflicted says two
+// overlapped, whose order into Pebble the cache cannot know, so the entry
+// stays nil until a later write alone sets it.
+type recentEntry[T any] struct {
+	rec        *T
+	round      uint64 // that wrote it
+	pending    int32
+	conflicted bool
+	// begun and settled are the last commits that began and ended a
+	// write of it, so that a commit writing it twice counts once.
+	begun, settled uint64
 }
 
 const (
@@ -62,15 +75,18 @@ const (
 	recentLoad = 1024
 )
 
-// recentOp is a record write of a StateBatch: the record put, or nil for a
+// recentOp is one record write of a batch: the record put, or nil for a
 // deletion of id.
-type recentOp struct {
+type recentOp[T any] struct {
 	id  string
-	rec *Record
+	rec *T
+	// marked is set by begin on the ops it marked in flux, the ones end
+	// must settle.
+	marked bool
 }
 
 // lookup returns the cached answer for id, and whether there is one.
-func (c *recentRecords) lookup(id string) (rec *Record, found, ok bool) {
+func (c *recentCache[T]) lookup(id string) (rec *T, found, ok bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if !c.valid || id <= c.floor {
@@ -81,37 +97,49 @@ func (c *recentRecords) lookup(id string) (rec *Record, found, ok bool) {
 		return nil, false, true
 	}
 	if e.rec == nil {
-		return nil, false, false // being committed: Pebble knows
+		return nil, false, false // being committed, or conflicted: Pebble knows
 	}
-	return e.rec.clone(), true, true
+	return c.clone(e.rec), true, true
 }
 
 // begin marks the ids a commit is about to change as in flux. It must be
 // called before the commit makes them visible, so that no reader answers
-// from the cache what Pebble already contradicts.
-func (c *recentRecords) begin(ops []recentOp) {
+// from the cache what Pebble already contradicts, and be followed by end
+// with the number it returns.
+func (c *recentCache[T]) begin(ops []recentOp[T]) (seq uint64) {
 	if len(ops) == 0 {
-		return
+		return 0
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, op := range ops {
-		if op.id > c.top {
-			c.top = op.id
-		}
+	c.seq++
+	for i := range ops {
+		op := &ops[i]
+		c.top = max(c.top, op.id)
 		if !c.valid || op.id <= c.floor {
 			continue
 		}
-		if _, in := c.recs[op.id]; in || op.rec != nil {
-			c.recs[op.id] = recentEntry{round: c.round}
+		// Even the deletion of an id without a record is marked: a
+		// concurrent commit may be putting it, and which of the two
+		// reaches Pebble last is unknown.
+		e := c.recs[op.id]
+		op.marked = true
+		e.rec, e.round = nil, c.round
+		if e.begun != c.seq {
+			e.begun = c.seq
+			if e.pending++; e.pending > 1 {
+				e.conflicted = true
+			}
 		}
+		c.recs[op.id] = e
 	}
+	return c.seq
 }
 
-// end records the outcome of a commit begun with begin. If the commit
-// failed, the entries stay in flux: Pebble answers them.
-func (c *recentRecords) end(ops []recentOp, committed bool) {
-	if len(ops) == 0 || !committed {
+// end records the outcome of the commit begin numbered seq. If the
+// commit failed, its entries stay nil: Pebble answers them.
+func (c *recentCache[T]) end(ops []recentOp[T], seq uint64, committed bool) {
+	if len(ops) == 0 {
 		return
 	}
 	c.mu.Lock()
@@ -119,15 +147,31 @@ func (c *recentRecords) end(ops []recentOp, committed bool) {
 	if !c.valid {
 		return
 	}
-	for _, op := range ops {
-		if op.id <= c.floor {
+	for i := len(ops) - 1; i >= 0; i-- { // the last write of an id wins
+		op := ops[i]
+		if !op.marked {
 			continue
 		}
-		if op.rec != nil {
-			c.recs[op.id] = recentEntry{rec: op.rec, round: c.round}
-		} else {
-			delete(c.recs, op.id)
+		e, in := c.recs[op.id]
+		if !in {
+			continue // evicted since begin: the floor rose past it
 		}
+		if e.settled == seq {
+			continue // written again later in the same commit
+		}
+		e.settled = seq
+		e.pending--
+		switch {
+		case e.pending > 0:
+		case e.conflicted || !committed:
+			e.conflicted = false
+		case op.rec == nil:
+			delete(c.recs, op.id)
+			continue
+		default:
+			e.rec = op.rec
+		}
+		c.recs[op.id] = e
 	}
 	c.writes += len(ops)
 	switch {
@@ -141,7 +185,7 @@ func (c *recentRecords) end(ops []recentOp, committed bool) {
 // rotate evicts the records written before the current round, except
 // those above the current round's median id, and starts a new round.
 // Called with mu held.
-func (c *recentRecords) rotate() {
+func (c *recentCache[T]) rotate() {
 	var cur []string
 	for id, e := range c.recs {
 		if e.round == c.round {
@@ -164,7 +208,7 @@ func (c *recentRecords) rotate() {
 
 // raise lifts the floor to at least floor and drops what falls below it.
 // Called with mu held.
-func (c *recentRecords) raise(floor string) {
+func (c *recentCache[T]) raise(floor string) {
 	c.floor = max(c.floor, floor)
 	for id := range c.recs {
 		if id <= c.floor {
@@ -209,29 +253,30 @@ func nthString(ss []string, n int) string {
 	return ss[n]
 }
 
-// invalidate makes every lookup read Pebble until reset.
-func (c *recentRecords) invalidate() {
+// invalidate makes every lookup read Pebble until reset. The caller must
+// keep commits out until reset.
+func (c *recentCache[T]) invalidate() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.valid, c.recs = false, nil
 }
 
-// reset starts the cache over the state r sees, with its recentLoad
-// largest records and the floor below them. Loading some (rather than
+// reset starts the cache over the records under prefix that r sees, with
+// the recentLoad largest and the floor below them. Loading some (rather than
 // starting with the floor at the largest id) keeps a few records with ids
 // that sort above every UUID (a client's own id scheme) from putting every
-// new id below the floor.
-func (c *recentRecords) reset(r pebble.Reader) error {
-	lower := stateKey(recordPrefix)
-	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+// new id below the floor. The caller must keep commits out until it
+// returns.
+func (c *recentCache[T]) reset(r pebble.Reader, prefix []byte, decode func([]byte) (*T, error)) error {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
 		return fmt.Errorf("load the newest records: %w", err)
 	}
 	defer it.Close()
-	recs := make(map[string]recentEntry)
+	recs := make(map[string]recentEntry[T])
 	var floor, top string
 	for valid := it.Last(); valid; valid = it.Prev() {
-		id := string(it.Key()[len(lower):])
+		id := string(it.Key()[len(prefix):])
 		if top == "" {
 			top = id
 		}
@@ -239,11 +284,11 @@ func (c *recentRecords) reset(r pebble.Reader) error {
 			floor = id
 			break
 		}
-		rec, err := UnmarshalRecord(it.Value())
+		rec, err := decode(it.Value())
 		if err != nil {
 			return fmt.Errorf("load the newest records: %q: %w", id, err)
 		}
-		recs[id] = recentEntry{rec: rec}
+		recs[id] = recentEntry[T]{rec: rec}
 	}
 	if err := it.Error(); err != nil {
 		return fmt.Errorf("load the newest records: %w", err)
@@ -260,5 +305,13 @@ func (r *Record) clone() *Record {
 	c := *r
 	c.Participants = slices.Clone(r.Participants)
 	c.Acked = slices.Clone(r.Acked)
+	return &c
+}
+
+// clone returns a copy of t that shares nothing with it.
+func (t *PTxn) clone() *PTxn {
+	c := *t
+	c.Participants = slices.Clone(t.Participants)
+	c.PayloadDigest = slices.Clone(t.PayloadDigest)
 	return &c
 }

@@ -241,7 +241,7 @@ func (s *Store) saveSnapshot(hs *raftpb.HardState, ents []*raftpb.Entry, snap *r
 	if err := s.ensureIndex(); err != nil {
 		return nil, fmt.Errorf("install snapshot %d: %w", idx, err)
 	}
-	if err := s.recent.reset(s.db); err != nil {
+	if err := s.recent.reset(s.db, stateKey(recordPrefix), UnmarshalRecord); err != nil {
 		return nil, fmt.Errorf("install snapshot %d: %w", idx, err)
 	}
 	return ents, nil

@@ -22,7 +22,7 @@ type StateBatch struct {
 	batch *pebble.Batch
 	// recs lists the record writes, for the store's cache of recent
 	// records (recent.go).
-	recs []recentOp
+	recs []recentOp[Record]
 }
 
 // NewStateBatch returns an empty batch for CommitState.
@@ -51,7 +51,7 @@ func (b *StateBatch) PutRecord(r *Record) {
 	w := b.open()
 	_ = w.Set(stateKey(recordKey(r.ID)), r.Marshal(), nil)
 	putIndex(w, r)
-	b.recs = append(b.recs, recentOp{id: r.ID, rec: r.clone()})
+	b.recs = append(b.recs, recentOp[Record]{id: r.ID, rec: r.clone()})
 }
 
 // DeleteRecord removes r, the record as stored, and its index entry.
@@ -63,7 +63,7 @@ func (b *StateBatch) DeleteRecord(r *Record) {
 	w := b.open()
 	_ = w.Delete(stateKey(recordKey(r.ID)), nil)
 	_ = w.Delete(stateKey(unfKey(r.ID)), nil)
-	b.recs = append(b.recs, recentOp{id: r.ID})
+	b.recs = append(b.recs, recentOp[Record]{id: r.ID})
 }
 
 // DeleteFinished removes the finished record ref names, as read from
@@ -72,7 +72,7 @@ func (b *StateBatch) DeleteFinished(ref FinishedRef) {
 	w := b.open()
 	_ = w.Delete(stateKey(recordKey(ref.ID)), nil)
 	_ = w.Delete(stateKey(finKey(ref.At, ref.ID)), nil)
-	b.recs = append(b.recs, recentOp{id: ref.ID})
+	b.recs = append(b.recs, recentOp[Record]{id: ref.ID})
 }
 
 // Discard releases a batch that will not be committed. It is a no-op on a
@@ -125,12 +125,12 @@ func (s *Store) CommitState(b *StateBatch, applied uint64) error {
 		return fmt.Errorf("commit state: applied index %d not above current %d", applied, cur)
 	}
 	_ = b.batch.Set(appliedKey, encodeUint64(applied), nil)
-	s.recent.begin(b.recs)
+	seq := s.recent.begin(b.recs)
 	if err := b.batch.Commit(pebble.NoSync); err != nil {
-		s.recent.end(b.recs, false)
+		s.recent.end(b.recs, seq, false)
 		return fmt.Errorf("commit state at %d: %w", applied, err)
 	}
-	s.recent.end(b.recs, true)
+	s.recent.end(b.recs, seq, true)
 	s.applied.Store(applied)
 	return nil
 }

@@ -80,7 +80,7 @@ type Store struct {
 	// the snapshot data just to read its index. Guarded by mu.
 	snapMeta *raftpb.SnapshotMetadata
 	// recent holds the records of the newest ids, for GetRecord.
-	recent recentRecords
+	recent recentCache[Record]
 	// applied caches s/applied.
 	applied atomic.Uint64
 	syncs   atomic.Uint64
@@ -249,7 +249,8 @@ func (s *Store) load(d *disk, id Identity) error {
 	if err := s.ensureIndex(); err != nil {
 		return err
 	}
-	if err := s.recent.reset(s.db); err != nil {
+	s.recent.clone = (*Record).clone
+	if err := s.recent.reset(s.db, stateKey(recordPrefix), UnmarshalRecord); err != nil {
 		return err
 	}
 	applied, err := s.loadApplied()
