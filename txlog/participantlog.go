@@ -337,6 +337,9 @@ type PBatch struct {
 	// txns lists the record writes, for the log's cache of recent
 	// records (recent.go).
 	txns []recentOp[PTxn]
+	// key and val are scratch space for the record writes: the Pebble
+	// batch copies what it is given.
+	key, val []byte
 }
 
 // NewBatch returns an empty indexed batch for Commit.
@@ -377,7 +380,9 @@ func (b *PBatch) PutTxn(t *PTxn) {
 	if !t.State.valid() {
 		panic(fmt.Sprintf("txlog: PutTxn with undefined state %v", t.State))
 	}
-	_ = b.open().Set(ptxnKey(t.ID), t.Marshal(), nil)
+	b.key = append(append(b.key[:0], ptxnPrefix...), t.ID...)
+	b.val = t.appendMarshal(b.val[:0])
+	_ = b.open().Set(b.key, b.val, nil)
 	b.txns = append(b.txns, recentOp[PTxn]{id: t.ID, rec: t.clone()})
 }
 

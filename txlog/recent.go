@@ -300,11 +300,23 @@ func (c *recentCache[T]) reset(r pebble.Reader, prefix []byte, decode func([]byt
 	return nil
 }
 
-// clone returns a copy of r that shares nothing with it.
+// clone returns a copy of r that shares nothing with it. Its two lists
+// share one array (each capped at its length), and nil stays nil.
 func (r *Record) clone() *Record {
 	c := *r
-	c.Participants = slices.Clone(r.Participants)
-	c.Acked = slices.Clone(r.Acked)
+	np, na := len(r.Participants), len(r.Acked)
+	if np+na == 0 {
+		c.Participants, c.Acked = slices.Clone(r.Participants), slices.Clone(r.Acked)
+		return &c
+	}
+	ss := append(append(make([]string, 0, np+na), r.Participants...), r.Acked...)
+	c.Participants, c.Acked = nil, nil
+	if r.Participants != nil {
+		c.Participants = ss[:np:np]
+	}
+	if r.Acked != nil {
+		c.Acked = ss[np : np+na : np+na]
+	}
 	return &c
 }
 

@@ -294,3 +294,28 @@ func TestGetTxnRecentMatchesPebble(t *testing.T) {
 	defer l.Close()
 	check(l)
 }
+
+func TestRecordCloneSharesNothing(t *testing.T) {
+	for _, r := range []*Record{
+		{ID: "a"},
+		{ID: "b", Participants: []string{}, Acked: []string{}},
+		{ID: "c", Participants: []string{"p1", "p2"}},
+		{ID: "d", Participants: []string{"p1", "p2"}, Acked: []string{"p2"}},
+		{ID: "e", Acked: []string{"p2"}},
+	} {
+		c := r.clone()
+		if !reflect.DeepEqual(c, r) {
+			t.Fatalf("clone of %+v = %+v", r, c)
+		}
+		if len(c.Participants) > 0 {
+			c.Participants = append(c.Participants, "more") // must not run into Acked
+			c.Participants[0] = "changed"
+		}
+		if len(c.Acked) > 0 && c.Acked[0] != r.Acked[0] {
+			t.Fatalf("appending to the clone's participants changed its acked: %q", c.Acked)
+		}
+		if len(r.Participants) > 0 && r.Participants[0] == "changed" {
+			t.Fatal("the clone shares the original's participants")
+		}
+	}
+}

@@ -55,9 +55,18 @@ const recordV1 = 1
 // strings and lists length-prefixed with uvarints, times as zig-zag varints.
 func (r *Record) Marshal() []byte {
 	// Sized once: growing the buffer field by field was most of the cost.
-	n := 1 + 2*binary.MaxVarintLen64 + 2 + stringLen(r.ID) + stringsLen(r.Participants) +
+	return r.appendMarshal(make([]byte, 0, r.marshalBound()))
+}
+
+// marshalBound bounds the length of r's encoding.
+func (r *Record) marshalBound() int {
+	return 1 + 2*binary.MaxVarintLen64 + 2 + stringLen(r.ID) + stringsLen(r.Participants) +
 		stringsLen(r.Acked) + stringLen(r.Reason)
-	b := append(make([]byte, 0, n), recordV1)
+}
+
+// appendMarshal appends r's encoding (see Marshal) to b.
+func (r *Record) appendMarshal(b []byte) []byte {
+	b = append(b, recordV1)
 	b = appendString(b, r.ID)
 	b = append(b, byte(r.Outcome))
 	b = appendStrings(b, r.Participants)

@@ -23,6 +23,9 @@ type StateBatch struct {
 	// recs lists the record writes, for the store's cache of recent
 	// records (recent.go).
 	recs []recentOp[Record]
+	// key and val are scratch space for the record writes: the Pebble
+	// batch copies what it is given.
+	key, val []byte
 }
 
 // NewStateBatch returns an empty batch for CommitState.
@@ -49,8 +52,10 @@ func (b *StateBatch) Delete(key []byte) {
 // with another FinishedAt would leave its first index entry behind.
 func (b *StateBatch) PutRecord(r *Record) {
 	w := b.open()
-	_ = w.Set(stateKey(recordKey(r.ID)), r.Marshal(), nil)
-	putIndex(w, r)
+	b.key = appendRecordKey(b.key[:0], r.ID)
+	b.val = r.appendMarshal(b.val[:0])
+	_ = w.Set(b.key, b.val, nil)
+	b.key = putIndex(w, r, b.key)
 	b.recs = append(b.recs, recentOp[Record]{id: r.ID, rec: r.clone()})
 }
 
@@ -61,8 +66,10 @@ func (b *StateBatch) DeleteRecord(r *Record) {
 		return
 	}
 	w := b.open()
-	_ = w.Delete(stateKey(recordKey(r.ID)), nil)
-	_ = w.Delete(stateKey(unfKey(r.ID)), nil)
+	b.key = appendRecordKey(b.key[:0], r.ID)
+	_ = w.Delete(b.key, nil)
+	b.key = appendUnfKey(b.key[:0], r.ID)
+	_ = w.Delete(b.key, nil)
 	b.recs = append(b.recs, recentOp[Record]{id: r.ID})
 }
 
@@ -70,8 +77,10 @@ func (b *StateBatch) DeleteRecord(r *Record) {
 // Store.ScanFinished, and its index entry, without reading the record.
 func (b *StateBatch) DeleteFinished(ref FinishedRef) {
 	w := b.open()
-	_ = w.Delete(stateKey(recordKey(ref.ID)), nil)
-	_ = w.Delete(stateKey(finKey(ref.At, ref.ID)), nil)
+	b.key = appendRecordKey(b.key[:0], ref.ID)
+	_ = w.Delete(b.key, nil)
+	b.key = appendFinKey(b.key[:0], ref.At, ref.ID)
+	_ = w.Delete(b.key, nil)
 	b.recs = append(b.recs, recentOp[Record]{id: ref.ID})
 }
 
