@@ -10,8 +10,6 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
-
-	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 )
 
 // drainLimit bounds how many queued inputs of one kind the loop takes before
@@ -344,6 +342,7 @@ func (n *Node) apply(ents []*raftpb.Entry) error {
 		}
 	}
 	n.applied = last
+	n.pruneDecoded()
 	for _, d := range results {
 		if p, ok := n.waiters[d.id]; ok {
 			delete(n.waiters, d.id)
@@ -359,8 +358,8 @@ type applyResult struct {
 }
 
 func (n *Node) applyNormal(ap *applier, e *raftpb.Entry) ([]applyResult, error) {
-	var b decreev1.ProposalBatch
-	if err := proto.Unmarshal(e.GetData(), &b); err != nil {
+	b, err := n.decodedBatch(e) // raftcheck.go: decoded once, when admitted
+	if err != nil {
 		// Every replica skips the same bytes the same way, so the state
 		// machines stay identical; the entry's proposer times out.
 		n.log.Error().Err(err).Uint64("index", e.GetIndex()).Msg("skipping undecodable raft entry")

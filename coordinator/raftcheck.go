@@ -52,7 +52,32 @@ type raftGuard struct {
 	// applying is the index of the committed entry being applied, to name
 	// it if applying it panics. Owned by the loop.
 	applying uint64
+	// checked collects the proposal batches checkMessage decoded from the
+	// message it checks; admit keeps them in decoded if it admits the
+	// message. Owned by the loop.
+	checked []checkedEntry
+	// decoded holds the decoded batches of admitted entries until they
+	// apply, so that applying them does not decode them again: the entry
+	// pointer raft hands to apply is the one the message carried. An
+	// entry raft drops instead is pruned once the applied index passes
+	// it (see pruneDecoded). Owned by the loop.
+	decoded map[*raftpb.Entry]*decreev1.ProposalBatch
 }
+
+// checkedEntry is a normal entry and its batch, decoded by checkEntry.
+type checkedEntry struct {
+	e *raftpb.Entry
+	b *decreev1.ProposalBatch
+}
+
+// decodedPruneAt is the size of raftGuard.decoded past which apply drops
+// the entries at or below the applied index (ones raft did not append);
+// decodedMax the size past which it drops them all. Either only costs a
+// second decode.
+const (
+	decodedPruneAt = 1024
+	decodedMax     = 8192
+)
 
 // admit reports whether m may be stepped into raft. It runs on the loop:
 // the checks read raft's term, leader and log.
@@ -64,7 +89,47 @@ func (n *Node) admit(m *raftpb.Message) bool {
 		n.rejectMessage(m.GetFrom(), err)
 		return false
 	}
+	if len(n.guard.checked) > 0 {
+		if n.guard.decoded == nil {
+			n.guard.decoded = make(map[*raftpb.Entry]*decreev1.ProposalBatch)
+		}
+		for _, c := range n.guard.checked {
+			n.guard.decoded[c.e] = c.b
+		}
+		clear(n.guard.checked)
+		n.guard.checked = n.guard.checked[:0]
+	}
 	return true
+}
+
+// decodedBatch returns the batch of a committed normal entry: the one
+// decoded when the entry was admitted, or a fresh decode.
+func (n *Node) decodedBatch(e *raftpb.Entry) (*decreev1.ProposalBatch, error) {
+	if b, ok := n.guard.decoded[e]; ok {
+		delete(n.guard.decoded, e)
+		return b, nil
+	}
+	b := new(decreev1.ProposalBatch)
+	if err := proto.Unmarshal(e.GetData(), b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// pruneDecoded drops decoded batches of entries raft did not append (a
+// retransmitted append, a dropped proposal), which will never apply.
+func (n *Node) pruneDecoded() {
+	if len(n.guard.decoded) <= decodedPruneAt {
+		return
+	}
+	for e := range n.guard.decoded {
+		if e.GetIndex() <= n.applied {
+			delete(n.guard.decoded, e)
+		}
+	}
+	if len(n.guard.decoded) > decodedMax {
+		clear(n.guard.decoded)
+	}
 }
 
 // admitFromStream checks that a message received on a peer's stream
@@ -129,15 +194,17 @@ func (n *Node) rejectMessage(sender uint64, err error) {
 }
 
 // checkMessage returns why no correct peer could have sent m to this node
-// now, or nil.
+// now, or nil. It leaves the batches it decoded in n.guard.checked.
 func (n *Node) checkMessage(m *raftpb.Message) error {
+	clear(n.guard.checked)
+	n.guard.checked = n.guard.checked[:0]
 	if m.GetTo() != n.cfg.ID {
 		return fmt.Errorf("message for node %d", m.GetTo())
 	}
 	if from := m.GetFrom(); from == n.cfg.ID || !n.isMember(from) {
 		return fmt.Errorf("sender %d is not a member", from)
 	}
-	if err := checkShape(m); err != nil {
+	if err := checkShape(m, &n.guard.checked); err != nil {
 		return fmt.Errorf("%s: %w", m.GetType(), err)
 	}
 	st := n.rn.BasicStatus()
@@ -169,7 +236,8 @@ func (n *Node) isMember(id uint64) bool {
 
 // checkShape checks what a message must look like whatever the receiver's
 // state: a type peers send, the fields that type carries and sane numbers.
-func checkShape(m *raftpb.Message) error {
+// It appends the batches it decodes to checked.
+func checkShape(m *raftpb.Message, checked *[]checkedEntry) error {
 	if err := checkTerm(m); err != nil {
 		return err
 	}
@@ -189,9 +257,9 @@ func checkShape(m *raftpb.Message) error {
 	}
 	switch m.GetType() {
 	case raftpb.MsgApp:
-		return checkAppend(m)
+		return checkAppend(m, checked)
 	case raftpb.MsgProp:
-		return checkProposal(m)
+		return checkProposal(m, checked)
 	case raftpb.MsgReadIndex, raftpb.MsgReadIndexResp:
 		// Raft reads the request context from the one entry.
 		if len(m.GetEntries()) != 1 || len(m.GetEntries()[0].GetData()) > maxReadCtx {
@@ -235,7 +303,7 @@ func checkTerm(m *raftpb.Message) error {
 // LogTerm) contiguously with terms that never decrease and never exceed
 // the leader's, as a leader's log does, and that the state machine can
 // decode every entry.
-func checkAppend(m *raftpb.Message) error {
+func checkAppend(m *raftpb.Message, checked *[]checkedEntry) error {
 	next, term := m.GetIndex()+1, m.GetLogTerm()
 	for _, e := range m.GetEntries() {
 		if e.GetIndex() != next {
@@ -244,7 +312,7 @@ func checkAppend(m *raftpb.Message) error {
 		if e.GetTerm() < term || e.GetTerm() > m.GetTerm() {
 			return fmt.Errorf("entry %d of term %d after term %d in a term %d append", e.GetIndex(), e.GetTerm(), term, m.GetTerm())
 		}
-		if err := checkEntry(e); err != nil {
+		if err := checkEntry(e, checked); err != nil {
 			return fmt.Errorf("entry %d: %w", e.GetIndex(), err)
 		}
 		next, term = next+1, e.GetTerm()
@@ -258,7 +326,7 @@ func checkAppend(m *raftpb.Message) error {
 // checkProposal checks a proposal a follower forwarded to this leader. No
 // node of this version proposes configuration changes, so only normal
 // entries are accepted. Raft panics on a proposal without entries.
-func checkProposal(m *raftpb.Message) error {
+func checkProposal(m *raftpb.Message, checked *[]checkedEntry) error {
 	if len(m.GetEntries()) == 0 {
 		return errors.New("no entries")
 	}
@@ -266,7 +334,7 @@ func checkProposal(m *raftpb.Message) error {
 		if e.GetType() != raftpb.EntryNormal {
 			return fmt.Errorf("entry %d is a %s", i, e.GetType())
 		}
-		if err := checkEntry(e); err != nil {
+		if err := checkEntry(e, checked); err != nil {
 			return fmt.Errorf("entry %d: %w", i, err)
 		}
 	}
@@ -275,13 +343,17 @@ func checkProposal(m *raftpb.Message) error {
 
 // checkEntry checks that the state machine can decode an entry: an entry
 // that commits must apply on every replica, and one that cannot be decoded
-// stops every node that applies it, on every restart.
-func checkEntry(e *raftpb.Entry) error {
+// stops every node that applies it, on every restart. The batch of a
+// normal entry is appended to checked, for apply.
+func checkEntry(e *raftpb.Entry, checked *[]checkedEntry) error {
 	switch e.GetType() {
 	case raftpb.EntryNormal:
-		var b decreev1.ProposalBatch
-		if err := proto.Unmarshal(e.GetData(), &b); err != nil {
+		b := new(decreev1.ProposalBatch)
+		if err := proto.Unmarshal(e.GetData(), b); err != nil {
 			return fmt.Errorf("undecodable proposal batch: %w", err)
+		}
+		if len(e.GetData()) > 0 {
+			*checked = append(*checked, checkedEntry{e: e, b: b})
 		}
 	case raftpb.EntryConfChange:
 		var cc raftpb.ConfChange

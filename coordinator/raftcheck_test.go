@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 
 	"github.com/decree-tx/decree/internal/clock"
@@ -278,3 +279,57 @@ func TestRaftPanicOnAMessageStopsTheNode(t *testing.T) {
 }
 
 func itoa(v uint64) string { return strconv.FormatUint(v, 10) }
+
+// TestAdmittedEntriesApplyWithoutASecondDecode checks that apply uses the
+// batch decoded when the append was admitted: the entry is decoded once.
+func TestAdmittedEntriesApplyWithoutASecondDecode(t *testing.T) {
+	f := newFollower(t, nil)
+	m := f.appendNext(raftpb.EntryNormal, testBatch("sent"))
+	f.node.step(m)
+	e := m.GetEntries()[0]
+	if _, ok := f.node.guard.decoded[e]; !ok {
+		t.Fatal("the admitted entry's batch was not kept for apply")
+	}
+	// Swap in another batch: if apply decoded the entry again, it would
+	// apply "sent".
+	var other decreev1.ProposalBatch
+	if err := proto.Unmarshal(testBatch("kept"), &other); err != nil {
+		t.Fatal(err)
+	}
+	f.node.guard.decoded[e] = &other
+	if err := f.node.handleReadies(); err != nil {
+		t.Fatal(err)
+	}
+	if f.node.applied != f.disk.last+1 {
+		t.Fatalf("applied %d, want %d", f.node.applied, f.disk.last+1)
+	}
+	if _, found, _ := f.store.GetRecord("kept"); !found {
+		t.Fatal("apply did not use the batch decoded at admission")
+	}
+	if len(f.node.guard.decoded) != 0 {
+		t.Fatalf("%d decoded batches left after apply", len(f.node.guard.decoded))
+	}
+}
+
+// TestDecodedBatchesOfEntriesThatNeverApplyArePruned checks that batches
+// of entries raft did not append (at or below the applied index, or
+// never given one) do not accumulate.
+func TestDecodedBatchesOfEntriesThatNeverApplyArePruned(t *testing.T) {
+	f := newFollower(t, nil)
+	// A retransmitted append of entries the follower already has: admitted,
+	// and ignored by raft.
+	for range decodedPruneAt + 1 {
+		m := f.appendNext(raftpb.EntryNormal, testBatch("dup"))
+		m.Index, m.Entries[0].Index = new(f.disk.last-1), new(f.disk.last)
+		f.node.step(m)
+	}
+	ahead := &raftpb.Entry{Index: new(f.disk.last + 5)}
+	f.node.guard.decoded[ahead] = &decreev1.ProposalBatch{}
+	if got := len(f.node.guard.decoded); got != decodedPruneAt+2 {
+		t.Fatalf("%d decoded batches, want %d", got, decodedPruneAt+2)
+	}
+	f.stillFollows(t)
+	if _, ok := f.node.guard.decoded[ahead]; !ok || len(f.node.guard.decoded) != 1 {
+		t.Fatalf("after apply %d decoded batches are left (ahead kept: %v), want only the one above the applied index", len(f.node.guard.decoded), ok)
+	}
+}

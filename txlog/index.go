@@ -88,16 +88,32 @@ func unfKey(id string) []byte {
 	return append(append(make([]byte, 0, len(unfPrefix)+len(id)), unfPrefix...), id...)
 }
 
-// putIndex writes r's index entry into b. A finished record leaves the
-// unfinished index; a record is never unfinished again once finished, and
-// finishes once, so there is no stale finished entry to remove.
-func putIndex(b pebble.Writer, r *Record) {
+// appendUnfKey appends the database key of id's unfinished-index entry to
+// dst; appendFinKey that of a finished-index entry.
+func appendUnfKey(dst []byte, id string) []byte {
+	return append(append(append(dst, statePrefix...), unfPrefix...), id...)
+}
+
+func appendFinKey(dst []byte, at int64, id string) []byte {
+	dst = append(append(dst, statePrefix...), finPrefix...)
+	return append(binary.BigEndian.AppendUint64(dst, uint64(at)^(1<<63)), id...)
+}
+
+// putIndex writes r's index entry into b, building keys in buf, which it
+// returns for reuse (b copies what it is given). A finished record leaves
+// the unfinished index; a record is never unfinished again once finished,
+// and finishes once, so there is no stale finished entry to remove.
+func putIndex(b pebble.Writer, r *Record, buf []byte) []byte {
 	if r.Finished {
-		_ = b.Set(stateKey(finKey(finTime(r), r.ID)), nil, nil)
-		_ = b.Delete(stateKey(unfKey(r.ID)), nil)
-		return
+		buf = appendFinKey(buf[:0], finTime(r), r.ID)
+		_ = b.Set(buf, nil, nil)
+		buf = appendUnfKey(buf[:0], r.ID)
+		_ = b.Delete(buf, nil)
+		return buf
 	}
-	_ = b.Set(stateKey(unfKey(r.ID)), nil, nil)
+	buf = appendUnfKey(buf[:0], r.ID)
+	_ = b.Set(buf, nil, nil)
+	return buf
 }
 
 // ScanFinished calls fn for the finished-index entries whose time is below
@@ -206,7 +222,7 @@ func (s *Store) buildIndex() error {
 		if err != nil {
 			return fmt.Errorf("key %q: %w", key, err)
 		}
-		putIndex(b, r)
+		putIndex(b, r, nil)
 		return nil
 	})
 	if err != nil {

@@ -51,6 +51,11 @@ func recordKey(id string) []byte {
 	return append(append(make([]byte, 0, len(recordPrefix)+len(id)), recordPrefix...), id...)
 }
 
+// appendRecordKey appends the database key of id's record to dst.
+func appendRecordKey(dst []byte, id string) []byte {
+	return append(append(append(dst, statePrefix...), recordPrefix...), id...)
+}
+
 // prefixEnd returns the first key after every key that starts with prefix.
 // The prefixes used here never end in 0xff.
 func prefixEnd(prefix []byte) []byte {

@@ -50,6 +50,8 @@ type ParticipantLog struct {
 	closeMu sync.RWMutex
 	closed  bool
 	syncs   atomic.Uint64
+	// recent holds the records of the newest ids, for GetTxn (recent.go).
+	recent recentCache[PTxn]
 }
 
 // OpenParticipantLog opens or creates a participant log in dir. If the
@@ -86,6 +88,10 @@ func (l *ParticipantLog) load(d *disk) error {
 	if d.hasFile && d.file.ParticipantID != l.id {
 		return fmt.Errorf("%w: %s: identity file says participant %s, database %s",
 			ErrCorrupt, d.dir, d.file.ParticipantID, l.id)
+	}
+	l.recent.clone = (*PTxn).clone
+	if err := l.recent.reset(l.db, ptxnPrefix, UnmarshalPTxn); err != nil {
+		return err
 	}
 	return d.writeFile(diskIdentity{Kind: kindParticipant, ParticipantID: l.id})
 }
@@ -227,9 +233,12 @@ func (l *ParticipantLog) commit(b *PBatch, opts *pebble.WriteOptions) error {
 		return fmt.Errorf("commit participant batch: %w", err)
 	}
 	defer l.release()
+	seq := l.recent.begin(b.txns)
 	if err := b.batch.Commit(opts); err != nil {
+		l.recent.end(b.txns, seq, false)
 		return fmt.Errorf("commit participant batch: %w", err)
 	}
+	l.recent.end(b.txns, seq, true)
 	if opts == pebble.Sync {
 		l.syncs.Add(1)
 	}
@@ -242,6 +251,9 @@ func (l *ParticipantLog) GetTxn(id string) (*PTxn, bool, error) {
 		return nil, false, fmt.Errorf("get txn %q: %w", id, err)
 	}
 	defer l.release()
+	if t, found, ok := l.recent.lookup(id); ok {
+		return t, found, nil
+	}
 	return getTxn(l.db, id)
 }
 
@@ -322,6 +334,12 @@ type PBatch struct {
 	log    *ParticipantLog
 	batch  *pebble.Batch
 	writes int
+	// txns lists the record writes, for the log's cache of recent
+	// records (recent.go).
+	txns []recentOp[PTxn]
+	// key and val are scratch space for the record writes: the Pebble
+	// batch copies what it is given.
+	key, val []byte
 }
 
 // NewBatch returns an empty indexed batch for Commit.
@@ -362,12 +380,16 @@ func (b *PBatch) PutTxn(t *PTxn) {
 	if !t.State.valid() {
 		panic(fmt.Sprintf("txlog: PutTxn with undefined state %v", t.State))
 	}
-	_ = b.open().Set(ptxnKey(t.ID), t.Marshal(), nil)
+	b.key = append(append(b.key[:0], ptxnPrefix...), t.ID...)
+	b.val = t.appendMarshal(b.val[:0])
+	_ = b.open().Set(b.key, b.val, nil)
+	b.txns = append(b.txns, recentOp[PTxn]{id: t.ID, rec: t.clone()})
 }
 
 // DeleteTxn removes the record of transaction id.
 func (b *PBatch) DeleteTxn(id string) {
 	_ = b.open().Delete(ptxnKey(id), nil)
+	b.txns = append(b.txns, recentOp[PTxn]{id: id})
 }
 
 // Discard releases a batch that will not be committed. It is a no-op on a

@@ -54,7 +54,19 @@ const recordV1 = 1
 // Marshal encodes r: the version byte, then the fields in declaration order,
 // strings and lists length-prefixed with uvarints, times as zig-zag varints.
 func (r *Record) Marshal() []byte {
-	b := []byte{recordV1}
+	// Sized once: growing the buffer field by field was most of the cost.
+	return r.appendMarshal(make([]byte, 0, r.marshalBound()))
+}
+
+// marshalBound bounds the length of r's encoding.
+func (r *Record) marshalBound() int {
+	return 1 + 2*binary.MaxVarintLen64 + 2 + stringLen(r.ID) + stringsLen(r.Participants) +
+		stringsLen(r.Acked) + stringLen(r.Reason)
+}
+
+// appendMarshal appends r's encoding (see Marshal) to b.
+func (r *Record) appendMarshal(b []byte) []byte {
+	b = append(b, recordV1)
 	b = appendString(b, r.ID)
 	b = append(b, byte(r.Outcome))
 	b = appendStrings(b, r.Participants)
@@ -87,6 +99,18 @@ func UnmarshalRecord(b []byte) (*Record, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// stringLen bounds what appendString adds for s; stringsLen what
+// appendStrings adds for ss.
+func stringLen(s string) int { return binary.MaxVarintLen64 + len(s) }
+
+func stringsLen(ss []string) int {
+	n := binary.MaxVarintLen64
+	for _, s := range ss {
+		n += stringLen(s)
+	}
+	return n
 }
 
 func appendStrings(b []byte, ss []string) []byte {

@@ -228,6 +228,7 @@ func (s *Store) saveSnapshot(hs *raftpb.HardState, ents []*raftpb.Entry, snap *r
 	if err := s.writeSnapshotMeta(meta, hs, ents, snap); err != nil {
 		return nil, fmt.Errorf("install snapshot %d: %w", idx, err)
 	}
+	s.recent.invalidate() // until the new state is in place
 	if _, err := s.db.IngestAndExcise(context.Background(), append(st.files, meta), nil, nil, exciseSpan); err != nil {
 		return nil, fmt.Errorf("install snapshot %d: ingest staged state: %w", idx, err)
 	}
@@ -238,6 +239,9 @@ func (s *Store) saveSnapshot(hs *raftpb.HardState, ents []*raftpb.Entry, snap *r
 	// A state from a leader that predates the record indexes has none:
 	// build them, as Open does.
 	if err := s.ensureIndex(); err != nil {
+		return nil, fmt.Errorf("install snapshot %d: %w", idx, err)
+	}
+	if err := s.recent.reset(s.db, stateKey(recordPrefix), UnmarshalRecord); err != nil {
 		return nil, fmt.Errorf("install snapshot %d: %w", idx, err)
 	}
 	return ents, nil

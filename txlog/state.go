@@ -20,6 +20,12 @@ func (s *Store) Applied() uint64 {
 type StateBatch struct {
 	store *Store
 	batch *pebble.Batch
+	// recs lists the record writes, for the store's cache of recent
+	// records (recent.go).
+	recs []recentOp[Record]
+	// key and val are scratch space for the record writes: the Pebble
+	// batch copies what it is given.
+	key, val []byte
 }
 
 // NewStateBatch returns an empty batch for CommitState.
@@ -46,8 +52,11 @@ func (b *StateBatch) Delete(key []byte) {
 // with another FinishedAt would leave its first index entry behind.
 func (b *StateBatch) PutRecord(r *Record) {
 	w := b.open()
-	_ = w.Set(stateKey(recordKey(r.ID)), r.Marshal(), nil)
-	putIndex(w, r)
+	b.key = appendRecordKey(b.key[:0], r.ID)
+	b.val = r.appendMarshal(b.val[:0])
+	_ = w.Set(b.key, b.val, nil)
+	b.key = putIndex(w, r, b.key)
+	b.recs = append(b.recs, recentOp[Record]{id: r.ID, rec: r.clone()})
 }
 
 // DeleteRecord removes r, the record as stored, and its index entry.
@@ -57,16 +66,22 @@ func (b *StateBatch) DeleteRecord(r *Record) {
 		return
 	}
 	w := b.open()
-	_ = w.Delete(stateKey(recordKey(r.ID)), nil)
-	_ = w.Delete(stateKey(unfKey(r.ID)), nil)
+	b.key = appendRecordKey(b.key[:0], r.ID)
+	_ = w.Delete(b.key, nil)
+	b.key = appendUnfKey(b.key[:0], r.ID)
+	_ = w.Delete(b.key, nil)
+	b.recs = append(b.recs, recentOp[Record]{id: r.ID})
 }
 
 // DeleteFinished removes the finished record ref names, as read from
 // Store.ScanFinished, and its index entry, without reading the record.
 func (b *StateBatch) DeleteFinished(ref FinishedRef) {
 	w := b.open()
-	_ = w.Delete(stateKey(recordKey(ref.ID)), nil)
-	_ = w.Delete(stateKey(finKey(ref.At, ref.ID)), nil)
+	b.key = appendRecordKey(b.key[:0], ref.ID)
+	_ = w.Delete(b.key, nil)
+	b.key = appendFinKey(b.key[:0], ref.At, ref.ID)
+	_ = w.Delete(b.key, nil)
+	b.recs = append(b.recs, recentOp[Record]{id: ref.ID})
 }
 
 // Discard releases a batch that will not be committed. It is a no-op on a
@@ -119,9 +134,12 @@ func (s *Store) CommitState(b *StateBatch, applied uint64) error {
 		return fmt.Errorf("commit state: applied index %d not above current %d", applied, cur)
 	}
 	_ = b.batch.Set(appliedKey, encodeUint64(applied), nil)
+	seq := s.recent.begin(b.recs)
 	if err := b.batch.Commit(pebble.NoSync); err != nil {
+		s.recent.end(b.recs, seq, false)
 		return fmt.Errorf("commit state at %d: %w", applied, err)
 	}
+	s.recent.end(b.recs, seq, true)
 	s.applied.Store(applied)
 	return nil
 }
@@ -135,8 +153,13 @@ func (s *Store) GetState(key []byte) ([]byte, bool, error) {
 	return val, found, nil
 }
 
-// GetRecord reads a committed transaction record.
+// GetRecord reads a committed transaction record. A young id (the common
+// case: a new transaction, or one finishing) is answered from memory (see
+// recent.go).
 func (s *Store) GetRecord(id string) (*Record, bool, error) {
+	if r, found, ok := s.recent.lookup(id); ok {
+		return r, found, nil
+	}
 	val, found, err := s.GetState(recordKey(id))
 	if err != nil || !found {
 		return nil, false, err

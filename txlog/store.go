@@ -79,6 +79,8 @@ type Store struct {
 	// snapMeta is the metadata of mem's snapshot, kept to avoid copying
 	// the snapshot data just to read its index. Guarded by mu.
 	snapMeta *raftpb.SnapshotMetadata
+	// recent holds the records of the newest ids, for GetRecord.
+	recent recentCache[Record]
 	// applied caches s/applied.
 	applied atomic.Uint64
 	syncs   atomic.Uint64
@@ -245,6 +247,10 @@ func (s *Store) load(d *disk, id Identity) error {
 		return fmt.Errorf("remove staged snapshot state: %w", err)
 	}
 	if err := s.ensureIndex(); err != nil {
+		return err
+	}
+	s.recent.clone = (*Record).clone
+	if err := s.recent.reset(s.db, stateKey(recordPrefix), UnmarshalRecord); err != nil {
 		return err
 	}
 	applied, err := s.loadApplied()
