@@ -7,6 +7,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/decree-tx/decree/internal/procstats"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
 	"github.com/decree-tx/decree/txlog"
 )
@@ -29,7 +30,7 @@ func BenchmarkApplyPipeline(b *testing.B) {
 	ids := benchIDs(b, b.N+lag*perBatch)
 	var index uint64
 	b.ResetTimer()
-	cpu0 := processCPUSeconds()
+	cpu0 := procstats.CPUSeconds()
 	for n := 0; n < b.N+lag*perBatch; n += perBatch {
 		batch := store.NewStateBatch()
 		ap := newApplier(store, batch, 0)
@@ -55,7 +56,7 @@ func BenchmarkApplyPipeline(b *testing.B) {
 		}
 		index++
 	}
-	b.ReportMetric((processCPUSeconds()-cpu0)*1e9/float64(b.N), "cpu-ns/op")
+	b.ReportMetric((procstats.CPUSeconds()-cpu0)*1e9/float64(b.N), "cpu-ns/op")
 }
 
 // BenchmarkFollowerAppend measures what a follower's loop spends on the
@@ -81,7 +82,7 @@ func BenchmarkFollowerAppend(b *testing.B) {
 		}
 	}
 	b.ResetTimer()
-	cpu0 := processCPUSeconds()
+	cpu0 := procstats.CPUSeconds()
 	for i := range b.N {
 		m := f.appendNext(raftpb.EntryNormal, data[i])
 		if !f.node.admit(m) {
@@ -96,5 +97,5 @@ func BenchmarkFollowerAppend(b *testing.B) {
 	if f.node.applied != f.disk.last {
 		b.Fatalf("applied %d, want %d", f.node.applied, f.disk.last)
 	}
-	b.ReportMetric((processCPUSeconds()-cpu0)*1e9/float64(b.N), "cpu-ns/op")
+	b.ReportMetric((procstats.CPUSeconds()-cpu0)*1e9/float64(b.N), "cpu-ns/op")
 }
