@@ -35,6 +35,9 @@ type simPart struct {
 	// the queries in flight (simOutcomes).
 	answers map[string]decreev1.TxnState
 	asking  map[string]bool
+	// oldSDK: the participant serves only the unary methods, not Calls
+	// (sim_clients_test.go).
+	oldSDK bool
 }
 
 func (sp *simPart) boot() {
@@ -240,6 +243,7 @@ func (c *simClient) next() {
 	if len(w.told) > 0 && w.rng.Float64() < simLateDuplicates {
 		c.lateDuplicate()
 	}
+	c.maybeBad()
 	c.txn, c.asking = w.newTxn(), false
 	w.tracef("%s begins %s %v %v", c.name, c.txn.id, c.txn.parts, c.txn.payloads)
 	txn := c.txn

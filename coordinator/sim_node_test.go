@@ -60,6 +60,10 @@ type simNode struct {
 	// tick.
 	health   healthReport
 	statuses simHealth
+	// The transactions this incarnation's core refused for overload, with
+	// no request for them since, and the number of the last request for
+	// each id (sim_clients_test.go).
+	refused, askedReq map[string]uint64
 }
 
 // simHealth is a health server's statuses, per service.
@@ -145,8 +149,12 @@ func (sn *simNode) newDriver() (*Driver, error) {
 			ParallelCommit: w.plan.parallel,
 			// The jitter has a stream of its own, seeded from the run's
 			// seed, so it does not shift the world's fault schedule.
-			Rand: rand.New(rand.NewPCG(w.seed, uint64(sn.id)<<32|uint64(sn.inc))).Float64,
+			Rand:         rand.New(rand.NewPCG(w.seed, uint64(sn.id)<<32|uint64(sn.inc))).Float64,
+			MaxInFlight:  w.plan.actors.maxInFlight,
+			MaxHeldBytes: w.plan.actors.maxHeldBytes,
 		},
+		MaxBranches: simMaxBranches,
+		MaxPayload:  simMaxPayload,
 		CallTimeout: simCallTimeout,
 		Clock:       simClock{w},
 		Logger:      zerolog.Nop(),
@@ -162,8 +170,10 @@ func (sn *simNode) newDriver() (*Driver, error) {
 	d.leaderLink, d.stepped = simLeaderLink{sn}, true
 	backlog := d.phase2Backlog // for the Admin status, as NewDriver does
 	sn.node.phase2.Store(&backlog)
+	sn.refused, sn.askedReq = map[string]uint64{}, map[string]uint64{}
 	d.onAction = func(a twopc.Action) {
 		w.tracef("n%d %s", sn.id, a)
+		sn.onAction(a)
 		if c, ok := a.(twopc.Conflict); ok {
 			w.violate("n%d core conflict on %s: %s", sn.id, c.ID, c.What)
 		}
@@ -433,6 +443,7 @@ func (l simLog) Propose(cmd *decreev1.Command, timeout time.Duration, done func(
 func (l simLog) ReadIndex(timeout time.Duration, done func(error)) { l.sn.readIndex(timeout, done) }
 
 func (l simLog) Record(id string) (*txlog.Record, bool, error) {
+	l.sn.noteAsked(id)
 	r, ok, err := l.nodeLog.Record(id)
 	if ok && r.Outcome != txlog.OutcomeUnknown {
 		l.sn.w.noteDecision(id, outcomeFromRecord(r.Outcome), fmt.Sprintf("n%d record", l.sn.id))
@@ -525,7 +536,11 @@ func (c simCalls) OpenCalls(_ context.Context, addr string) (partcall.Stream, er
 }
 
 func (c simCalls) Unary(addr string) (partcall.UnaryParticipant, error) {
-	return nil, status.Errorf(codes.Unavailable, "sim: %s serves Calls; no unary calls", addr)
+	p, ok := c.sn.w.byAddr[addr]
+	if !ok {
+		return nil, status.Errorf(codes.Unavailable, "sim: no participant at %s", addr)
+	}
+	return simUnary{c: c, p: p}, nil
 }
 
 func (c simCalls) Release(string) {}
@@ -553,18 +568,15 @@ func (s *simStream) Send(b *decreev1.CallBatch) error {
 	}
 	sn, w := s.c.sn, s.c.sn.w
 	for _, call := range b.GetCalls() {
-		if p := call.GetPrepare(); p != nil && isForgotten(p.GetTxnId(), sn.node.horizon.Load()) {
-			w.violate("n%d prepares %s, older than its retention horizon: a forgotten transaction must never be voted again", sn.id, p.GetTxnId())
-		}
-		if k, ok := call.GetKind().(*decreev1.Call_Commit); ok {
-			w.noteDecision(k.Commit.GetTxnId(), decreev1.Outcome_OUTCOME_COMMITTED, fmt.Sprintf("n%d delivering", sn.id))
-		} else if k, ok := call.GetKind().(*decreev1.Call_Abort); ok {
-			w.noteDecision(k.Abort.GetTxnId(), decreev1.Outcome_OUTCOME_ABORTED, fmt.Sprintf("n%d delivering", sn.id))
-		}
+		s.c.leaving(call)
 	}
 	s.transmit(sn.name, s.p.name, &s.toPart, func() {
 		if !s.p.up || s.p.inc != s.pinc {
 			s.reset("the participant process is gone")
+			return
+		}
+		if s.p.oldSDK {
+			s.unimplemented()
 			return
 		}
 		replies := make([]*decreev1.Reply, 0, len(b.GetCalls()))

@@ -90,6 +90,7 @@ func (w *world) setup() {
 		w.byAddr[p.addr] = p
 		p.boot()
 	}
+	w.setupActors()
 	for i := range w.plan.clients {
 		c := &simClient{w: w, name: fmt.Sprintf("c%d", i+1)}
 		w.clients = append(w.clients, c)
@@ -488,6 +489,7 @@ func (w *world) finalChecks() {
 	}
 	w.checkLists(tables[0])
 	w.checkStatus()
+	w.checkActors(tables[0])
 }
 
 // checkStatus asks every node for its Admin status after quiescence: one

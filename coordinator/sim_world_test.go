@@ -88,6 +88,9 @@ type faultPlan struct {
 	// hostile is the chance that a delivered raft batch is followed by a
 	// hostile one (sim_hostile_test.go); 0 in about half the seeds.
 	hostile float64
+	// actors are the bad clients, admission limits and old participant
+	// (sim_clients_test.go).
+	actors actorPlan
 }
 
 func (p faultPlan) String() string {
@@ -104,7 +107,7 @@ func (p faultPlan) String() string {
 		hostile = fmt.Sprintf(", hostile peer %.2f", p.hostile)
 	}
 	return mode + fmt.Sprintf(", drop=%.2f dup=%.2f delay<=%v crash-nodes=%v crash-participants=%v partitions=%v pauses=%v every~%v for %v, %d clients, snapshot every %d keeping %d",
-		p.drop, p.dup, p.maxDelay, p.crashNodes, p.crashParts, p.partitions, p.pauses, p.faultEvery, p.activeFor, p.clients, p.snapEvery, p.catchUp) + gc + hostile
+		p.drop, p.dup, p.maxDelay, p.crashNodes, p.crashParts, p.partitions, p.pauses, p.faultEvery, p.activeFor, p.clients, p.snapEvery, p.catchUp) + gc + hostile + p.actors.String()
 }
 
 // simTxn is a transaction a simulated client runs.
@@ -152,6 +155,8 @@ type world struct {
 	votedYes  map[string]map[string]bool         // YES or READ_ONLY answered
 	nextTxn   int
 	activeEnd time.Time
+
+	actors actorState // sim_clients_test.go
 }
 
 func newWorld(seed uint64) *world {
@@ -201,6 +206,7 @@ func (w *world) drawPlan() faultPlan {
 	// From a stream of its own: the rest of the schedule is the same with
 	// or without the hostile peer.
 	p.hostile = w.drawHostile()
+	p.actors = w.drawActors()
 	return p
 }
 
@@ -315,6 +321,7 @@ func (w *world) noteDecision(id string, o decreev1.Outcome, where string) {
 	if o != decreev1.Outcome_OUTCOME_COMMITTED && o != decreev1.Outcome_OUTCOME_ABORTED {
 		return
 	}
+	w.checkNotBad(id, "decided "+twopc.OutcomeWord(o)+" ("+where+")")
 	prev, ok := w.decided[id]
 	if ok && prev != o {
 		w.violate("first decision wins broken: %s was %s, now %s (%s)", id, twopc.OutcomeWord(prev), twopc.OutcomeWord(o), where)
