@@ -3,18 +3,13 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"net"
 	"time"
 
 	"go.etcd.io/raft/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/decree-tx/decree/internal/procstats"
 	decreev1 "github.com/decree-tx/decree/proto/decree/v1"
@@ -81,78 +76,6 @@ func ServerOptions(l ServerLimits) []grpc.ServerOption {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 	}
-}
-
-// peerConnectParams reconnect to a peer within about a second of its
-// return. gRPC's default backoff grows to two minutes: a follower down for
-// half a minute would then wait up to 16 s after restarting before the
-// leader reached it again, and campaign meanwhile.
-var peerConnectParams = grpc.ConnectParams{
-	Backoff:           backoff.Config{BaseDelay: minRedial, Multiplier: 1.6, Jitter: 0.2, MaxDelay: maxRedial},
-	MinConnectTimeout: 2 * time.Second,
-}
-
-func peerDialOptions(dial func(context.Context, string) (net.Conn, error)) []grpc.DialOption {
-	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(peerConnectParams),
-		grpc.WithContextDialer(dial),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(peerMessageBytes), grpc.MaxCallRecvMsgSize(peerMessageBytes)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.WithChainStreamInterceptor(splitRaftBatches(peerMessageBytes)),
-	}
-}
-
-// splitRaftBatches sends a RaftBatch larger than limit as several smaller
-// ones, so that a burst of MsgApps to a catching-up follower stays within
-// the receiver's message limit. The order of the messages is kept.
-func splitRaftBatches(limit int) grpc.StreamClientInterceptor {
-	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
-		streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		s, err := streamer(ctx, desc, cc, method, opts...)
-		if err != nil {
-			return nil, err
-		}
-		return &splittingStream{ClientStream: s, limit: limit}, nil
-	}
-}
-
-type splittingStream struct {
-	grpc.ClientStream
-	limit int
-}
-
-func (s *splittingStream) SendMsg(m any) error {
-	b, ok := m.(*decreev1.RaftBatch)
-	if !ok || proto.Size(b) <= s.limit {
-		return s.ClientStream.SendMsg(m)
-	}
-	for _, part := range splitBatch(b, s.limit) {
-		if err := s.ClientStream.SendMsg(part); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// splitBatch cuts b into batches of at most limit bytes each; a single
-// message larger than that goes alone (and the receiver refuses it).
-func splitBatch(b *decreev1.RaftBatch, limit int) []*decreev1.RaftBatch {
-	head := func() *decreev1.RaftBatch {
-		return &decreev1.RaftBatch{ClusterId: b.GetClusterId(), From: b.GetFrom(), To: b.GetTo()}
-	}
-	cur, size := head(), proto.Size(head())
-	var out []*decreev1.RaftBatch
-	for _, raw := range b.GetMessages() {
-		n := 1 + protowire.SizeBytes(len(raw)) // tag, length, bytes
-		if len(cur.Messages) > 0 && size+n > limit {
-			out = append(out, cur)
-			cur, size = head(), proto.Size(head())
-		}
-		cur.Messages = append(cur.Messages, raw)
-		size += n
-	}
-	return append(out, cur)
 }
 
 // Register adds the node's gRPC services (peer raft stream and admin) to s.
