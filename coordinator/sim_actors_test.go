@@ -34,7 +34,7 @@ type simPart struct {
 	// The cluster's answers to this participant's outcome queries, and
 	// the queries in flight (simOutcomes).
 	answers map[string]decreev1.TxnState
-	asking  map[string]bool
+	asking  map[string]time.Time // when the query in flight was sent
 	// oldSDK: the participant serves only the unary methods, not Calls
 	// (sim_clients_test.go).
 	oldSDK bool
@@ -57,7 +57,7 @@ func (sp *simPart) boot() {
 		return
 	}
 	sp.log, sp.p, sp.svc, sp.up = log, p, p.Service(), true
-	sp.answers, sp.asking = map[string]decreev1.TxnState{}, map[string]bool{}
+	sp.answers, sp.asking = map[string]decreev1.TxnState{}, map[string]time.Time{}
 	sp.inc++
 	w.tracef("%s booted, %d in doubt", sp.addr, len(p.InDoubt()))
 	sp.checkRecovered()
@@ -133,8 +133,10 @@ func (o simOutcomes) Outcome(_ context.Context, id string, parts []string) (decr
 		if !n.up || n.paused || w.cut[[2]string{sp.name, n.name}] || w.cut[[2]string{n.name, sp.name}] || !n.leader {
 			continue
 		}
-		if !sp.asking[id] {
-			sp.asking[id] = true
+		// One query in flight at a time; one that got no answer (its node
+		// crashed, the message was lost) is sent again after a while.
+		if at, ok := sp.asking[id]; !ok || w.now.Sub(at) >= simCallTimeout {
+			sp.asking[id] = w.now
 			inc, pinc := n.inc, sp.inc
 			w.at(time.Millisecond, func() {
 				n.run(inc, func() {
@@ -281,7 +283,14 @@ func (c *simClient) issue() {
 		}
 		n.run(n.inc, func() {
 			if asking {
-				n.drv.serveOutcome(context.Background(), txn.outcomeRequest(), func(r *decreev1.OutcomeResponse, err error) {
+				req := txn.outcomeRequest()
+				if len(req.Participants) > 1 && w.rng.Float64() < simPartialQueries {
+					// An operator's `decree txn outcome` naming only
+					// one of the participants.
+					req.Participants = []string{req.Participants[w.rng.IntN(len(req.Participants))]}
+					w.fault("partial-outcome-query", "%s asks the outcome of %s naming only %s", c.name, txn.id, req.Participants[0])
+				}
+				n.drv.serveOutcome(context.Background(), req, func(r *decreev1.OutcomeResponse, err error) {
 					answer(r.GetState(), r.GetReason(), err)
 				})
 				return
@@ -297,6 +306,12 @@ func (c *simClient) issue() {
 		}
 	})
 }
+
+// simPartialQueries is how often a client that asks a transaction's
+// outcome names only one of its participants, as an operator may: the
+// cluster must never decide a transaction by such a list (a staged one is
+// decided by all its participants' votes).
+const simPartialQueries = 0.25
 
 // simLateDuplicates is how often a client's network delivers, late, a
 // copy of one of its earlier Commit requests.

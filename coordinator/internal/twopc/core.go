@@ -903,9 +903,14 @@ func (c *Core) decisionApplied(e DecisionApplied) {
 	}
 	t, ok := c.txns[e.ID]
 	if e.Outcome == decreev1.Outcome_OUTCOME_UNSPECIFIED {
-		// A presumed abort met a staged record: settle it by the votes.
+		// A presumed abort met a staged record: settle it by the votes
+		// of the record's participants (e.Participants), never by the
+		// list an outcome query named, which may leave some out.
 		if ok && t.phase == phaseDeciding && t.presumed {
 			t.phase, t.presumed = phaseRecovering, false
+			if len(e.Participants) > 0 {
+				t.participants = slices.Clone(e.Participants)
+			}
 			t.votes, t.resolved = map[string]decreev1.Vote{}, map[string]decreev1.ParticipantState{}
 			c.resolveUnanswered(t)
 		} else {
