@@ -336,6 +336,13 @@ func (w *world) unquiet() string {
 			return fmt.Sprintf("n%d has not finished %s", n.id, unfinished)
 		}
 	}
+	// The leader's core holds nothing in flight: a one-phase commit is
+	// answered before its record is proposed.
+	if l := w.leader(); l != nil {
+		if und, _ := l.drv.undecided(context.Background()); len(und) > 0 {
+			return fmt.Sprintf("n%d is still deciding %s", l.id, und[0].ID)
+		}
+	}
 	// Every replica has caught up: the transport may take up to its
 	// redial backoff to reach a peer that was down or cut off.
 	return w.lagging()
@@ -546,6 +553,9 @@ func (w *world) checkLists(table map[string]*txlog.Record) {
 		}
 	}
 	for _, n := range w.nodes {
+		// Health is reported each tick; quiescence may fall between
+		// ticks, right after a node learned the leader.
+		n.health = n.drv.reportHealth(n.statuses, n.health)
 		if st := n.statuses[""]; st != healthpb.HealthCheckResponse_SERVING {
 			w.violate("after quiescence n%d reports %s (%s)", n.id, st, n.health.why)
 		}
