@@ -222,7 +222,7 @@ func (c *procCluster) waitLeader(d time.Duration, not uint64) uint64 {
 
 func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	testpoll.Until(t, d, what, cond)
+	testpoll.UntilEvery(t, d, 10*time.Millisecond, what, cond) // each poll asks every process
 }
 
 // TestBinaryFailover runs three real decree processes, kills the leader with
