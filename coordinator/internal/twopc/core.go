@@ -467,7 +467,7 @@ func (c *Core) clientCommit(e ClientCommit) {
 // transaction in flight. Once decided, it is answered at once.
 func (c *Core) join(t *coreTxn, req uint64) {
 	if t.phase == phaseDelivering {
-		c.emit(Reply{Req: req, ID: t.id, Outcome: t.outcome, Reason: t.reason, Participants: slices.Clone(t.participants)})
+		c.emit(Reply{Req: req, ID: t.id, Outcome: t.outcome, Reason: t.reason, Participants: t.participants})
 		return
 	}
 	t.waiters = append(t.waiters, req)
@@ -937,7 +937,7 @@ func (c *Core) decisionApplied(e DecisionApplied) {
 
 func (c *Core) replyAll(t *coreTxn, o decreev1.Outcome, reason string) {
 	for _, req := range t.waiters {
-		c.emit(Reply{Req: req, ID: t.id, Outcome: o, Reason: reason, Participants: slices.Clone(t.participants)})
+		c.emit(Reply{Req: req, ID: t.id, Outcome: o, Reason: reason, Participants: t.participants})
 	}
 	t.waiters = nil
 	t.replied = true

@@ -298,6 +298,10 @@ type SendDecision struct {
 
 // Reply answers a waiting client: the applied outcome, or Err. An answer
 // read from the log also carries the record's Finished and DecidedAt.
+// Participants is shared with the core, not copied (a reply is on every
+// transaction's path, and only an Outcome answer reads it): the core never
+// changes a transaction's participant slice in place, only replaces it, and
+// the reader must not change it either.
 type Reply struct {
 	Req          uint64
 	ID           string
